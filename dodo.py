@@ -1,0 +1,10 @@
+"""kthw-airgap: `doit list` shows the stages, README.md the workflow."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from tasks import DOIT_CONFIG, gather  # noqa: E402
+
+globals().update(gather())

@@ -1,0 +1,1 @@
+"""kthw-airgap: the library behind the doit tasks. Nothing here imports doit."""

@@ -1,0 +1,56 @@
+"""Certificate authorities: one interface, whatever keeps the CA keys.
+
+The cert catalogue, kubeconfigs and tasks only call :meth:`CertificateAuthority.issue`
+and read :attr:`certificate`; they never learn where the key lives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from cryptography import x509
+
+from .crypto import CertSpec, PrivateKey, PublicKey, build_certificate, load_certificates, load_private_key, \
+    same_public_key
+from .errors import StateError
+from .layout import KeyPairPaths, Layout
+
+
+class CertificateAuthority(Protocol):
+    name: str
+
+    @property
+    def certificate(self) -> x509.Certificate: ...
+
+    def issue(self, spec: CertSpec, public_key: PublicKey, now: datetime) -> list[x509.Certificate]:
+        """Sign ``public_key`` per ``spec``; returns the new cert followed by the issuing chain."""
+
+
+@dataclass(frozen=True)
+class LocalCA:
+    """A CA whose key is a file on the workstation."""
+
+    name: str
+    certificate: x509.Certificate
+    key: PrivateKey
+
+    def issue(self, spec: CertSpec, public_key: PublicKey, now: datetime) -> list[x509.Certificate]:
+        return [build_certificate(spec, public_key, now, self.certificate, self.key), self.certificate]
+
+
+def open_local_ca(name: str, paths: KeyPairPaths) -> LocalCA:
+    """Load a CA from its files, refusing a key that does not match its cert."""
+    if not paths.cert.exists() or not paths.key.exists():
+        raise StateError(f"CA '{name}' is missing ({paths.cert} or {paths.key}); run 'doit pki' to create it")
+    cert = load_certificates(paths.cert)[0]
+    key = load_private_key(paths.key)
+    if not same_public_key(key, cert.public_key()):
+        raise StateError(f"{paths.key} does not match {paths.cert}; both were left as they are. "
+                         "Restore the matching pair from a backup")
+    return LocalCA(name, cert, key)
+
+
+def open_ca(layout: Layout, name: str) -> CertificateAuthority:
+    return open_local_ca(name, layout.ca(name))

@@ -1,0 +1,181 @@
+"""The certificate catalogue: every cert of the cluster, described as data.
+
+``CAS`` is the CA hierarchy; ``LEAVES`` is one row per kind of leaf cert; ``TRUST``
+says which CA certs (and the one CA key) each node carries. :func:`leaves_for` turns
+the rows into concrete :class:`~kthw.crypto.CertSpec` for one node of an inventory.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Callable
+
+from .crypto import CertSpec
+from .inventory import Inventory, Node
+
+CONTROL_PLANE, ETCD, WORKER = "control-plane", "etcd", "worker"
+SERVER, CLIENT = frozenset({"server"}), frozenset({"client"})
+SERVER_CLIENT = SERVER | CLIENT
+
+ROOT = "root"
+INTERMEDIATES = ("kubernetes", "etcd", "front-proxy")
+# The CA that kube-controller-manager signs kubelet CSRs with. Its key therefore sits
+# on every control-plane node; it is the `kubernetes` intermediate, never the root.
+CLUSTER_SIGNER = "kubernetes"
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """One row of the catalogue: a kind of leaf cert."""
+
+    name: str
+    roles: frozenset[str]           # a node gets this cert if it has any of these roles
+    issuer: str
+    common_name: str                # "{node}" is replaced by the node name
+    organizations: tuple[str, ...]
+    usages: frozenset[str]
+    sans: str                       # key of SAN_RULES
+    installed_as: str | None = None  # "<path>" -> <path>.crt/.key on the node (service certs)
+    kubeconfig: str | None = None    # node path of the kubeconfig that embeds it instead
+    server: str = "endpoint"         # kubeconfig server: "endpoint" (API endpoint) or "local"
+    when: str | None = None          # "static-kubelet": only with kubelet_credentials: static
+
+
+LEAVES: tuple[Leaf, ...] = (
+    Leaf("apiserver", frozenset({CONTROL_PLANE}), "kubernetes", "kube-apiserver", (), SERVER, "apiserver",
+         installed_as="/etc/k8s/kube-apiserver/apiserver"),
+    # Its rights come from a ClusterRoleBinding to system:kubelet-api-admin (secrets stage),
+    # not from system:masters.
+    Leaf("apiserver-kubelet-client", frozenset({CONTROL_PLANE}), "kubernetes", "kube-apiserver-kubelet-client",
+         (), CLIENT, "none", installed_as="/etc/k8s/kube-apiserver/apiserver-kubelet-client"),
+    Leaf("apiserver-etcd-client", frozenset({CONTROL_PLANE}), "etcd", "kube-apiserver-etcd-client", (), CLIENT,
+         "none", installed_as="/etc/k8s/kube-apiserver/apiserver-etcd-client"),
+    Leaf("front-proxy-client", frozenset({CONTROL_PLANE}), "front-proxy", "front-proxy-client", (), CLIENT,
+         "none", installed_as="/etc/k8s/kube-apiserver/front-proxy-client"),
+    Leaf("etcd-server", frozenset({ETCD}), "etcd", "{node}", (), SERVER_CLIENT, "etcd",
+         installed_as="/etc/k8s/etcd/server"),
+    Leaf("etcd-peer", frozenset({ETCD}), "etcd", "{node}", (), SERVER_CLIENT, "etcd",
+         installed_as="/etc/k8s/etcd/peer"),
+    Leaf("etcd-healthcheck-client", frozenset({ETCD}), "etcd", "kube-etcd-healthcheck-client", (), CLIENT,
+         "none", installed_as="/etc/k8s/etcd/healthcheck-client"),
+    Leaf("admin", frozenset({CONTROL_PLANE}), "kubernetes", "kubernetes-admin", ("system:masters",), CLIENT,
+         "none", kubeconfig="/etc/k8s/shared/admin.kubeconfig"),
+    Leaf("controller-manager", frozenset({CONTROL_PLANE}), "kubernetes", "system:kube-controller-manager", (),
+         CLIENT, "none", kubeconfig="/etc/k8s/kube-controller-manager/kubeconfig", server="local"),
+    Leaf("scheduler", frozenset({CONTROL_PLANE}), "kubernetes", "system:kube-scheduler", (), CLIENT, "none",
+         kubeconfig="/etc/k8s/kube-scheduler/kubeconfig", server="local"),
+    Leaf("kube-proxy", frozenset({WORKER}), "kubernetes", "system:kube-proxy", ("system:node-proxier",), CLIENT,
+         "none", kubeconfig="/etc/k8s/kube-proxy/kubeconfig"),
+    Leaf("kubelet-client", frozenset({WORKER}), "kubernetes", "system:node:{node}", ("system:nodes",), CLIENT,
+         "none", kubeconfig="/etc/k8s/kubelet/kubeconfig", when="static-kubelet"),
+    # Pre-issued even with TLS bootstrap: kube-controller-manager never auto-approves
+    # serving-cert CSRs, so a bootstrapped serving cert would wait for a human.
+    Leaf("kubelet-serving", frozenset({WORKER}), "kubernetes", "system:node:{node}", ("system:nodes",), SERVER,
+         "node", installed_as="/etc/k8s/kubelet/kubelet-serving"),
+)
+
+
+@dataclass(frozen=True)
+class Trust:
+    """A CA cert (and, for the cluster signer, its key) placed on nodes with these roles."""
+
+    ca: str
+    roles: frozenset[str]
+    installed_as: str
+    with_key: bool = False
+
+
+TRUST: tuple[Trust, ...] = (
+    Trust("kubernetes", frozenset({CONTROL_PLANE, WORKER}), "/etc/k8s/shared/kubernetes-ca"),
+    Trust("etcd", frozenset({CONTROL_PLANE, ETCD}), "/etc/k8s/shared/etcd-ca"),
+    Trust("front-proxy", frozenset({CONTROL_PLANE}), "/etc/k8s/shared/front-proxy-ca"),
+    Trust(CLUSTER_SIGNER, frozenset({CONTROL_PLANE}), "/etc/k8s/kube-controller-manager/cluster-signing-ca",
+          with_key=True),
+)
+
+
+def _apiserver_sans(inv: Inventory, node: Node) -> tuple[list[str], list[str]]:
+    dns = [node.name, "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+           f"kubernetes.default.svc.{inv.cluster_domain}", "localhost"]
+    ips = [str(inv.kubernetes_service_ip), str(node.ip), "127.0.0.1"]
+    if inv.api_endpoint.dns:
+        dns.append(inv.api_endpoint.dns)
+    if inv.api_endpoint.ip:
+        ips.append(str(inv.api_endpoint.ip))
+    return dns, ips
+
+
+def _etcd_sans(inv: Inventory, node: Node) -> tuple[list[str], list[str]]:
+    return [node.name, "localhost"], [str(node.ip), "127.0.0.1", "::1"]
+
+
+def _node_sans(inv: Inventory, node: Node) -> tuple[list[str], list[str]]:
+    return [node.name], [str(node.ip)]
+
+
+SAN_RULES: dict[str, Callable[[Inventory, Node], tuple[list[str], list[str]]]] = {
+    "apiserver": _apiserver_sans,
+    "etcd": _etcd_sans,
+    "node": _node_sans,
+    "none": lambda inv, node: ([], []),
+}
+
+
+def ca_specs(inv: Inventory) -> dict[str, CertSpec]:
+    """The CA hierarchy: the root, then one intermediate per trust domain."""
+    specs = {ROOT: CertSpec(ROOT, f"{inv.name}-root-ca", (), frozenset({"ca"}), (), (),
+                            inv.lifetimes.root_ca, inv.key_algorithm, path_length=1)}
+    for name in INTERMEDIATES:
+        specs[name] = CertSpec(name, f"{inv.name}-{name}-ca", (), frozenset({"ca"}), (), (),
+                               inv.lifetimes.intermediate_ca, inv.key_algorithm, path_length=0)
+    return specs
+
+
+@dataclass(frozen=True)
+class NodeCert:
+    """A catalogue row resolved for one node."""
+
+    row: Leaf
+    spec: CertSpec
+
+
+def applies(roles: frozenset[str], node: Node) -> bool:
+    return bool(roles & node.roles)
+
+
+def leaves_for(inv: Inventory, node: Node) -> tuple[NodeCert, ...]:
+    result = []
+    for row in LEAVES:
+        if not applies(row.roles, node):
+            continue
+        if row.when == "static-kubelet" and inv.kubelet_credentials != "static":
+            continue
+        dns, ips = SAN_RULES[row.sans](inv, node)
+        if row.sans != "none":
+            for san in node.extra_sans:
+                (ips if _is_ip(san) else dns).append(san)
+        spec = CertSpec(
+            name=row.name,
+            common_name=row.common_name.format(node=node.name),
+            organizations=row.organizations,
+            usages=row.usages,
+            dns_names=tuple(dict.fromkeys(dns)),
+            ip_addresses=tuple(dict.fromkeys(ips)),
+            lifetime=inv.lifetimes.leaf,
+            key_algorithm=inv.key_algorithm,
+        )
+        result.append(NodeCert(row, spec))
+    return tuple(result)
+
+
+def trust_for(node: Node) -> tuple[Trust, ...]:
+    return tuple(t for t in TRUST if applies(t.roles, node))
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True

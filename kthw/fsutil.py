@@ -1,0 +1,56 @@
+"""Writing files so that a crash never leaves half of one behind."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import KthwError
+
+SECRET_MODE = 0o600
+PUBLIC_MODE = 0o644
+
+
+def atomic_write(path: Path, data: bytes, mode: int = PUBLIC_MODE) -> bool:
+    """Write ``data`` to ``path`` through a temp file and a rename.
+
+    The temp file is created with ``mode`` already set, so a key is never readable by
+    others, not even for a moment. Returns False (and touches nothing) when the file
+    already holds exactly these bytes with this mode, so mtimes stay put on reruns.
+    No fsync: the rename already protects against a killed build, and a workstation
+    power cut is rare enough not to pay a disk flush per certificate.
+    """
+    path = Path(path)
+    try:
+        if path.read_bytes() == data and (path.stat().st_mode & 0o777) == mode:
+            return False
+    except FileNotFoundError:
+        pass
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            os.fchmod(fd, mode)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+    except OSError as err:
+        raise KthwError(f"{path}: cannot write ({err.strerror}); free some disk space or fix the "
+                        "directory's permissions, then run again") from None
+    return True
+
+
+def remove(paths) -> None:
+    """Delete derived files; missing ones are fine."""
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass

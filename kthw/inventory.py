@@ -1,0 +1,506 @@
+"""The cluster inventory (``cluster.yaml``): loaded, validated, frozen.
+
+Every problem is reported as an :class:`InventoryError` naming the file, the line,
+the field and the fix; nothing else escapes :func:`load`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+import sys
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from .errors import InventoryError
+
+ROLES = ("control-plane", "etcd", "worker")
+ARCHES = ("amd64", "arm64")
+ARCH_ALIASES = {"amd64": "amd64", "x86_64": "amd64", "arm64": "arm64", "aarch64": "arm64"}
+KEY_ALGORITHMS = ("ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-3072", "rsa-4096")
+CA_BACKENDS = ("local",)
+KUBELET_CREDENTIALS = ("tls-bootstrap", "static")
+ENCRYPTION_PROVIDERS = ("secretbox", "aesgcm", "aescbc")
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
+_DNS_NAME = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*$")
+_VERSION = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)$")
+_DURATION = re.compile(r"^(\d+)\s*([hdwy])$")
+_DURATION_UNITS = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1),
+                   "y": timedelta(days=365)}
+
+
+@dataclass(frozen=True)
+class ApiEndpoint:
+    """Where clients and kubelets reach the API: a VIP, a load balancer or one node."""
+
+    dns: str | None
+    ip: IPAddress | None
+    port: int
+
+    @property
+    def host(self) -> str:
+        if self.dns:
+            return self.dns
+        return f"[{self.ip}]" if self.ip.version == 6 else str(self.ip)
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Lifetimes:
+    root_ca: timedelta
+    intermediate_ca: timedelta
+    leaf: timedelta
+
+
+@dataclass(frozen=True)
+class CASettings:
+    backend: str
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    roles: frozenset[str]
+    arch: str
+    zone: str | None
+    ip: IPAddress
+    extra_sans: tuple[str, ...] = ()
+    pod_cidr: IPNetwork | None = None
+
+    @property
+    def is_control_plane(self) -> bool:
+        return "control-plane" in self.roles
+
+    @property
+    def is_etcd(self) -> bool:
+        return "etcd" in self.roles
+
+    @property
+    def is_worker(self) -> bool:
+        return "worker" in self.roles
+
+
+@dataclass(frozen=True)
+class Inventory:
+    source: Path
+    name: str
+    kubernetes_version: str
+    cluster_domain: str
+    api_endpoint: ApiEndpoint
+    service_cidr: IPNetwork
+    pod_cidr: IPNetwork
+    cluster_dns_ip: IPAddress
+    ca: CASettings
+    key_algorithm: str
+    lifetimes: Lifetimes
+    renew_before: timedelta
+    kubelet_credentials: str
+    encryption_provider: str
+    bootstrap_token_ttl: timedelta
+    nodes: tuple[Node, ...]
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+    def node(self, name: str) -> Node:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+    @property
+    def control_plane_nodes(self) -> tuple[Node, ...]:
+        return tuple(n for n in self.nodes if n.is_control_plane)
+
+    @property
+    def etcd_nodes(self) -> tuple[Node, ...]:
+        return tuple(n for n in self.nodes if n.is_etcd)
+
+    @property
+    def worker_nodes(self) -> tuple[Node, ...]:
+        return tuple(n for n in self.nodes if n.is_worker)
+
+    @property
+    def kubernetes_service_ip(self) -> IPAddress:
+        """First address of the service range: the ``kubernetes`` Service's ClusterIP."""
+        return self.service_cidr.network_address + 1
+
+    @property
+    def kubernetes_minor(self) -> tuple[int, int]:
+        major, minor, _ = self.kubernetes_version.split(".")
+        return int(major), int(minor)
+
+
+# --- YAML with line numbers -------------------------------------------------
+
+
+class _Map(dict):
+    line: int
+    key_lines: dict
+
+
+class _Seq(list):
+    line: int
+    item_lines: list
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that remembers lines and refuses duplicate keys (YAML would keep the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        result = _Map()
+        result.line = node.start_mark.line + 1
+        result.key_lines = {}
+        for key_node, value_node in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)) or key is None:
+                raise InventoryError(self.name, key_node.start_mark.line + 1, "",
+                                     "a mapping key must be a plain word",
+                                     "write keys as plain names such as 'nodes:'")
+            if key in result:
+                raise InventoryError(self.name, key_node.start_mark.line + 1, str(key),
+                                     f"key '{key}' appears twice in the same mapping",
+                                     f"keep one '{key}:' entry (the first is on line {result.key_lines[key]})")
+            result[key] = self.construct_object(value_node, deep=True)
+            result.key_lines[key] = key_node.start_mark.line + 1
+        return result
+
+    def construct_sequence(self, node, deep=False):
+        result = _Seq(self.construct_object(child, deep=True) for child in node.value)
+        result.line = node.start_mark.line + 1
+        result.item_lines = [child.start_mark.line + 1 for child in node.value]
+        return result
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _Loader.construct_mapping)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _Loader.construct_sequence)
+
+
+# --- field readers ------------------------------------------------------------
+
+
+class _Reader:
+    """Reads one mapping of the inventory, knowing where each value sits in the file."""
+
+    def __init__(self, source: str, mapping: Any, path: str, line: int | None):
+        self.source, self.path = source, path
+        if not isinstance(mapping, dict):
+            raise InventoryError(source, line, path or "(top level)",
+                                 f"expected a mapping, got {_kind(mapping)}",
+                                 "write 'key: value' lines here")
+        self.mapping = mapping
+        self.line = getattr(mapping, "line", line)
+
+    def where(self, key: str) -> int | None:
+        return getattr(self.mapping, "key_lines", {}).get(key, self.line)
+
+    def fail(self, key: str, problem: str, fix: str = "") -> InventoryError:
+        return InventoryError(self.source, self.where(key), self._name(key), problem, fix)
+
+    def _name(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def check_keys(self, allowed: tuple[str, ...]) -> None:
+        for key in self.mapping:
+            if key not in allowed:
+                guess = difflib.get_close_matches(str(key), allowed, n=1)
+                hint = f"did you mean '{guess[0]}'? " if guess else ""
+                raise self.fail(str(key), f"unknown key '{key}'",
+                                f"{hint}allowed keys here: {', '.join(allowed)}")
+
+    def get(self, key: str, parse: Callable[[Any], Any], default: Any = ..., ) -> Any:
+        if key not in self.mapping or self.mapping[key] is None:
+            if default is ...:
+                raise self.fail(key, "required key is missing",
+                                f"add '{key}:' under {self.path or 'the top level'}")
+            return default
+        try:
+            return parse(self.mapping[key])
+        except _Bad as bad:
+            raise self.fail(key, bad.problem, bad.fix) from None
+
+    def sub(self, key: str) -> "_Reader":
+        value = self.mapping.get(key)
+        return _Reader(self.source, _Map() if value is None else value, self._name(key), self.where(key))
+
+
+class _Bad(Exception):
+    def __init__(self, problem: str, fix: str = ""):
+        self.problem, self.fix = problem, fix
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", _Map: "a mapping", list: "a list", _Seq: "a list",
+            str: "text", bool: "true/false", int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _Bad(f"expected text, got {_kind(value)}", "write a non-empty string")
+    return value.strip()
+
+
+def _choice(options: tuple[str, ...], aliases: dict[str, str] | None = None) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = _text(value) if isinstance(value, str) else str(value)
+        canon = (aliases or {}).get(text, text)
+        if canon not in options:
+            guess = difflib.get_close_matches(text, list(aliases or options), n=1)
+            hint = f"did you mean '{guess[0]}'? " if guess else ""
+            raise _Bad(f"unknown value '{text}'", f"{hint}use one of: {', '.join(aliases or options)}")
+        return canon
+    return parse
+
+
+def _dns_name(value: Any) -> str:
+    text = _text(value)
+    if len(text) > 253 or not _DNS_NAME.match(text):
+        raise _Bad(f"'{text}' is not a valid DNS name",
+                   "use lowercase letters, digits, '-' and '.', each label 1-63 characters")
+    return text
+
+
+def _ip(value: Any) -> IPAddress:
+    try:
+        return ipaddress.ip_address(str(value).strip())
+    except ValueError:
+        raise _Bad(f"'{value}' is not an IP address", "write an address such as 10.0.0.11") from None
+
+
+def _cidr(value: Any) -> IPNetwork:
+    try:
+        return ipaddress.ip_network(str(value).strip(), strict=True)
+    except ValueError as err:
+        raise _Bad(f"'{value}' is not a CIDR network ({err})",
+                   "write a network address with its prefix, such as 10.96.0.0/12") from None
+
+
+def _port(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise _Bad(f"'{value}' is not a TCP port", "use a number from 1 to 65535, usually 6443")
+    return value
+
+
+def _version(value: Any) -> str:
+    if isinstance(value, float):
+        raise _Bad(f"{value} was read as a number", 'quote the full version, e.g. "1.34.2"')
+    match = _VERSION.match(str(value).strip())
+    if not match:
+        raise _Bad(f"'{value}' is not a Kubernetes release version", 'write MAJOR.MINOR.PATCH, e.g. "1.34.2"')
+    return ".".join(match.groups())
+
+
+def _duration(value: Any) -> timedelta:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return timedelta(days=value)
+    match = _DURATION.match(str(value).strip()) if isinstance(value, str) else None
+    if not match or int(match.group(1)) == 0:
+        raise _Bad(f"'{value}' is not a duration", "write a positive number of days, or e.g. 8760h, 365d, 52w, 1y")
+    return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def _san(value: Any) -> str:
+    text = str(value).strip() if isinstance(value, (str, int)) else ""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    if text.startswith("*."):
+        _dns_name(text[2:])
+        return text
+    return _dns_name(text)
+
+
+def _inside(inner: IPNetwork, outer: IPNetwork) -> bool:
+    return inner.version == outer.version and inner.subnet_of(outer)
+
+
+def _list_of(parse: Callable[[Any], Any]) -> Callable[[Any], tuple]:
+    def parse_list(value: Any) -> tuple:
+        if not isinstance(value, list):
+            raise _Bad(f"expected a list, got {_kind(value)}", "write a YAML list, e.g. [a, b]")
+        return tuple(parse(item) for item in value)
+    return parse_list
+
+
+# --- the schema ---------------------------------------------------------------
+
+TOP_KEYS = ("name", "kubernetes_version", "cluster_domain", "api_endpoint", "service_cidr", "pod_cidr",
+            "cluster_dns_ip", "ca", "key_algorithm", "lifetimes", "renew_before", "kubelet_credentials",
+            "encryption_provider", "bootstrap_token_ttl", "nodes")
+NODE_KEYS = ("name", "roles", "arch", "zone", "ip", "extra_sans", "pod_cidr")
+
+DEFAULT_LIFETIMES = Lifetimes(root_ca=timedelta(days=3650), intermediate_ca=timedelta(days=1825),
+                              leaf=timedelta(days=365))
+
+
+def load(path: str | Path) -> Inventory:
+    """Read and validate an inventory file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise InventoryError(str(path), None, "", f"cannot read the inventory ({err.strerror})",
+                             "check the path given with 'doit inventory=PATH' or KTHW_INVENTORY") from None
+    except UnicodeDecodeError:
+        raise InventoryError(str(path), None, "", "the file is not UTF-8 text", "save it as UTF-8") from None
+    inventory = loads(text, source=str(path))
+    for warning in inventory.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return inventory
+
+
+def loads(text: str, source: str = "cluster.yaml") -> Inventory:
+    """Validate inventory text; ``source`` names it in messages."""
+    loader = _Loader(text)
+    loader.name = source
+    try:
+        data = loader.get_single_data()
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        line = mark.line + 1 if mark else None
+        raise InventoryError(source, line, "", f"YAML syntax error: {err.problem or err.context}",
+                             "fix the indentation or quoting at that line") from None
+    except yaml.YAMLError as err:
+        raise InventoryError(source, None, "", f"YAML error: {err}", "fix the YAML syntax") from None
+    finally:
+        loader.dispose()
+    top = _Reader(source, data, "", 1)
+    return _build(top)
+
+
+def _build(top: _Reader) -> Inventory:
+    top.check_keys(TOP_KEYS)
+    name = top.get("name", _dns_name)
+    version = top.get("kubernetes_version", _version)
+    domain = top.get("cluster_domain", _dns_name, "cluster.local")
+
+    api = top.sub("api_endpoint")
+    api.check_keys(("dns", "ip", "port"))
+    endpoint = ApiEndpoint(dns=api.get("dns", _dns_name, None), ip=api.get("ip", _ip, None),
+                           port=api.get("port", _port, 6443))
+    if endpoint.dns is None and endpoint.ip is None:
+        raise top.fail("api_endpoint", "the API endpoint has neither 'dns' nor 'ip'",
+                       "give the address clients and kubelets use: a VIP, a load balancer or a node, "
+                       "e.g. api_endpoint: {dns: k8s.example.lan, ip: 10.0.0.10, port: 6443}")
+
+    service_cidr = top.get("service_cidr", _cidr)
+    pod_cidr = top.get("pod_cidr", _cidr)
+    if service_cidr.overlaps(pod_cidr):
+        raise top.fail("pod_cidr", f"pod CIDR {pod_cidr} overlaps service CIDR {service_cidr}",
+                       "choose ranges that do not overlap, e.g. service 10.96.0.0/12 and pod 10.244.0.0/16")
+    if service_cidr.version == 4 and service_cidr.prefixlen < 12:
+        raise top.fail("service_cidr", f"service CIDR {service_cidr} is larger than kube-apiserver accepts",
+                       "use a prefix of /12 or longer (kube-apiserver rejects larger IPv4 ranges)")
+    if service_cidr.num_addresses < 4:
+        raise top.fail("service_cidr", f"service CIDR {service_cidr} is too small", "use e.g. a /16 or a /12")
+    dns_ip = top.get("cluster_dns_ip", _ip, None)
+    if dns_ip is None:
+        dns_ip = service_cidr.network_address + 10
+    if dns_ip not in service_cidr:
+        raise top.fail("cluster_dns_ip", f"cluster DNS IP {dns_ip} is outside the service CIDR {service_cidr}",
+                       f"pick an address inside {service_cidr}, e.g. {service_cidr.network_address + 10}")
+    if dns_ip in (service_cidr.network_address, service_cidr.network_address + 1, service_cidr.broadcast_address):
+        raise top.fail("cluster_dns_ip", f"cluster DNS IP {dns_ip} is reserved (network, broadcast or the "
+                       "'kubernetes' Service address)", f"use e.g. {service_cidr.network_address + 10}")
+
+    ca = top.sub("ca")
+    ca.check_keys(("backend",))
+    ca_settings = CASettings(backend=ca.get("backend", _choice(CA_BACKENDS), "local"))
+
+    life = top.sub("lifetimes")
+    life.check_keys(("root_ca", "intermediate_ca", "leaf"))
+    lifetimes = Lifetimes(root_ca=life.get("root_ca", _duration, DEFAULT_LIFETIMES.root_ca),
+                          intermediate_ca=life.get("intermediate_ca", _duration, DEFAULT_LIFETIMES.intermediate_ca),
+                          leaf=life.get("leaf", _duration, DEFAULT_LIFETIMES.leaf))
+    if not lifetimes.leaf < lifetimes.intermediate_ca <= lifetimes.root_ca:
+        raise top.fail("lifetimes", "lifetimes must grow up the chain: leaf < intermediate_ca <= root_ca",
+                       "a CA must outlive the certs it signs; e.g. leaf 365d, intermediate_ca 1825d, root_ca 3650d")
+    renew_before = top.get("renew_before", _duration, timedelta(days=30))
+    if renew_before >= lifetimes.leaf:
+        raise top.fail("renew_before", f"the renewal window ({renew_before.days} days) is not shorter than "
+                       f"the leaf lifetime ({lifetimes.leaf.days} days): every run would re-issue every cert",
+                       "use a window well under the leaf lifetime, e.g. 30d")
+
+    nodes = _nodes(top, service_cidr, pod_cidr)
+    warnings = []
+    etcd_count = sum(1 for n in nodes if n.is_etcd)
+    if etcd_count % 2 == 0:
+        warnings.append(f"{top.source}: {etcd_count} etcd members: an even count tolerates no more failures "
+                        f"than {etcd_count - 1}; use an odd number (3 or 5)")
+
+    return Inventory(
+        source=Path(top.source), name=name, kubernetes_version=version, cluster_domain=domain,
+        api_endpoint=endpoint, service_cidr=service_cidr, pod_cidr=pod_cidr, cluster_dns_ip=dns_ip,
+        ca=ca_settings, key_algorithm=top.get("key_algorithm", _choice(KEY_ALGORITHMS), "ecdsa-p256"),
+        lifetimes=lifetimes, renew_before=renew_before,
+        kubelet_credentials=top.get("kubelet_credentials", _choice(KUBELET_CREDENTIALS), "tls-bootstrap"),
+        encryption_provider=top.get("encryption_provider", _choice(ENCRYPTION_PROVIDERS), "secretbox"),
+        bootstrap_token_ttl=top.get("bootstrap_token_ttl", _duration, timedelta(days=14)),
+        nodes=nodes, warnings=tuple(warnings))
+
+
+def _nodes(top: _Reader, service_cidr: IPNetwork, pod_cidr: IPNetwork) -> tuple[Node, ...]:
+    raw = top.get("nodes", lambda v: v)
+    if not isinstance(raw, list) or not raw:
+        raise top.fail("nodes", "expected a non-empty list of nodes", "list each machine under 'nodes:'")
+    lines = getattr(raw, "item_lines", [None] * len(raw))
+    nodes: list[Node] = []
+    seen_names: dict[str, int | None] = {}
+    seen_ips: dict[IPAddress, str] = {}
+    for index, (item, line) in enumerate(zip(raw, lines)):
+        reader = _Reader(top.source, item, f"nodes[{index}]", line)
+        reader.check_keys(NODE_KEYS)
+        name = reader.get("name", _dns_name)
+        if len(name) > 63:
+            raise reader.fail("name", f"node name '{name}' is longer than 63 characters",
+                              "use the node's short hostname")
+        roles = reader.get("roles", _list_of(_choice(ROLES)))
+        if not roles:
+            raise reader.fail("roles", "a node needs at least one role", f"use any of: {', '.join(ROLES)}")
+        node = Node(name=name, roles=frozenset(roles), arch=reader.get("arch", _choice(ARCHES, ARCH_ALIASES)),
+                    zone=reader.get("zone", _text, None), ip=reader.get("ip", _ip),
+                    extra_sans=reader.get("extra_sans", _list_of(_san), ()),
+                    pod_cidr=reader.get("pod_cidr", _cidr, None))
+        if name in seen_names:
+            raise reader.fail("name", f"node name '{name}' is used twice",
+                              "give every node its own name (it becomes the node's identity in its certs)")
+        if node.ip in seen_ips:
+            raise reader.fail("ip", f"IP {node.ip} is already used by node '{seen_ips[node.ip]}'",
+                              "give every node its own address")
+        for network, what in ((service_cidr, "service_cidr"), (pod_cidr, "pod_cidr")):
+            if node.ip in network:
+                raise reader.fail("ip", f"node IP {node.ip} lies inside {what} {network}",
+                                  "node addresses must be outside the cluster's virtual ranges")
+        if node.pod_cidr is not None and not _inside(node.pod_cidr, pod_cidr):
+            raise reader.fail("pod_cidr", f"node pod CIDR {node.pod_cidr} is not inside the cluster pod CIDR {pod_cidr}",
+                              f"pick a subnet of {pod_cidr}")
+        for other in nodes:
+            if node.pod_cidr and other.pod_cidr and node.pod_cidr.overlaps(other.pod_cidr):
+                raise reader.fail("pod_cidr", f"node pod CIDR {node.pod_cidr} overlaps that of '{other.name}'",
+                                  "give each node its own subnet of the pod CIDR")
+        seen_names[name] = line
+        seen_ips[node.ip] = name
+        nodes.append(node)
+
+    with_cidr = [n for n in nodes if n.is_worker and n.pod_cidr]
+    if with_cidr and len(with_cidr) != sum(1 for n in nodes if n.is_worker):
+        missing = next(n.name for n in nodes if n.is_worker and not n.pod_cidr)
+        raise top.fail("nodes", f"some workers have a pod_cidr and '{missing}' has none",
+                       "give every worker a pod_cidr, or none (the controller-manager then allocates them)")
+    if not any(n.is_control_plane for n in nodes):
+        raise top.fail("nodes", "no node has the 'control-plane' role",
+                       "add 'control-plane' to the roles of at least one node")
+    if not any(n.is_etcd for n in nodes):
+        raise top.fail("nodes", "no node has the 'etcd' role", "add 'etcd' to the roles of one or three nodes")
+    return tuple(nodes)

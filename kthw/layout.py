@@ -1,0 +1,61 @@
+"""Where every output lives on the workstation.
+
+    build/pki/ca/<ca>.crt|.key           the CA hierarchy (precious keys)
+    build/pki/nodes/<node>/<cert>.crt|.key  every leaf, as issued (precious keys)
+    build/nodes/<node>/...               the node's filesystem as it will be installed
+                                         (derived: copies, kubeconfigs, configs, units)
+    vendor/                              downloaded release files and images
+    bundles/<node>.tar.gz                what goes on the USB stick
+
+Only ``build/nodes`` and ``bundles`` are derived; ``doit clean`` never touches ``build/pki``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+
+@dataclass(frozen=True)
+class KeyPairPaths:
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+
+    @property
+    def build(self) -> Path:
+        return self.root / "build"
+
+    @property
+    def pki(self) -> Path:
+        return self.build / "pki"
+
+    @property
+    def vendor(self) -> Path:
+        return self.root / "vendor"
+
+    @property
+    def bundles(self) -> Path:
+        return self.root / "bundles"
+
+    @property
+    def state(self) -> Path:
+        """Precious non-cert state (secrets stage): never cleaned."""
+        return self.build / "state"
+
+    def ca(self, name: str) -> KeyPairPaths:
+        return KeyPairPaths(self.pki / "ca" / f"{name}.crt", self.pki / "ca" / f"{name}.key")
+
+    def leaf(self, node: str, cert: str) -> KeyPairPaths:
+        return KeyPairPaths(self.pki / "nodes" / node / f"{cert}.crt", self.pki / "nodes" / node / f"{cert}.key")
+
+    def node_root(self, node: str) -> Path:
+        return self.build / "nodes" / node
+
+    def on_node(self, node: str, path: str | PurePosixPath) -> Path:
+        """The workstation file that becomes ``path`` (absolute, as on the node) on ``node``."""
+        return self.node_root(node) / str(path).lstrip("/")

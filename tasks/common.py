@@ -1,0 +1,52 @@
+"""What every stage needs: the inventory, the layout, and a guard for user errors."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+
+from doit import get_var
+from doit.exceptions import TaskFailed
+
+from kthw import inventory
+from kthw.errors import KthwError
+from kthw.layout import Layout
+
+INVENTORY_ENV = "KTHW_INVENTORY"
+
+
+def inventory_path() -> Path:
+    """`doit inventory=PATH`, else $KTHW_INVENTORY, else ./cluster.yaml."""
+    return Path(get_var("inventory", None) or os.environ.get(INVENTORY_ENV) or "cluster.yaml")
+
+
+@functools.lru_cache(maxsize=None)
+def context() -> tuple[inventory.Inventory, Layout]:
+    """The validated inventory and the output layout; a bad inventory ends doit here."""
+    try:
+        inv = inventory.load(inventory_path())
+    except KthwError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    return inv, Layout(Path.cwd())
+
+
+def guarded(function, *args, **kwargs):
+    """Run a library call as a doit action: a user error fails the task with its message only."""
+    try:
+        message = function(*args, **kwargs)
+    except KthwError as err:
+        return TaskFailed(str(err))
+    if isinstance(message, str) and message:
+        print(message)
+    return True
+
+
+def checked(function, *args, **kwargs) -> bool:
+    """An uptodate check that reads files; unreadable input means 'not up to date'."""
+    try:
+        return function(*args, **kwargs)
+    except KthwError:
+        return False

@@ -1,0 +1,135 @@
+"""PKI stage: the CA hierarchy, every node's certs, and the kubeconfigs that embed them.
+
+    pki:ca-root ──► pki:ca-kubernetes ──┬──► pki:<node>/<cert> ──► pki:<node>/<cert>.kubeconfig
+                ├─► pki:ca-etcd ────────┤
+                └─► pki:ca-front-proxy ─┴──► pki:<node>/trust   (CA certs, cluster-signing key)
+    pki:<node>  = everything of one node;  pki = every node
+
+Staleness comes from the certs themselves (see kthw.pki.pending_reason): a cert task
+runs when its cert is missing, due, no longer fits its spec, or its issuer changed.
+Store files under build/pki are precious; `doit clean` removes only the node copies.
+"""
+
+from __future__ import annotations
+
+from doit.tools import config_changed
+
+from kthw import clock
+from kthw.ca import open_ca, open_local_ca
+from kthw.catalogue import CLUSTER_SIGNER, INTERMEDIATES, ROOT, NodeCert, ca_specs, leaves_for, trust_for
+from kthw.crypto import CertSpec
+from kthw.fsutil import PUBLIC_MODE, SECRET_MODE, remove
+from kthw.inventory import Inventory, Node
+from kthw.layout import KeyPairPaths, Layout
+from kthw.pki import ensure_ca, ensure_leaf, pending_reason, place, write_cert_kubeconfig
+
+from .common import checked, context, guarded
+
+APISERVER_LOCAL_URL = "https://127.0.0.1:6443"
+
+
+def _current(spec: CertSpec, paths: KeyPairPaths, issuer_cert, window, is_root=False) -> bool:
+    return pending_reason(spec, paths, issuer_cert, clock.now(), window, is_root=is_root) is None
+
+
+def _issue_ca(spec: CertSpec, layout: Layout, parent: str | None, window) -> str:
+    parent_ca = open_local_ca(parent, layout.ca(parent)) if parent else None
+    return ensure_ca(spec, layout.ca(spec.name), parent_ca, clock.now(), window)
+
+
+def _issue_leaf(spec: CertSpec, paths: KeyPairPaths, issuer: str, layout: Layout, window,
+                copies: list[tuple]) -> str:
+    message = ensure_leaf(spec, paths, open_ca(layout, issuer), clock.now(), window)
+    _place_all(copies)
+    return message
+
+
+def _place_all(copies: list[tuple]) -> None:
+    for source, destination, mode in copies:
+        place(source, destination, mode)
+
+
+def _ca_task(spec: CertSpec, layout: Layout, parent: str | None, window) -> dict:
+    paths = layout.ca(spec.name)
+    issuer_cert = layout.ca(parent).cert if parent else None
+    return {
+        "name": f"ca-{spec.name}",
+        "doc": f"{spec.name} CA ({spec.common_name})",
+        "actions": [(guarded, [_issue_ca, spec, layout, parent, window])],
+        "file_dep": [issuer_cert] if issuer_cert else [],
+        "targets": [paths.cert, paths.key],
+        "uptodate": [(checked, [_current, spec, paths, issuer_cert, window, parent is None])],
+        "clean": [],  # precious: never removed
+    }
+
+
+def _leaf_tasks(inv: Inventory, layout: Layout, node: Node, item: NodeCert):
+    row, spec = item.row, item.spec
+    paths = layout.leaf(node.name, spec.name)
+    issuer_cert = layout.ca(row.issuer).cert
+    copies = []
+    if row.installed_as:
+        copies = [(paths.cert, layout.on_node(node.name, row.installed_as + ".crt"), PUBLIC_MODE),
+                  (paths.key, layout.on_node(node.name, row.installed_as + ".key"), SECRET_MODE)]
+    yield {
+        "name": f"{node.name}/{spec.name}",
+        "doc": f"{spec.common_name} cert for {node.name}",
+        "actions": [(guarded, [_issue_leaf, spec, paths, row.issuer, layout, inv.renew_before, copies])],
+        "file_dep": [issuer_cert],
+        "targets": [paths.cert, paths.key] + [copy[1] for copy in copies],
+        "uptodate": [(checked, [_current, spec, paths, issuer_cert, inv.renew_before])],
+        "clean": [(remove, [[copy[1] for copy in copies]])],
+    }
+    if row.kubeconfig:
+        server = inv.api_endpoint.url if row.server == "endpoint" else APISERVER_LOCAL_URL
+        # Clients verify the API server's cert: trust its issuer, the kubernetes intermediate.
+        ca_cert = layout.ca("kubernetes").cert
+        destination = layout.on_node(node.name, row.kubeconfig)
+        yield {
+            "name": f"{node.name}/{spec.name}.kubeconfig",
+            "doc": f"kubeconfig of {spec.common_name} on {node.name}",
+            "actions": [(guarded, [write_cert_kubeconfig, destination, inv.name, server, ca_cert,
+                                   spec.common_name, paths])],
+            "file_dep": [paths.cert, paths.key, ca_cert],
+            "targets": [destination],
+            "uptodate": [config_changed({"cluster": inv.name, "server": server, "user": spec.common_name})],
+            "clean": True,
+        }
+
+
+def _trust_task(layout: Layout, node: Node) -> dict:
+    copies = []
+    for trust in trust_for(node):
+        paths = layout.ca(trust.ca)
+        copies.append((paths.cert, layout.on_node(node.name, trust.installed_as + ".crt"), PUBLIC_MODE))
+        if trust.with_key:
+            copies.append((paths.key, layout.on_node(node.name, trust.installed_as + ".key"), SECRET_MODE))
+    return {
+        "name": f"{node.name}/trust",
+        "doc": f"CA certs (and the cluster-signing key on control planes) for {node.name}",
+        "actions": [(guarded, [_place_all, copies])],
+        "file_dep": sorted({copy[0] for copy in copies}),
+        "targets": [copy[1] for copy in copies],
+        "clean": True,
+    }
+
+
+def task_pki():
+    """CA hierarchy, then every node's certs, keys and kubeconfigs."""
+    inv, layout = context()
+    specs = ca_specs(inv)
+    yield _ca_task(specs[ROOT], layout, None, inv.renew_before)
+    for name in INTERMEDIATES:
+        yield _ca_task(specs[name], layout, ROOT, inv.renew_before)
+    assert CLUSTER_SIGNER in INTERMEDIATES
+    for node in inv.nodes:
+        names = []
+        for item in leaves_for(inv, node):
+            for task in _leaf_tasks(inv, layout, node, item):
+                names.append(f"pki:{task['name']}")
+                yield task
+        trust = _trust_task(layout, node)
+        names.append(f"pki:{trust['name']}")
+        yield trust
+        yield {"name": node.name, "doc": f"every cert, key and kubeconfig of {node.name}",
+               "actions": None, "task_dep": names}
