@@ -362,9 +362,10 @@ def load(path: str | Path) -> Inventory:
 
 def loads(text: str, source: str = "cluster.yaml") -> Inventory:
     """Validate inventory text; ``source`` names it in messages."""
-    loader = _Loader(text)
-    loader.name = source
+    loader = None
     try:
+        loader = _Loader(text)  # the reader already rejects non-printable characters here
+        loader.name = source
         data = loader.get_single_data()
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
@@ -372,9 +373,11 @@ def loads(text: str, source: str = "cluster.yaml") -> Inventory:
         raise InventoryError(source, line, "", f"YAML syntax error: {err.problem or err.context}",
                              "fix the indentation or quoting at that line") from None
     except yaml.YAMLError as err:
-        raise InventoryError(source, None, "", f"YAML error: {err}", "fix the YAML syntax") from None
+        raise InventoryError(source, None, "", f"not valid YAML: {err}",
+                             "save the file as plain UTF-8 text and fix the YAML syntax") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     top = _Reader(source, data, "", 1)
     return _build(top)
 
@@ -424,8 +427,9 @@ def _build(top: _Reader) -> Inventory:
                           intermediate_ca=life.get("intermediate_ca", _duration, DEFAULT_LIFETIMES.intermediate_ca),
                           leaf=life.get("leaf", _duration, DEFAULT_LIFETIMES.leaf))
     if not lifetimes.leaf < lifetimes.intermediate_ca <= lifetimes.root_ca:
-        raise top.fail("lifetimes", "lifetimes must grow up the chain: leaf < intermediate_ca <= root_ca",
-                       "a CA must outlive the certs it signs; e.g. leaf 365d, intermediate_ca 1825d, root_ca 3650d")
+        culprit = "leaf" if lifetimes.leaf >= lifetimes.intermediate_ca else "intermediate_ca"
+        raise life.fail(culprit, "lifetimes must grow up the chain: leaf < intermediate_ca <= root_ca",
+                        "a CA must outlive the certs it signs; e.g. leaf 365d, intermediate_ca 1825d, root_ca 3650d")
     renew_before = top.get("renew_before", _duration, timedelta(days=30))
     if renew_before >= lifetimes.leaf:
         raise top.fail("renew_before", f"the renewal window ({renew_before.days} days) is not shorter than "
@@ -456,6 +460,7 @@ def _nodes(top: _Reader, service_cidr: IPNetwork, pod_cidr: IPNetwork) -> tuple[
         raise top.fail("nodes", "expected a non-empty list of nodes", "list each machine under 'nodes:'")
     lines = getattr(raw, "item_lines", [None] * len(raw))
     nodes: list[Node] = []
+    readers: list[_Reader] = []
     seen_names: dict[str, int | None] = {}
     seen_ips: dict[IPAddress, str] = {}
     for index, (item, line) in enumerate(zip(raw, lines)):
@@ -492,15 +497,17 @@ def _nodes(top: _Reader, service_cidr: IPNetwork, pod_cidr: IPNetwork) -> tuple[
         seen_names[name] = line
         seen_ips[node.ip] = name
         nodes.append(node)
+        readers.append(reader)
 
-    with_cidr = [n for n in nodes if n.is_worker and n.pod_cidr]
-    if with_cidr and len(with_cidr) != sum(1 for n in nodes if n.is_worker):
-        missing = next(n.name for n in nodes if n.is_worker and not n.pod_cidr)
-        raise top.fail("nodes", f"some workers have a pod_cidr and '{missing}' has none",
-                       "give every worker a pod_cidr, or none (the controller-manager then allocates them)")
     if not any(n.is_control_plane for n in nodes):
         raise top.fail("nodes", "no node has the 'control-plane' role",
                        "add 'control-plane' to the roles of at least one node")
     if not any(n.is_etcd for n in nodes):
         raise top.fail("nodes", "no node has the 'etcd' role", "add 'etcd' to the roles of one or three nodes")
+    workers = [(n, reader) for n, reader in zip(nodes, readers) if n.is_worker]
+    if any(n.pod_cidr for n, _ in workers):
+        for node, reader in workers:
+            if node.pod_cidr is None:
+                raise reader.fail("name", f"worker '{node.name}' has no pod_cidr while other workers have one",
+                                  "give every worker a pod_cidr, or none (the controller-manager then allocates them)")
     return tuple(nodes)

@@ -51,10 +51,21 @@ def pending_reason(spec: CertSpec, paths: KeyPairPaths, issuer_cert: Path | None
     issuer = read_cert(issuer_cert) if issuer_cert is not None else None
     if issuer_cert is not None and issuer is None:
         return Reason("issuer missing")
-    reason = renewal_reason(spec, read_cert(paths.cert), issuer, now, window)
+    cert = read_cert(paths.cert)
+    if spec.is_ca and cert is not None and not _key_matches(paths.key, cert):
+        # Let the CA task run: it reports the mismatch and stops the build.
+        return Reason("key does not match cert")
+    reason = renewal_reason(spec, cert, issuer, now, window)
     if is_root and reason is not None and reason.due and paths.cert.exists():
         return None
     return reason
+
+
+def _key_matches(key_path: Path, cert: x509.Certificate) -> bool:
+    try:
+        return same_public_key(load_private_key(key_path), cert.public_key())
+    except StateError:
+        return False
 
 
 def ensure_ca(spec: CertSpec, paths: KeyPairPaths, parent: LocalCA | None, now: datetime,

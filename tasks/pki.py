@@ -49,6 +49,12 @@ def _place_all(copies: list[tuple]) -> None:
         place(source, destination, mode)
 
 
+def _place_trust(layout: Layout, copies: list[tuple], signer: str | None) -> None:
+    if signer:
+        open_local_ca(signer, layout.ca(signer))  # never ship a CA key that does not match its cert
+    _place_all(copies)
+
+
 def _ca_task(spec: CertSpec, layout: Layout, parent: str | None, window) -> dict:
     paths = layout.ca(spec.name)
     issuer_cert = layout.ca(parent).cert if parent else None
@@ -98,16 +104,17 @@ def _leaf_tasks(inv: Inventory, layout: Layout, node: Node, item: NodeCert):
 
 
 def _trust_task(layout: Layout, node: Node) -> dict:
-    copies = []
+    copies, signer = [], None
     for trust in trust_for(node):
         paths = layout.ca(trust.ca)
         copies.append((paths.cert, layout.on_node(node.name, trust.installed_as + ".crt"), PUBLIC_MODE))
         if trust.with_key:
+            signer = trust.ca
             copies.append((paths.key, layout.on_node(node.name, trust.installed_as + ".key"), SECRET_MODE))
     return {
         "name": f"{node.name}/trust",
         "doc": f"CA certs (and the cluster-signing key on control planes) for {node.name}",
-        "actions": [(guarded, [_place_all, copies])],
+        "actions": [(guarded, [_place_trust, layout, copies, signer])],
         "file_dep": sorted({copy[0] for copy in copies}),
         "targets": [copy[1] for copy in copies],
         "clean": True,
