@@ -51,7 +51,12 @@ def renewal_reason(spec: CertSpec, cert: x509.Certificate | None, issuer: x509.C
         expected_end = min(expected_end, issuer.not_valid_after_utc)
     if abs(facts.not_after - expected_end) > _LIFETIME_SLACK:
         return Reason("lifetime changed")
-    return calendar_reason(facts.not_after, now, window)
+    reason = calendar_reason(facts.not_after, now, window)
+    if reason is not None and issuer is not None and issuer.not_valid_after_utc - facts.not_after <= _LIFETIME_SLACK:
+        # Already as long as the issuer allows: a new cert would end at the same moment.
+        # The issuer is the one due; the expiry report shows it.
+        return None
+    return reason
 
 
 def calendar_reason(not_after: datetime, now: datetime, window: timedelta) -> Reason | None:

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import sys
 from pathlib import Path
+
+from doit.reporter import ExecutedOnlyReporter
+
+
+class ProgressOnStderr(ExecutedOnlyReporter):
+    """Lists only the tasks that run (a rerun with nothing stale prints nothing), on
+    stderr, so that stdout carries only what tasks print (`doit expiry --json | jq`)."""
+
+    def __init__(self, outstream, options):
+        super().__init__(sys.stderr, options)
+
 
 DOIT_CONFIG = {
     "default_tasks": ["pki"],
     "dep_file": "build/.doit.db",
     "backend": "sqlite3",
-    # Only tasks that run are listed: on a rerun with nothing stale, doit prints nothing.
-    "reporter": "executed-only",
+    "reporter": ProgressOnStderr,
 }
 
 

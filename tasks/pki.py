@@ -38,8 +38,8 @@ def _issue_ca(spec: CertSpec, layout: Layout, parent: str | None, window) -> str
 
 
 def _issue_leaf(spec: CertSpec, paths: KeyPairPaths, issuer: str, layout: Layout, window,
-                copies: list[tuple]) -> str:
-    message = ensure_leaf(spec, paths, open_ca(layout, issuer), clock.now(), window)
+                copies: list[tuple], rekey: bool = False) -> str:
+    message = ensure_leaf(spec, paths, open_ca(layout, issuer), clock.now(), window, rekey=rekey)
     _place_all(copies)
     return message
 
@@ -69,14 +69,20 @@ def _ca_task(spec: CertSpec, layout: Layout, parent: str | None, window) -> dict
     }
 
 
+def _leaf_copies(layout: Layout, node: Node, item: NodeCert) -> list[tuple]:
+    """Where a service cert and its key are copied in the node's tree (none for kubeconfig identities)."""
+    if not item.row.installed_as:
+        return []
+    paths = layout.leaf(node.name, item.spec.name)
+    return [(paths.cert, layout.on_node(node.name, item.row.installed_as + ".crt"), PUBLIC_MODE),
+            (paths.key, layout.on_node(node.name, item.row.installed_as + ".key"), SECRET_MODE)]
+
+
 def _leaf_tasks(inv: Inventory, layout: Layout, node: Node, item: NodeCert):
     row, spec = item.row, item.spec
     paths = layout.leaf(node.name, spec.name)
     issuer_cert = layout.ca(row.issuer).cert
-    copies = []
-    if row.installed_as:
-        copies = [(paths.cert, layout.on_node(node.name, row.installed_as + ".crt"), PUBLIC_MODE),
-                  (paths.key, layout.on_node(node.name, row.installed_as + ".key"), SECRET_MODE)]
+    copies = _leaf_copies(layout, node, item)
     yield {
         "name": f"{node.name}/{spec.name}",
         "doc": f"{spec.common_name} cert for {node.name}",
@@ -140,3 +146,23 @@ def task_pki():
         yield trust
         yield {"name": node.name, "doc": f"every cert, key and kubeconfig of {node.name}",
                "actions": None, "task_dep": names}
+
+
+def task_rekey():
+    """Explicit: a new key and cert for one leaf, e.g. `doit rekey:node-az2/apiserver`.
+
+    Never part of a plain `doit`. The next `doit` rebuilds what embeds or carries it.
+    """
+    inv, layout = context()
+    for node in inv.nodes:
+        for item in leaves_for(inv, node):
+            paths = layout.leaf(node.name, item.spec.name)
+            yield {
+                "name": f"{node.name}/{item.spec.name}",
+                "doc": f"new key for {item.spec.common_name} on {node.name}",
+                "actions": [(guarded, [_issue_leaf, item.spec, paths, item.row.issuer, layout, inv.renew_before,
+                                       _leaf_copies(layout, node, item), True])],
+                "file_dep": [layout.ca(item.row.issuer).cert],
+                "uptodate": [False],
+                "verbosity": 2,
+            }

@@ -60,8 +60,8 @@ class Run:
 
     @property
     def executed(self) -> list[str]:
-        """Task names doit ran (its '.  name' lines)."""
-        return [line[3:].strip() for line in self.stdout.splitlines() if line.startswith(".  ")]
+        """Task names doit ran (its '.  name' progress lines, on stderr)."""
+        return [line[3:].strip() for line in self.stderr.splitlines() if line.startswith(".  ")]
 
 
 @dataclass

