@@ -1,0 +1,427 @@
+"""Render stage: every systemd unit and component config a node needs, from templates/.
+
+:func:`plan` decides, per node and only for its roles, which files exist and the exact
+values each template receives (its *context*). The context is all a file depends on
+besides its template: the task layer fingerprints it, so changing one node's IP
+re-renders only the files that name that IP. Templates render with StrictUndefined: a
+value missing from a context is an error, never an empty flag.
+
+Version-dependent choices come from :mod:`kthw.versions`; the pinned etcd, containerd
+and pause image come from the vendor stage's pins table through :func:`release_pins`.
+Every flag a unit passes to a Kubernetes binary is checked against the version table
+before the unit is written.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Callable
+
+import jinja2
+import jinja2.meta
+import yaml
+
+from . import versions
+from .catalogue import CLUSTER_SIGNER, CONTROL_PLANE, ETCD, LEAVES, TRUST, WORKER
+from .errors import KthwError
+from .fsutil import PUBLIC_MODE, atomic_write
+from .inventory import Inventory, Node
+
+DEFAULT_PINS = Path(__file__).resolve().parent / "data" / "pins.yaml"
+
+BIN_DIR = "/usr/local/bin"
+CNI_BIN_DIR = "/opt/cni/bin"
+UNIT_DIR = "/etc/systemd/system"
+ETCD_CLIENT_PORT, ETCD_PEER_PORT = 2379, 2380
+APISERVER_PORT = 6443  # CONVENTIONS: the secure port on every control-plane node
+CONTAINERD_SOCKET = "unix:///run/containerd/containerd.sock"
+
+# --- what each role installs from the vendor stage --------------------------------
+
+# Node path -> the vendored component that provides it. The bundle installs these next
+# to the node's build/nodes/<node>/ tree; the vendor stage downloads exactly these.
+ROLE_BINARIES: dict[str, dict[str, str]] = {
+    ETCD: {f"{BIN_DIR}/{name}": "etcd" for name in ("etcd", "etcdctl", "etcdutl")},
+    CONTROL_PLANE: {
+        **{f"{BIN_DIR}/{name}": "kubernetes-server"
+           for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")},
+    },
+    WORKER: {
+        f"{BIN_DIR}/kubelet": "kubernetes-node",
+        f"{BIN_DIR}/kube-proxy": "kubernetes-node",
+        # containerd's tarball unpacks bin/* here; ctr imports the vendored images.
+        **{f"{BIN_DIR}/{name}": "containerd" for name in ("containerd", "containerd-shim-runc-v2", "ctr")},
+        f"{BIN_DIR}/runc": "runc",
+        f"{BIN_DIR}/crictl": "crictl",
+        # The plugins the CNI configs below name.
+        **{f"{CNI_BIN_DIR}/{name}": "cni-plugins" for name in ("bridge", "host-local", "loopback", "portmap")},
+    },
+}
+
+
+def binaries_for(node: Node) -> dict[str, str]:
+    """Every binary the node's roles need: node path -> vendored component."""
+    result: dict[str, str] = {}
+    for role in sorted(node.roles):
+        result.update(ROLE_BINARIES[role])
+    return dict(sorted(result.items()))
+
+
+# --- where other stages put their files ------------------------------------------------
+
+
+def _leaf(name: str) -> str:
+    row = next(row for row in LEAVES if row.name == name)
+    return row.installed_as or row.kubeconfig
+
+
+def _trust(ca: str) -> str:
+    return next(t.installed_as for t in TRUST if t.ca == ca and not t.with_key)
+
+
+_SIGNER = next(t.installed_as for t in TRUST if t.ca == CLUSTER_SIGNER and t.with_key)
+
+# Node paths every template may name. Certs and kubeconfigs come from the pki stage's
+# catalogue; the secrets stage's files are the paths agreed in CONVENTIONS.md.
+PATHS: dict[str, str] = {
+    "bin": BIN_DIR,
+    "kubernetes_ca": _trust("kubernetes") + ".crt",
+    "etcd_ca": _trust("etcd") + ".crt",
+    "front_proxy_ca": _trust("front-proxy") + ".crt",
+    "cluster_signing_cert": _SIGNER + ".crt",
+    "cluster_signing_key": _SIGNER + ".key",
+    **{f"{name.replace('-', '_')}_{part}": _leaf(name) + f".{ext}"
+       for name in ("apiserver", "apiserver-kubelet-client", "apiserver-etcd-client", "front-proxy-client",
+                    "etcd-server", "etcd-peer", "etcd-healthcheck-client", "kubelet-serving")
+       for part, ext in (("cert", "crt"), ("key", "key"))},
+    "controller_manager_kubeconfig": _leaf("controller-manager"),
+    "scheduler_kubeconfig": _leaf("scheduler"),
+    "kube_proxy_kubeconfig": _leaf("kube-proxy"),
+    "kubelet_static_kubeconfig": _leaf("kubelet-client"),
+    # secrets stage (CONVENTIONS.md, issue 4)
+    "sa_key": "/etc/k8s/shared/sa.key",
+    "sa_pub": "/etc/k8s/shared/sa.pub",
+    "encryption_config": "/etc/k8s/kube-apiserver/encryption-config.yaml",
+    "kubelet_bootstrap_kubeconfig": "/etc/k8s/kubelet/bootstrap-kubeconfig",
+    # written by this stage
+    "audit_policy": "/etc/k8s/kube-apiserver/audit-policy.yaml",
+    "scheduler_config": "/etc/k8s/kube-scheduler/kube-scheduler.yaml",
+    "kubelet_config": "/etc/k8s/kubelet/kubelet-config.yaml",
+    "kube_proxy_config": "/etc/k8s/kube-proxy/kube-proxy-config.yaml",
+    "containerd_config": "/etc/k8s/containerd/config.toml",
+    # created at run time by the services themselves
+    "containerd_socket": CONTAINERD_SOCKET,
+    "etcd_data": "/var/lib/etcd",
+    "audit_log": "/var/log/kubernetes/audit.log",
+    "kubelet_kubeconfig": "/var/lib/kubelet/kubeconfig",  # written by the kubelet after TLS bootstrap
+    "kubelet_cert_dir": "/var/lib/kubelet/pki",
+}
+
+
+# --- the pins table (vendor stage) -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReleasePins:
+    """What the vendor stage pinned for one Kubernetes release and the render stage uses."""
+
+    kubernetes: str
+    etcd: str
+    containerd: str
+    pause_image: str  # repository:tag, as the node's image store names the vendored image
+
+
+def release_pins(kubernetes_version: str, path: Path = DEFAULT_PINS) -> ReleasePins:
+    """Read the pins of one Kubernetes release from the vendor stage's table."""
+    path = Path(path)
+    try:
+        table = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise KthwError(f"{path}: the pins table is missing; the vendor stage provides it (it names the etcd, "
+                        "containerd and pause image versions the configs refer to)") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise KthwError(f"{path}: cannot read the pins table ({err}); restore it from version control") from None
+    releases = table.get("releases") if isinstance(table, dict) else None
+    if not isinstance(releases, dict):
+        raise KthwError(f"{path}: no 'releases' mapping; restore the pins table from version control")
+    release = releases.get(kubernetes_version)
+    if not isinstance(release, dict):
+        pinned = ", ".join(sorted(map(str, releases))) or "none"
+        raise KthwError(f"{path}: Kubernetes {kubernetes_version} is not pinned (pinned: {pinned}); set the "
+                        "inventory's kubernetes_version to a pinned release or add this one to the pins table")
+    missing = [key for key in ("etcd", "containerd", "pause") if not release.get(key)]
+    if missing:
+        raise KthwError(f"{path}: releases.\"{kubernetes_version}\" has no {', '.join(missing)}; add "
+                        f"{' and '.join(missing)} to that release in the pins table")
+    tag = str(release["pause"])
+    image = ((table.get("images") or {}).get("pause") or {}).get(tag)
+    if not isinstance(image, dict) or not image.get("repository"):
+        raise KthwError(f"{path}: images.pause.\"{tag}\" (the pause image of Kubernetes {kubernetes_version}) "
+                        "has no repository; add it to the pins table")
+    return ReleasePins(kubernetes=kubernetes_version, etcd=str(release["etcd"]).lstrip("v"),
+                       containerd=str(release["containerd"]).lstrip("v"), pause_image=f"{image['repository']}:{tag}")
+
+
+# --- the plan: which files each node gets, with which values ---------------------------
+
+
+@dataclass(frozen=True)
+class NodeFile:
+    """One file of one node: its path on the node, its template and every value it uses."""
+
+    node: str
+    path: str
+    template: str
+    context: dict = field(compare=False)
+    mode: int = PUBLIC_MODE
+    # When a required input (the pins table) is unusable: the message, and the file is not written.
+    error: str | None = None
+
+    @property
+    def fingerprint(self) -> dict:
+        """What decides the file's bytes besides its template text."""
+        return {"template": self.template, "mode": self.mode, "context": self.context, "error": self.error}
+
+
+def _host(ip) -> str:
+    """An address as it appears in a URL: IPv6 in brackets."""
+    ip = ipaddress.ip_address(str(ip))
+    return f"[{ip}]" if ip.version == 6 else str(ip)
+
+
+def _go_duration(delta) -> str:
+    return f"{int(delta.total_seconds() // 3600)}h"
+
+
+class _Inputs:
+    """What the file rules read: the inventory, its version row and the pins (or why not)."""
+
+    def __init__(self, inv: Inventory, release: versions.KubernetesRelease, pins: ReleasePins | None,
+                 pins_error: str | None):
+        self.inv, self.release, self.pins, self.pins_error = inv, release, pins, pins_error
+
+    def etcd_members(self) -> list[dict]:
+        return [{"name": n.name, "host": _host(n.ip)} for n in self.inv.etcd_nodes]
+
+
+def _etcd_unit(i: _Inputs, node: Node) -> dict:
+    line = versions.etcd_line(i.pins.etcd)
+    return {"name": node.name, "host": _host(node.ip), "members": i.etcd_members(), "token": i.inv.name,
+            "client_port": ETCD_CLIENT_PORT, "peer_port": ETCD_PEER_PORT,
+            "extra_flags": [f"{flag}={value}" for flag, value in line.extra_flags], "paths": PATHS}
+
+
+def _apiserver_unit(i: _Inputs, node: Node) -> dict:
+    return {
+        "kubernetes_minor": i.release.name,
+        "advertise_address": str(node.ip),
+        "local_etcd": node.is_etcd,
+        "etcd_servers": [f"https://{m['host']}:{ETCD_CLIENT_PORT}" for m in i.etcd_members()],
+        "service_cidr": str(i.inv.service_cidr),
+        # The in-cluster name of the API: tokens stay valid if the API endpoint changes,
+        # and kubeadm uses the same issuer.
+        "service_account_issuer": f"https://kubernetes.default.svc.{i.inv.cluster_domain}",
+        "port": APISERVER_PORT,
+        # Only the aggregation proxy's own cert may assert a user through request headers.
+        "front_proxy_client_cn": next(row.common_name for row in LEAVES if row.name == "front-proxy-client"),
+        "paths": PATHS,
+    }
+
+
+def _audit_policy(i: _Inputs, node: Node) -> dict:
+    return {"api_version": i.release.audit_policy_api}
+
+
+def _controller_manager_unit(i: _Inputs, node: Node) -> dict:
+    workers = i.inv.worker_nodes
+    return {
+        "kubernetes_minor": i.release.name,
+        "cluster_name": i.inv.name,
+        "cluster_cidr": str(i.inv.pod_cidr),
+        "service_cidr": str(i.inv.service_cidr),
+        # Per-node pod CIDRs in the inventory go straight into each worker's CNI config;
+        # without them the controller-manager hands out node CIDRs itself.
+        "allocate_node_cidrs": not any(n.pod_cidr for n in workers),
+        "signing_duration": _go_duration(i.inv.lifetimes.leaf),
+        "paths": PATHS,
+    }
+
+
+def _scheduler_unit(i: _Inputs, node: Node) -> dict:
+    return {"kubernetes_minor": i.release.name, "paths": PATHS}
+
+
+def _scheduler_config(i: _Inputs, node: Node) -> dict:
+    return {"api_version": i.release.scheduler_config_api, "paths": PATHS}
+
+
+def _plain_unit(i: _Inputs, node: Node) -> dict:
+    return {"paths": PATHS}
+
+
+def _containerd_config(i: _Inputs, node: Node) -> dict:
+    line = versions.containerd_line(i.pins.containerd, i.release)
+    return {"config_version": line.config_version, "runtime_plugin": line.runtime_plugin,
+            "sandbox_table": line.sandbox_table, "sandbox_key": line.sandbox_key,
+            "sandbox_image": i.pins.pause_image, "paths": PATHS}
+
+
+def _kubelet_unit(i: _Inputs, node: Node) -> dict:
+    return {"kubernetes_minor": i.release.name, "node_name": node.name, "node_ip": str(node.ip),
+            "credentials": i.inv.kubelet_credentials,
+            "runtime_endpoint_in_config": i.release.runtime_endpoint_in_config, "paths": PATHS}
+
+
+def _kubelet_config(i: _Inputs, node: Node) -> dict:
+    return {"api_version": i.release.kubelet_config_api, "cluster_dns": [str(i.inv.cluster_dns_ip)],
+            "cluster_domain": i.inv.cluster_domain, "fail_cgroup_v1": i.release.fail_cgroup_v1,
+            "runtime_endpoint_in_config": i.release.runtime_endpoint_in_config, "paths": PATHS}
+
+
+def _kube_proxy_unit(i: _Inputs, node: Node) -> dict:
+    return {"kubernetes_minor": i.release.name, "paths": PATHS}
+
+
+def _kube_proxy_config(i: _Inputs, node: Node) -> dict:
+    return {"api_version": i.release.proxy_config_api, "cluster_cidr": str(i.inv.pod_cidr),
+            "node_name": node.name, "paths": PATHS}
+
+
+def _cni_bridge(i: _Inputs, node: Node) -> dict:
+    return {"subnet": str(node.pod_cidr), "default_route": "::/0" if node.pod_cidr.version == 6 else "0.0.0.0/0"}
+
+
+def _nothing(i: _Inputs, node: Node) -> dict:
+    return {}
+
+
+def _crictl(i: _Inputs, node: Node) -> dict:
+    return {"paths": PATHS}
+
+
+@dataclass(frozen=True)
+class _Rule:
+    path: str
+    template: str
+    role: str
+    context: Callable[[_Inputs, Node], dict]
+    needs_pins: bool = False
+    when: Callable[[Node], bool] = lambda node: True
+
+
+RULES: tuple[_Rule, ...] = (
+    _Rule(f"{UNIT_DIR}/etcd.service", "units/etcd.service.j2", ETCD, _etcd_unit, needs_pins=True),
+    _Rule(f"{UNIT_DIR}/kube-apiserver.service", "units/kube-apiserver.service.j2", CONTROL_PLANE, _apiserver_unit),
+    _Rule(PATHS["audit_policy"], "configs/audit-policy.yaml.j2", CONTROL_PLANE, _audit_policy),
+    _Rule(f"{UNIT_DIR}/kube-controller-manager.service", "units/kube-controller-manager.service.j2", CONTROL_PLANE,
+          _controller_manager_unit),
+    _Rule(f"{UNIT_DIR}/kube-scheduler.service", "units/kube-scheduler.service.j2", CONTROL_PLANE, _scheduler_unit),
+    _Rule(PATHS["scheduler_config"], "configs/kube-scheduler.yaml.j2", CONTROL_PLANE, _scheduler_config),
+    _Rule(f"{UNIT_DIR}/containerd.service", "units/containerd.service.j2", WORKER, _plain_unit),
+    _Rule(PATHS["containerd_config"], "configs/containerd-config.toml.j2", WORKER, _containerd_config,
+          needs_pins=True),
+    _Rule(f"{UNIT_DIR}/kubelet.service", "units/kubelet.service.j2", WORKER, _kubelet_unit),
+    _Rule(PATHS["kubelet_config"], "configs/kubelet-config.yaml.j2", WORKER, _kubelet_config),
+    _Rule(f"{UNIT_DIR}/kube-proxy.service", "units/kube-proxy.service.j2", WORKER, _kube_proxy_unit),
+    _Rule(PATHS["kube_proxy_config"], "configs/kube-proxy-config.yaml.j2", WORKER, _kube_proxy_config),
+    # Without a node pod CIDR the network is a CNI add-on's job (it reads Node.spec.podCIDR,
+    # which the controller-manager then allocates); only loopback is written.
+    _Rule("/etc/cni/net.d/10-bridge.conflist", "configs/cni-bridge.conflist.j2", WORKER, _cni_bridge,
+          when=lambda node: node.pod_cidr is not None),
+    _Rule("/etc/cni/net.d/99-loopback.conf", "configs/cni-loopback.conf.j2", WORKER, _nothing),
+    _Rule("/etc/crictl.yaml", "configs/crictl.yaml.j2", WORKER, _crictl),
+    # Bridged pod traffic must pass iptables (kube-proxy) and be forwarded.
+    _Rule("/etc/modules-load.d/kubernetes.conf", "configs/modules-load.conf.j2", WORKER, _nothing),
+    _Rule("/etc/sysctl.d/99-kubernetes.conf", "configs/sysctl.conf.j2", WORKER, _nothing),
+)
+
+
+def plan(inv: Inventory, pins_path: Path = DEFAULT_PINS) -> dict[str, tuple[NodeFile, ...]]:
+    """Every file of every node. A Kubernetes minor outside the version table is a KthwError;
+    an unusable pins table only marks the files that need it (their render fails)."""
+    release = versions.kubernetes_release(inv.kubernetes_version)
+    pins, pins_error = None, None
+    try:
+        pins = release_pins(inv.kubernetes_version, pins_path)
+    except KthwError as err:
+        pins_error = str(err)
+    inputs = _Inputs(inv, release, pins, pins_error)
+    result = {}
+    for node in inv.nodes:
+        files = []
+        for rule in RULES:
+            if rule.role not in node.roles or not rule.when(node):
+                continue
+            context, error = {}, None
+            if rule.needs_pins and pins is None:
+                error = pins_error
+            else:
+                try:
+                    context = rule.context(inputs, node)
+                except KthwError as err:
+                    error = str(err)
+            files.append(NodeFile(node.name, rule.path, rule.template, context, error=error))
+        names = [PurePosixPath(f.path).name for f in files]
+        assert len(names) == len(set(names)), f"two files of {node.name} share a name: {names}"
+        result[node.name] = tuple(files)
+    return result
+
+
+# --- rendering -----------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4)
+def _environment(templates: str) -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(templates), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True,
+                             autoescape=False)
+    return env
+
+
+def template_files(template: str, templates: Path) -> list[Path]:
+    """The template and every template it includes or imports (its file dependencies)."""
+    env = _environment(str(templates))
+    seen, todo = [], [template]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.append(name)
+        source = env.loader.get_source(env, name)[0]
+        todo.extend(ref for ref in jinja2.meta.find_referenced_templates(env.parse(source)) if ref)
+    return [Path(templates) / name for name in seen]
+
+
+def unit_exec_start(text: str) -> list[str]:
+    """The ExecStart command line of a unit, as a list of words (continuations joined)."""
+    joined = text.replace("\\\n", " ")
+    for line in joined.splitlines():
+        if line.startswith("ExecStart="):
+            return shlex.split(line[len("ExecStart="):])
+    raise KthwError("the unit has no ExecStart line")
+
+
+def render(nf: NodeFile, templates: Path) -> bytes:
+    """The file's bytes; a unit's flags are checked against the version table first."""
+    if nf.error:
+        raise KthwError(f"{nf.node}: {nf.path}: {nf.error}")
+    try:
+        text = _environment(str(templates)).get_template(nf.template).render(**nf.context)
+    except jinja2.TemplateError as err:
+        raise KthwError(f"{nf.node}: {nf.path}: template {nf.template}: {err}") from None
+    if nf.path.startswith(UNIT_DIR + "/"):
+        words = unit_exec_start(text)
+        binary = PurePosixPath(words[0]).name
+        if binary in versions.FLAGS:
+            release = versions.kubernetes_release(nf.context["kubernetes_minor"])
+            versions.check_flags(binary, [w.split("=", 1)[0] for w in words[1:]], release)
+    return text.encode()
+
+
+def write_node_file(nf: NodeFile, templates: Path, destination: Path) -> None:
+    """Render and write one file; an unchanged file is left untouched (same bytes, same mtime)."""
+    atomic_write(destination, render(nf, templates), nf.mode)

@@ -1,0 +1,64 @@
+"""Render stage: per-node systemd units and component configs.
+
+    render:<node>/<file>   one file of one node, e.g. render:node-az1/etcd.service
+    render:<node>          every file of one node;  render = every node
+
+A file is re-rendered when its template changes or when the values it uses change
+(its context from kthw.render.plan: e.g. an etcd unit names every etcd member's IP,
+a scheduler config names none), so editing one node's IP touches only the files that
+name it. The pins table is read from kthw/data/pins.yaml unless `doit pins=PATH` or
+$KTHW_PINS says otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath
+
+from doit import get_var
+from doit.tools import config_changed
+
+from kthw.errors import KthwError
+from kthw.render import DEFAULT_PINS, plan, template_files, write_node_file
+
+from .common import context, guarded
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+PINS_ENV = "KTHW_PINS"
+
+
+def pins_path() -> Path:
+    return Path(get_var("pins", None) or os.environ.get(PINS_ENV) or DEFAULT_PINS)
+
+
+def _refuse(message: str) -> None:
+    raise KthwError(message)
+
+
+def task_render():
+    """Systemd units and component configs for every node, only for its roles."""
+    inv, layout = context()
+    try:
+        files = plan(inv, pins_path())
+    except KthwError as err:
+        # e.g. a Kubernetes minor outside the version table: nothing can be rendered.
+        yield {"name": "versions", "doc": "the inventory's Kubernetes version is not supported",
+               "actions": [(guarded, [_refuse, str(err)])], "uptodate": [False]}
+        return
+    for node in inv.nodes:
+        names = []
+        for nf in files[node.name]:
+            destination = layout.on_node(node.name, nf.path)
+            name = f"{node.name}/{PurePosixPath(nf.path).name}"
+            names.append(f"render:{name}")
+            yield {
+                "name": name,
+                "doc": f"{nf.path} on {node.name}",
+                "actions": [(guarded, [write_node_file, nf, TEMPLATES, destination])],
+                "file_dep": template_files(nf.template, TEMPLATES),
+                "targets": [destination],
+                "uptodate": [config_changed(nf.fingerprint)],
+                "clean": True,
+            }
+        yield {"name": node.name, "doc": f"every unit and config of {node.name}", "actions": None,
+               "task_dep": names}
