@@ -7,6 +7,10 @@ import base64
 import yaml
 
 
+# libyaml's emitter when PyYAML has it: the pure-Python one dominates a large build.
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
@@ -34,4 +38,4 @@ def kubeconfig(cluster: str, server: str, ca_pem: bytes, user: str, *, cert_pem:
         "current-context": context,
         "preferences": {},
     }
-    return yaml.safe_dump(document, sort_keys=False).encode()
+    return yaml.dump(document, Dumper=_Dumper, sort_keys=False).encode()

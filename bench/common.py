@@ -1,0 +1,96 @@
+"""Shared by the benchmarks: scratch projects, inventories, and side-by-side timing.
+
+The machines are shared and noisy, so every benchmark alternates baseline and ours
+several times in one run and reports medians and median ratios.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def inventory(workers: int, control_planes: int = 3, key_algorithm: str = "ecdsa-p256") -> str:
+    lines = ["name: bench", 'kubernetes_version: "%s"' % _example_version(),
+             "api_endpoint: {dns: k8s.bench.lan, ip: 10.0.0.10, port: 6443}",
+             "service_cidr: 10.96.0.0/12", "pod_cidr: 10.128.0.0/9", f"key_algorithm: {key_algorithm}",
+             "nodes:"]
+    for i in range(1, control_planes + 1):
+        lines.append(f"  - {{name: cp{i}, roles: [control-plane, etcd], arch: amd64, zone: az{(i - 1) % 3 + 1}, "
+                     f"ip: 10.0.0.{10 + i}}}")
+    for i in range(1, workers + 1):
+        arch = "arm64" if i % 2 else "amd64"
+        lines.append(f"  - {{name: w{i}, roles: [worker], arch: {arch}, zone: az{i % 3 + 1}, "
+                     f"ip: 10.1.{i // 250}.{i % 250 + 1}, pod_cidr: 10.{128 + i // 256}.{i % 256}.0/24}}")
+    return "\n".join(lines) + "\n"
+
+
+def _example_version() -> str:
+    for line in (REPO / "cluster.yaml").read_text().splitlines():
+        if line.startswith("kubernetes_version:"):
+            return line.split(":", 1)[1].strip().strip('"')
+    raise SystemExit("cluster.yaml has no kubernetes_version")
+
+
+class Scratch:
+    """A fresh working directory holding one inventory."""
+
+    def __init__(self, text: str):
+        self.root = Path(tempfile.mkdtemp(prefix="kthw-bench-"))
+        (self.root / "cluster.yaml").write_text(text)
+
+    def doit(self, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+        result = subprocess.run([sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"), "-d", str(self.root),
+                                 *args, f"inventory={self.root / 'cluster.yaml'}"],
+                                capture_output=True, text=True, env={**os.environ, **(env or {})})
+        if result.returncode != 0:
+            raise SystemExit(f"doit {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def reset(self, keep: tuple[str, ...] = ("cluster.yaml",)) -> None:
+        for child in self.root.iterdir():
+            if child.name not in keep:
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def timed(action: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
+
+
+def alternate(contenders: dict[str, Callable[[], object]], rounds: int,
+              before_each: Callable[[], None] | None = None) -> dict[str, list[float]]:
+    """Run every contender once per round, in turn, so noise hits them alike."""
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, action in contenders.items():
+            if before_each:
+                before_each()
+            times[name].append(timed(action))
+    return times
+
+
+def report(title: str, times: dict[str, list[float]], ours: str, targets: dict[str, str] | None = None) -> None:
+    print(f"\n{title}")
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    for name, median in medians.items():
+        print(f"  {name:<28} median {median:8.3f} s   ({len(times[name])} runs)")
+    for name in medians:
+        if name == ours:
+            continue
+        ratios = [b / a for a, b in zip(times[ours], times[name])]
+        print(f"  {name} / {ours}: median ratio {statistics.median(ratios):.2f}"
+              + (f"   target: {targets[name]}" if targets and name in targets else ""))
