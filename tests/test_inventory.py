@@ -57,7 +57,7 @@ def _error(text: str) -> InventoryError:
     ("arch: arm64, zone: az3, ip: 10.0.3.11", "arch: sparc, zone: az3, ip: 10.0.3.11", "nodes[2].arch",
      ["unknown value 'sparc'", "amd64"]),
     ("key_algorithm: ecdsa-p256", "key_algorithm: dsa-1024", "key_algorithm", ["unknown value"]),
-    ('kubernetes_version: "1.34.2"', "kubernetes_version: 1.34", "kubernetes_version", ["quote"]),
+    ('kubernetes_version: "1.36.0"', "kubernetes_version: 1.34", "kubernetes_version", ["quote"]),
     ("leaf: 365d", "leaf: 5000d", "lifetimes.leaf", ["leaf < intermediate_ca"]),
     ("renew_before: 30d", "renew_before: 400d", "renew_before", ["not shorter than the leaf lifetime"]),
     ("pod_cidr: 10.244.1.0/24}", "pod_cidr: 10.245.1.0/24}", "nodes[3].pod_cidr", ["not inside"]),
