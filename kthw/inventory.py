@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import re
+import string
 import sys
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -70,6 +71,19 @@ class CASettings:
 
 
 @dataclass(frozen=True)
+class VendorSettings:
+    """Where the vendor stage fetches from (default: upstream) and the site's own pins."""
+
+    mirror: str | None = None           # http(s) base URL or absolute directory: replaces every upstream URL
+    registry_mirror: str | None = None  # http(s)://host[:port][/prefix]: replaces every image registry
+    overrides: tuple[tuple[str, str], ...] = ()  # component -> URL template / directory / image repository
+    site_pins: Path | None = None       # extends or overrides the shipped pins table
+
+    def override(self, component: str) -> str | None:
+        return dict(self.overrides).get(component)
+
+
+@dataclass(frozen=True)
 class Node:
     name: str
     roles: frozenset[str]
@@ -110,6 +124,7 @@ class Inventory:
     encryption_provider: str
     bootstrap_token_ttl: timedelta
     nodes: tuple[Node, ...]
+    vendor: VendorSettings = VendorSettings()
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     def node(self, name: str) -> Node:
@@ -337,7 +352,7 @@ def _list_of(parse: Callable[[Any], Any]) -> Callable[[Any], tuple]:
 
 TOP_KEYS = ("name", "kubernetes_version", "cluster_domain", "api_endpoint", "service_cidr", "pod_cidr",
             "cluster_dns_ip", "ca", "key_algorithm", "lifetimes", "renew_before", "kubelet_credentials",
-            "encryption_provider", "bootstrap_token_ttl", "nodes")
+            "encryption_provider", "bootstrap_token_ttl", "nodes", "vendor")
 NODE_KEYS = ("name", "roles", "arch", "zone", "ip", "extra_sans", "pod_cidr")
 
 DEFAULT_LIFETIMES = Lifetimes(root_ca=timedelta(days=3650), intermediate_ca=timedelta(days=1825),
@@ -451,7 +466,68 @@ def _build(top: _Reader) -> Inventory:
         kubelet_credentials=top.get("kubelet_credentials", _choice(KUBELET_CREDENTIALS), "tls-bootstrap"),
         encryption_provider=top.get("encryption_provider", _choice(ENCRYPTION_PROVIDERS), "secretbox"),
         bootstrap_token_ttl=top.get("bootstrap_token_ttl", _duration, timedelta(days=14)),
-        nodes=nodes, warnings=tuple(warnings))
+        nodes=nodes, vendor=_vendor(top), warnings=tuple(warnings))
+
+
+VENDOR_KEYS = ("mirror", "registry_mirror", "overrides", "site_pins")
+
+
+def _vendor(top: _Reader) -> VendorSettings:
+    """The `vendor:` section; relative paths are relative to the inventory file."""
+    from . import components
+    from .oci import Repository
+
+    base = Path(top.source).parent
+    reader = top.sub("vendor")
+    reader.check_keys(VENDOR_KEYS)
+
+    def location(value: Any) -> str:
+        text = _text(value)
+        if "://" not in text:
+            return str((base / Path(text).expanduser()).resolve())
+        if not re.match(r"^https?://[^/\s?#]+(/[^\s?#]*)?$", text):
+            raise _Bad(f"'{text}' is neither an http(s) URL nor a directory",
+                       "write e.g. https://mirror.example.lan/kthw or /srv/kthw-mirror")
+        return text.rstrip("/")
+
+    def folder_template(value: Any) -> str:
+        text = location(value)
+        try:
+            fields = {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
+        except ValueError as err:
+            raise _Bad(f"'{text}' has a broken placeholder ({err})", "write placeholders as {version} or {arch}") from None
+        if fields - {"version", "arch"}:
+            raise _Bad(f"unknown placeholder {{{sorted(fields - {'version', 'arch'})[0]}}}",
+                       "only {version} and {arch} are replaced")
+        return text
+
+    def repository(value: Any) -> str:
+        try:
+            return str(Repository.parse(_text(value)))
+        except ValueError as err:
+            raise _Bad(str(err), "write the repository without tag or digest, e.g. "
+                       "https://registry.example.lan/k8s/pause (http:// only for a plain-HTTP registry)") from None
+
+    def registry(value: Any) -> str:
+        text = location(value)
+        if not text.startswith(("http://", "https://")):
+            raise _Bad(f"'{text}' is not an http(s) URL", "write e.g. https://registry.example.lan or "
+                       "http://127.0.0.1:5000 (a registry, not a directory)")
+        return text
+
+    def pins_file(value: Any) -> Path:
+        if "://" in _text(value):
+            raise _Bad(f"'{value}' is a URL", "name a local YAML file (relative to the inventory), e.g. site-pins.yaml")
+        return Path(location(value))
+
+    over = reader.sub("overrides")
+    over.check_keys(components.ALL_NAMES)
+    overrides = tuple((name, over.get(name, repository if name in components.IMAGES else folder_template))
+                      for name in over.mapping)
+    return VendorSettings(mirror=reader.get("mirror", location, None),
+                          registry_mirror=reader.get("registry_mirror", registry, None),
+                          overrides=overrides,
+                          site_pins=reader.get("site_pins", pins_file, None))
 
 
 def _nodes(top: _Reader, service_cidr: IPNetwork, pod_cidr: IPNetwork) -> tuple[Node, ...]:

@@ -1,0 +1,287 @@
+"""The pins table: which component versions go with a Kubernetes version, the checksum of
+every release file per arch, and the index digest of every image.
+
+The shipped table is ``kthw/data/pins.yaml``; a site pins file named by the inventory
+(``vendor.site_pins``) has the same shape, is checked the same way, and extends or
+overrides it entry by entry (a release, a checksum of one arch, an image tag, a URL
+template). Every problem is an error naming the file, the line, the entry and the fix.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import components
+from .download import Checksum
+from .errors import InventoryError, KthwError
+from .inventory import ARCHES, _Bad, _Loader, _Map, _Reader
+from .oci import DIGEST, Repository
+
+SHIPPED = Path(__file__).resolve().parent / "data" / "pins.yaml"
+SCHEMA = 1
+SECTIONS = ("schema", "url_templates", "releases", "checksums", "images")
+_KUBERNETES_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
+_VERSION = re.compile(r"^\d+\.\d+(\.\d+)?$")
+_URL_TEMPLATE = re.compile(r"^https://[^/\s?#]+/\S+$")
+
+
+class UnpinnedError(KthwError):
+    """The inventory asks for a version the pins table does not have."""
+
+
+@dataclass(frozen=True)
+class ImagePin:
+    name: str
+    version: str
+    repository: str
+    digest: str
+    tag: str
+
+    @property
+    def reference(self) -> str:
+        """The name the node knows the image by, e.g. registry.k8s.io/pause:3.10.1."""
+        return f"{self.repository}:{self.tag}"
+
+
+@dataclass(frozen=True)
+class Pins:
+    sources: tuple[Path, ...]
+    url_templates: dict[str, str]
+    releases: dict[str, dict[str, str]]
+    checksums: dict[str, dict[str, dict[str, str]]]
+    images: dict[str, dict[str, ImagePin]]
+    # Where each entry was read (file:line), to point at it in messages.
+    lines: dict[tuple, str] = field(default_factory=dict, compare=False)
+
+    def pin_command(self, version: str) -> str:
+        return f"doit pin version={version}"
+
+    def release(self, kubernetes_version: str) -> dict[str, str]:
+        """Component -> version for this Kubernetes version (the two tarballs included)."""
+        if kubernetes_version not in self.releases:
+            pinned = ", ".join(sorted(self.releases, key=_version_key)) or "none"
+            raise UnpinnedError(
+                f"Kubernetes {kubernetes_version} is not pinned (pinned versions: {pinned}; pins read from "
+                f"{', '.join(map(str, self.sources))})\n  fix: on the connected workstation run "
+                f"'{self.pin_command(kubernetes_version)}' to fetch its published checksums into the pins "
+                "(the site pins file when the inventory names one), or set kubernetes_version to a pinned version")
+        release = dict(self.releases[kubernetes_version])
+        for name in components.KUBERNETES_FILES:
+            release[name] = kubernetes_version
+        return release
+
+    def url(self, component: str, version: str, arch: str) -> str:
+        if component not in self.url_templates:
+            raise UnpinnedError(f"the pins have no url_templates entry for {component}\n  fix: add "
+                                f"'url_templates: {{{component}: \"https://...{{version}}...{{arch}}...\"}}' "
+                                "to the site pins file")
+        return self.url_templates[component].format(version=version, arch=arch)
+
+    def checksum(self, component: str, version: str, arch: str, kubernetes_version: str) -> str:
+        try:
+            return self.checksums[component][version][arch]
+        except KeyError:
+            raise UnpinnedError(
+                f"no checksum is pinned for {component} {version} ({arch}), which Kubernetes "
+                f"{kubernetes_version} uses\n  fix: run '{self.pin_command(kubernetes_version)}' on the "
+                "connected workstation, or add it to the site pins file") from None
+
+    def image(self, name: str, version: str, kubernetes_version: str) -> ImagePin:
+        try:
+            return self.images[name][version]
+        except KeyError:
+            raise UnpinnedError(
+                f"no image digest is pinned for {name} {version}, which Kubernetes {kubernetes_version} "
+                f"uses\n  fix: run '{self.pin_command(kubernetes_version)}' on the connected workstation, "
+                "or add it to the site pins file") from None
+
+    def gaps(self) -> list[str]:
+        """What a pinned release lacks: a URL template, a checksum of one arch, an image digest."""
+        missing = []
+        for kubernetes_version in sorted(self.releases, key=_version_key):
+            release = self.release(kubernetes_version)
+            for name in components.FILES:
+                if name not in self.url_templates:
+                    missing.append(f"url_templates.{name}")
+                for arch in ARCHES:
+                    if arch not in self.checksums.get(name, {}).get(release[name], {}):
+                        missing.append(f"checksums.{name}.{release[name]}.{arch} (Kubernetes {kubernetes_version})")
+            for name in components.IMAGES:
+                if release[name] not in self.images.get(name, {}):
+                    missing.append(f"images.{name}.{release[name]} (Kubernetes {kubernetes_version})")
+        return list(dict.fromkeys(missing))
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+# --- reading one file ------------------------------------------------------------------
+
+
+def _version_text(pattern: re.Pattern, example: str):
+    def parse(value: Any) -> str:
+        if not isinstance(value, str):
+            raise _Bad(f"{value!r} was read as {type(value).__name__}, not as a version",
+                       f'quote versions, e.g. "{example}"')
+        if not pattern.match(value):
+            raise _Bad(f"'{value}' is not a version", f'write e.g. "{example}" (no leading v)')
+        return value
+    return parse
+
+
+def _url_template(value: Any) -> str:
+    if not isinstance(value, str) or not _URL_TEMPLATE.match(value):
+        raise _Bad(f"{value!r} is not an https URL template", 'write e.g. "https://dl.k8s.io/v{version}/'
+                   'kubernetes-server-linux-{arch}.tar.gz"')
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+    except ValueError as err:
+        raise _Bad(f"broken placeholder in '{value}' ({err})", "write placeholders as {version} and {arch}") from None
+    if fields != {"version", "arch"}:
+        raise _Bad(f"'{value}' must use exactly the placeholders {{version}} and {{arch}} "
+                   f"(it uses {', '.join(sorted(fields)) or 'none'})",
+                   "every release file differs per version and per arch")
+    return value
+
+
+def _checksum(value: Any) -> str:
+    try:
+        return str(Checksum.parse(value if isinstance(value, str) else repr(value)))
+    except ValueError as err:
+        raise _Bad(str(err), "copy the value from the release's published checksum file") from None
+
+
+def _digest(value: Any) -> str:
+    if not isinstance(value, str) or not DIGEST.match(value):
+        raise _Bad(f"{value!r} is not an image digest", "write sha256:<64 hex digits> of the multi-arch index")
+    return value
+
+
+def _repository(value: Any) -> str:
+    try:
+        repository = Repository.parse(value if isinstance(value, str) else repr(value))
+    except ValueError as err:
+        raise _Bad(str(err), "write e.g. registry.k8s.io/pause") from None
+    if repository.scheme != "https":
+        raise _Bad(f"'{value}' names a scheme", "pins name the upstream image (host/path); a plain-HTTP "
+                   "registry belongs in the inventory's vendor.registry_mirror or vendor.overrides")
+    return str(repository)
+
+
+def _mapping(reader: _Reader, key: str) -> _Reader:
+    value = reader.mapping.get(key)
+    if value is not None and not isinstance(value, dict):
+        raise reader.fail(key, f"expected a mapping, got {type(value).__name__}", "write 'key: value' lines here")
+    return reader.sub(key)
+
+
+def _keys(reader: _Reader, parse) -> list[tuple[Any, str]]:
+    """The keys of a mapping, checked with ``parse`` (versions must be quoted strings)."""
+    result = []
+    for key in reader.mapping:
+        try:
+            result.append((key, parse(key)))
+        except _Bad as bad:
+            raise reader.fail(str(key), bad.problem, bad.fix) from None
+    return result
+
+
+def read(path: Path) -> tuple[dict, dict[tuple, str]]:
+    """One pins file, validated; returns its sections and where each entry is."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise InventoryError(str(path), None, "", f"cannot read the pins file ({err.strerror})",
+                             "check vendor.site_pins in the inventory (a path relative to the inventory)") from None
+    except UnicodeDecodeError:
+        raise InventoryError(str(path), None, "", "the pins file is not UTF-8 text", "save it as UTF-8") from None
+    loader = None
+    try:
+        loader = _Loader(text)
+        loader.name = str(path)
+        data = loader.get_single_data()
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        raise InventoryError(str(path), mark.line + 1 if mark else None, "",
+                             f"YAML syntax error: {err.problem or err.context}",
+                             "fix the indentation or quoting at that line") from None
+    except yaml.YAMLError as err:
+        raise InventoryError(str(path), None, "", f"not valid YAML: {err}", "fix the YAML syntax") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+    top = _Reader(str(path), _Map() if data is None else data, "", 1)
+    top.check_keys(SECTIONS)
+    schema = top.get("schema", lambda v: v)
+    if schema != SCHEMA:
+        raise top.fail("schema", f"schema {schema!r} is not supported", f"write 'schema: {SCHEMA}'")
+    where: dict[tuple, str] = {}
+    result: dict[str, dict] = {"url_templates": {}, "releases": {}, "checksums": {}, "images": {}}
+
+    templates = _mapping(top, "url_templates")
+    templates.check_keys(tuple(components.FILES))
+    for name in templates.mapping:
+        result["url_templates"][name] = templates.get(name, _url_template)
+        where[("url_templates", name)] = f"{path}:{templates.where(name)}"
+
+    releases = _mapping(top, "releases")
+    for key, version in _keys(releases, _version_text(_KUBERNETES_VERSION, "1.36.0")):
+        entry = _mapping(releases, key)
+        entry.check_keys(components.RELEASE_KEYS)
+        release = {}
+        for name in components.RELEASE_KEYS:
+            release[name] = entry.get(name, _version_text(_VERSION, "3.5.27"))
+        result["releases"][version] = release
+        where[("releases", version)] = f"{path}:{releases.where(key)}"
+
+    checksums = _mapping(top, "checksums")
+    checksums.check_keys(tuple(components.FILES))
+    for name in checksums.mapping:
+        per_version = _mapping(checksums, name)
+        for key, version in _keys(per_version, _version_text(_VERSION, "3.5.27")):
+            per_arch = _mapping(per_version, key)
+            per_arch.check_keys(ARCHES)
+            for arch in per_arch.mapping:
+                value = per_arch.get(arch, _checksum)
+                result["checksums"].setdefault(name, {}).setdefault(version, {})[arch] = value
+                where[("checksums", name, version, arch)] = f"{path}:{per_arch.where(arch)}"
+
+    images = _mapping(top, "images")
+    images.check_keys(tuple(components.IMAGES))
+    for name in images.mapping:
+        per_version = _mapping(images, name)
+        for key, version in _keys(per_version, _version_text(_VERSION, "3.10.1")):
+            entry = _mapping(per_version, key)
+            entry.check_keys(("repository", "digest", "tag"))
+            tag = entry.get("tag", _version_text(re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"), "v1.12.0"),
+                            components.IMAGES[name].tag.format(version=version))
+            pin = ImagePin(name, version, entry.get("repository", _repository), entry.get("digest", _digest), tag)
+            result["images"].setdefault(name, {})[version] = pin
+            where[("images", name, version)] = f"{path}:{per_version.where(key)}"
+    return result, where
+
+
+def load(site: Path | None = None, shipped: Path = SHIPPED) -> Pins:
+    """The shipped pins, extended and overridden entry by entry by the site pins file."""
+    merged: dict[str, dict] = {"url_templates": {}, "releases": {}, "checksums": {}, "images": {}}
+    where: dict[tuple, str] = {}
+    sources = (Path(shipped),) + ((Path(site),) if site else ())
+    for path in sources:
+        data, lines = read(path)
+        merged["url_templates"].update(data["url_templates"])
+        merged["releases"].update(data["releases"])
+        for name, versions in data["checksums"].items():
+            for version, arches in versions.items():
+                merged["checksums"].setdefault(name, {}).setdefault(version, {}).update(arches)
+        for name, versions in data["images"].items():
+            merged["images"].setdefault(name, {}).update(versions)
+        where.update(lines)
+    return Pins(sources=sources, lines=where, **merged)
