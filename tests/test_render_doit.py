@@ -1,0 +1,140 @@
+"""`doit render` as a user runs it: what lands in build/nodes/<node>/, what a rerun
+touches, and that every path a rendered file names will be on the node."""
+
+from __future__ import annotations
+
+import re
+
+from conftest import Project, loopback_inventory
+from test_render_common import (TEST_VERSION, build, named_paths, release, rendered_cluster,  # noqa: F401
+                                rendered_paths, write_pins)
+from kthw import inventory
+from kthw.render import binaries_for, unit_exec_start
+
+# Created on the node by the services themselves (data, logs, sockets), never installed.
+RUNTIME_DIRS = ("/var/lib/", "/var/log/", "/run/")
+# Agreed in CONVENTIONS.md for the secrets stage; used only while that stage is not in the tree.
+SECRETS_STAGE_FILES = {
+    "control-plane": {"/etc/k8s/shared/sa.key", "/etc/k8s/shared/sa.pub",
+                      "/etc/k8s/kube-apiserver/encryption-config.yaml"},
+    "worker": {"/etc/k8s/kubelet/bootstrap-kubeconfig"},
+}
+CONTROL_PLANE_DIRS = ("etc/k8s/kube-apiserver", "etc/k8s/kube-controller-manager", "etc/k8s/kube-scheduler",
+                      "etc/k8s/etcd")
+CONTROL_PLANE_UNITS = {"etcd.service", "kube-apiserver.service", "kube-controller-manager.service",
+                       "kube-scheduler.service"}
+WORKER_UNITS = {"containerd.service", "kubelet.service", "kube-proxy.service"}
+
+
+def files_under(project: Project, node: str) -> set[str]:
+    root = project.root / "build" / "nodes" / node
+    return {"/" + str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def test_every_path_a_rendered_file_names_is_installed_on_that_node(rendered_cluster):
+    project, pins, stages = rendered_cluster
+    inv = inventory.load(project.inventory)
+    for node_name, paths in rendered_paths(project, pins).items():
+        node = inv.node(node_name)
+        installed = files_under(project, node_name) | set(binaries_for(node))
+        if "secrets" not in stages:
+            # The secrets stage is another helper's; until it is in the tree its agreed paths count.
+            installed |= set().union(*(SECRETS_STAGE_FILES[r] for r in node.roles if r in SECRETS_STAGE_FILES))
+        directories = {parent for path in installed for parent in _parents(path)}
+        for path in paths:
+            text = project.node_file(node_name, path).read_text()
+            for named in named_paths(text):
+                if named.startswith(RUNTIME_DIRS):
+                    continue
+                assert named in installed or named in directories, \
+                    f"{node_name}:{path} names {named}, which nothing installs on {node_name}"
+
+
+def _parents(path: str):
+    parts = path.split("/")
+    for i in range(2, len(parts)):
+        yield "/".join(parts[:i])
+
+
+def test_workers_get_no_control_plane_file_and_control_planes_no_worker_file(rendered_cluster):
+    project, pins, _ = rendered_cluster
+    for node in ("worker1", "worker2"):
+        files = files_under(project, node)
+        assert {p.rsplit("/", 1)[1] for p in files if p.startswith("/etc/systemd/system/")} == WORKER_UNITS
+        assert not [p for p in files if p.lstrip("/").startswith(CONTROL_PLANE_DIRS)], node
+    for node in ("cp1", "cp2", "cp3"):
+        files = files_under(project, node)
+        assert {p.rsplit("/", 1)[1] for p in files if p.startswith("/etc/systemd/system/")} == CONTROL_PLANE_UNITS
+        assert not [p for p in files if p.startswith(("/etc/cni/", "/etc/k8s/kubelet/", "/etc/k8s/kube-proxy/",
+                                                      "/etc/k8s/containerd/", "/etc/crictl.yaml"))], node
+
+
+def test_no_secret_is_written_on_a_command_line(rendered_cluster):
+    project, pins, _ = rendered_cluster
+    for node in ("cp1", "cp2", "cp3", "worker1", "worker2"):
+        root = project.root / "build" / "nodes" / node
+        secrets = [p.read_text() for p in root.rglob("*") if p.is_file() and (
+            p.suffix == ".key" or "kubeconfig" in p.name or p.name == "encryption-config.yaml")]
+        secret_lines = {line.strip() for text in secrets for line in text.splitlines() if len(line.strip()) >= 24}
+        assert secret_lines, f"{node}: expected keys or kubeconfigs to compare against"
+        for unit in (root / "etc/systemd/system").glob("*.service"):
+            command = " ".join(unit_exec_start(unit.read_text()))
+            assert "BEGIN" not in command and not re.search(r"\b[a-z0-9]{6}\.[a-z0-9]{16}\b", command), unit
+            assert not any(line in command for line in secret_lines), unit
+            # No key material of any kind: a long unbroken base64 run would be one.
+            assert not re.search(r"[A-Za-z0-9+/=]{40,}", command), unit
+
+
+def test_a_rerun_renders_nothing_and_an_ip_change_rerenders_only_the_files_that_name_it(tmp_path):
+    project = Project(tmp_path)
+    text = loopback_inventory(kubernetes_version=TEST_VERSION)
+    project.write_inventory(text)
+    pins = write_pins(tmp_path / "pins.yaml", {TEST_VERSION: release()})
+    env = {"KTHW_PINS": str(pins)}
+    project.doit("pki", "render", env=env)
+    before = project.snapshot()
+
+    rerun = project.doit("pki", "render", env=env)
+    assert [t for t in rerun.executed if t.startswith("render:")] == []
+    assert project.snapshot() == before
+
+    project.write_inventory(text.replace("ip: 127.0.0.2}", "ip: 127.0.0.4}"))
+    changed = project.doit("render", env=env)
+    expected = {f"render:{node}/{unit}" for node in ("cp1", "cp2", "cp3")
+                for unit in ("etcd.service", "kube-apiserver.service")}
+    assert set(changed.executed) == expected, changed.executed
+    after = project.snapshot()
+    rewritten = {path for path in after if path.startswith("build/nodes/") and after[path] != before.get(path)}
+    assert rewritten == {f"build/nodes/{node}/etc/systemd/system/{unit}" for node in ("cp1", "cp2", "cp3")
+                         for unit in ("etcd.service", "kube-apiserver.service")}
+    for path in rewritten:
+        content = (tmp_path / path).read_text()
+        assert "127.0.0.4" in content and "127.0.0.2" not in content, path
+
+    project.write_inventory(text.replace("ip: 127.0.0.12,", "ip: 127.0.0.22,").replace(
+        "ip: 127.0.0.2}", "ip: 127.0.0.4}"))
+    worker = project.doit("render", env=env)
+    assert worker.executed == ["render:worker2/kubelet.service"]
+    assert "--node-ip=127.0.0.22" in project.node_file("worker2", "/etc/systemd/system/kubelet.service").read_text()
+
+
+def test_an_unsupported_version_fails_doit_render_with_the_supported_list(tmp_path):
+    project = Project(tmp_path)
+    project.write_inventory(loopback_inventory(kubernetes_version="1.31.4"))
+    run = project.doit("render", check=False)
+    assert run.returncode != 0
+    output = run.stdout + run.stderr
+    assert "Kubernetes 1.31 is not supported" in output and "1.32, 1.33, 1.34, 1.35, 1.36, 1.37" in output
+    assert "Traceback" not in output
+    assert not (tmp_path / "build" / "nodes").exists() or not any((tmp_path / "build" / "nodes").rglob("*.service"))
+
+
+def test_a_release_missing_from_the_pins_fails_with_the_pinned_ones(tmp_path):
+    project = Project(tmp_path)
+    project.write_inventory(loopback_inventory(kubernetes_version="1.35.3"))
+    pins = write_pins(tmp_path / "pins.yaml", {"1.35.0": release()})
+    run = project.doit("render:cp1", check=False, env={"KTHW_PINS": str(pins)})
+    assert run.returncode != 0
+    output = run.stdout + run.stderr
+    assert "Kubernetes 1.35.3 is not pinned (pinned: 1.35.0)" in output and "Traceback" not in output
+    assert not project.node_file("cp1", "/etc/systemd/system/etcd.service").exists()

@@ -1,0 +1,79 @@
+"""`systemd-analyze verify` (Debian's systemd) accepts every rendered unit.
+
+verify loads a unit the way systemd would and reports unknown directives, bad values
+and ExecStart binaries that are missing or not executable. Each node is laid out in a
+temporary root as the bundle installs it: the node's build/nodes/<node>/ tree, an
+executable stand-in for every binary kthw.render.binaries_for lists (the vendor stage
+ships the real ones), and the host's systemd units (for targets such as
+network-online.target). A unit naming a binary the node would not get fails here.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from test_render_common import rendered_cluster, rendered_paths  # noqa: F401
+from kthw import inventory
+from kthw.render import UNIT_DIR, binaries_for
+
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+SYSTEM_UNITS = Path("/usr/lib/systemd/system")
+pytestmark = pytest.mark.skipif(SYSTEMD_ANALYZE is None or not SYSTEM_UNITS.is_dir(),
+                                reason="systemd-analyze needs Debian's systemd package (CI installs it)")
+
+
+def node_root(project, node, dest: Path) -> Path:
+    shutil.copytree(project.root / "build" / "nodes" / node, dest)
+    # Copied, not linked: verify resolves links inside --root and these are absolute.
+    shutil.copytree(SYSTEM_UNITS, dest / "usr/lib/systemd/system", symlinks=True)
+    for binary in binaries_for(inventory.load(project.inventory).node(node)):
+        stand_in = dest / binary.lstrip("/")
+        stand_in.parent.mkdir(parents=True, exist_ok=True)
+        stand_in.write_text("#!/bin/sh\nexit 0\n")
+        stand_in.chmod(0o755)
+    return dest
+
+
+def verify(root: Path, unit: str) -> subprocess.CompletedProcess:
+    return subprocess.run([SYSTEMD_ANALYZE, "verify", "--man=no", f"--root={root}", unit],
+                          capture_output=True, text=True, timeout=120)
+
+
+def complaints(result: subprocess.CompletedProcess, unit: str) -> list[str]:
+    """verify's lines about this unit (unknown keys are only warnings, exit code 0)."""
+    return [line for line in result.stderr.splitlines() if unit in line]
+
+
+def test_systemd_accepts_every_rendered_unit(rendered_cluster, tmp_path):
+    project, pins, _ = rendered_cluster
+    checked = []
+    for node, paths in rendered_paths(project, pins).items():
+        root = node_root(project, node, tmp_path / node)
+        for path in paths:
+            if not path.startswith(UNIT_DIR + "/"):
+                continue
+            unit = path.rsplit("/", 1)[1]
+            result = verify(root, unit)
+            assert result.returncode == 0 and not complaints(result, unit), \
+                f"{node}: {unit}:\n{result.stderr}"
+            checked.append(f"{node}/{unit}")
+    assert len(checked) == 3 * 4 + 2 * 3, checked
+
+
+def test_verify_catches_a_broken_unit_and_a_missing_binary(rendered_cluster, tmp_path):
+    """The check above can fail: a typo and a binary the node does not get are both reported."""
+    project, _, _ = rendered_cluster
+    root = node_root(project, "worker1", tmp_path / "worker1")
+    unit = root / "etc/systemd/system/kubelet.service"
+    unit.write_text(unit.read_text().replace("Restart=on-failure", "Restart=on-failur\nLimitNOFILES=1"))
+    result = verify(root, "kubelet.service")
+    assert any("LimitNOFILES" in line for line in complaints(result, "kubelet.service")), result.stderr
+    assert any("on-failur" in line for line in complaints(result, "kubelet.service")), result.stderr
+
+    (root / "usr/local/bin/kube-proxy").unlink()
+    result = verify(root, "kube-proxy.service")
+    assert result.returncode != 0 and "/usr/local/bin/kube-proxy" in result.stderr
