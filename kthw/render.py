@@ -384,7 +384,12 @@ def _environment(templates: str) -> jinja2.Environment:
 
 def template_files(template: str, templates: Path) -> list[Path]:
     """The template and every template it includes or imports (its file dependencies)."""
-    env = _environment(str(templates))
+    return list(_template_files(template, str(templates)))
+
+
+@functools.lru_cache(maxsize=None)
+def _template_files(template: str, templates: str) -> tuple[Path, ...]:
+    env = _environment(templates)
     seen, todo = [], [template]
     while todo:
         name = todo.pop()
@@ -393,7 +398,7 @@ def template_files(template: str, templates: Path) -> list[Path]:
         seen.append(name)
         source = env.loader.get_source(env, name)[0]
         todo.extend(ref for ref in jinja2.meta.find_referenced_templates(env.parse(source)) if ref)
-    return [Path(templates) / name for name in seen]
+    return tuple(Path(templates) / name for name in seen)
 
 
 def unit_exec_start(text: str) -> list[str]:
@@ -420,6 +425,22 @@ def render(nf: NodeFile, templates: Path) -> bytes:
             release = versions.kubernetes_release(nf.context["kubernetes_minor"])
             versions.check_flags(binary, [w.split("=", 1)[0] for w in words[1:]], release)
     return text.encode()
+
+
+def stale_files(node_root: Path, planned: tuple[NodeFile, ...]) -> list[Path]:
+    """Files this stage wrote for the node earlier that its plan no longer has (a role or a
+    pod CIDR gone): left in place they would be installed with the node's bundle."""
+    keep = {nf.path for nf in planned}
+    candidates = (node_root / rule.path.lstrip("/") for rule in RULES if rule.path not in keep)
+    return sorted(path for path in candidates if path.exists())
+
+
+def remove_stale(node_root: Path, planned: tuple[NodeFile, ...]) -> str:
+    removed = stale_files(node_root, planned)
+    for path in removed:
+        path.unlink()
+    return "\n".join(f"removed {path.relative_to(node_root.parent)} (no longer part of this node)"
+                     for path in removed)
 
 
 def write_node_file(nf: NodeFile, templates: Path, destination: Path) -> None:

@@ -19,9 +19,9 @@ from doit import get_var
 from doit.tools import config_changed
 
 from kthw.errors import KthwError
-from kthw.render import DEFAULT_PINS, plan, template_files, write_node_file
+from kthw.render import DEFAULT_PINS, plan, remove_stale, stale_files, template_files, write_node_file
 
-from .common import context, guarded
+from .common import checked, context, guarded
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 PINS_ENV = "KTHW_PINS"
@@ -60,5 +60,17 @@ def task_render():
                 "uptodate": [config_changed(nf.fingerprint)],
                 "clean": True,
             }
+        node_root = layout.node_root(node.name)
+        yield {
+            "name": f"{node.name}/stale",
+            "doc": f"remove files rendered earlier that {node.name} no longer gets",
+            "actions": [(guarded, [remove_stale, node_root, files[node.name]])],
+            "uptodate": [(checked, [_nothing_stale, node_root, files[node.name]])],
+        }
+        names.append(f"render:{node.name}/stale")
         yield {"name": node.name, "doc": f"every unit and config of {node.name}", "actions": None,
                "task_dep": names}
+
+
+def _nothing_stale(node_root, planned) -> bool:
+    return not stale_files(node_root, planned)

@@ -138,3 +138,25 @@ def test_a_release_missing_from_the_pins_fails_with_the_pinned_ones(tmp_path):
     output = run.stdout + run.stderr
     assert "Kubernetes 1.35.3 is not pinned (pinned: 1.35.0)" in output and "Traceback" not in output
     assert not project.node_file("cp1", "/etc/systemd/system/etcd.service").exists()
+
+
+def test_files_a_node_no_longer_gets_are_removed(tmp_path):
+    """Dropping the workers' pod CIDRs hands pod networking to a CNI add-on: the old bridge
+    configs must not stay in the trees the bundles are made from."""
+    project = Project(tmp_path)
+    text = loopback_inventory(kubernetes_version=TEST_VERSION)
+    project.write_inventory(text)
+    env = {"KTHW_PINS": str(write_pins(tmp_path / "pins.yaml", {TEST_VERSION: release()}))}
+    project.doit("pki", "render", env=env)
+    bridge = project.node_file("worker1", "/etc/cni/net.d/10-bridge.conflist")
+    assert bridge.exists()
+
+    project.write_inventory(text.replace(", pod_cidr: 10.244.1.0/24", "").replace(", pod_cidr: 10.244.2.0/24", ""))
+    run = project.doit("render", env=env)
+    assert {"render:worker1/stale", "render:worker2/stale",
+            "render:cp1/kube-controller-manager.service"} <= set(run.executed)
+    assert not bridge.exists() and not project.node_file("worker2", "/etc/cni/net.d/10-bridge.conflist").exists()
+    assert project.node_file("worker1", "/etc/cni/net.d/99-loopback.conf").exists()
+    assert "--allocate-node-cidrs=true" in project.node_file(
+        "cp1", "/etc/systemd/system/kube-controller-manager.service").read_text()
+    assert project.doit("render", env=env).executed == []
