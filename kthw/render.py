@@ -42,8 +42,9 @@ CONTAINERD_SOCKET = "unix:///run/containerd/containerd.sock"
 
 # --- what each role installs from the vendor stage --------------------------------
 
-# Node path -> the vendored component that provides it. The bundle installs these next
-# to the node's build/nodes/<node>/ tree; the vendor stage downloads exactly these.
+# Node path -> the vendored component (a pins-table url_templates key) that provides it.
+# The units and configs below name these paths; the bundle installs them next to the
+# node's build/nodes/<node>/ tree. One list for the render, vendor and bundle stages.
 ROLE_BINARIES: dict[str, dict[str, str]] = {
     ETCD: {f"{BIN_DIR}/{name}": "etcd" for name in ("etcd", "etcdctl", "etcdutl")},
     CONTROL_PLANE: {
@@ -57,7 +58,7 @@ ROLE_BINARIES: dict[str, dict[str, str]] = {
         **{f"{BIN_DIR}/{name}": "containerd" for name in ("containerd", "containerd-shim-runc-v2", "ctr")},
         f"{BIN_DIR}/runc": "runc",
         f"{BIN_DIR}/crictl": "crictl",
-        # The plugins the CNI configs below name.
+        # The plugins this stage's CNI configs name.
         **{f"{CNI_BIN_DIR}/{name}": "cni-plugins" for name in ("bridge", "host-local", "loopback", "portmap")},
     },
 }

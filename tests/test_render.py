@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tomllib
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -20,6 +19,11 @@ from test_render_common import TEMPLATES, every_minor_pins, release, write_pins
 from kthw import inventory, versions
 from kthw.errors import KthwError
 from kthw.render import DEFAULT_PINS, PATHS, binaries_for, plan, release_pins, render, unit_exec_start
+
+try:
+    import tomllib  # Python 3.11+
+except ImportError:  # pragma: no cover - Python 3.10
+    tomllib = pytest.importorskip("tomli")
 
 MINORS = sorted(versions.KUBERNETES)
 CONTROL_PLANE_FILES = {"/etc/systemd/system/kube-apiserver.service", "/etc/systemd/system/kube-controller-manager.service",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 from conftest import Project, loopback_inventory
-from test_render_common import (TEST_VERSION, build, named_paths, release, rendered_cluster,  # noqa: F401
+from test_render_common import (TEST_VERSION, named_paths, release, rendered_cluster,  # noqa: F401
                                 rendered_paths, write_pins)
 from kthw import inventory
 from kthw.render import binaries_for, unit_exec_start
