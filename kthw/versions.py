@@ -133,8 +133,10 @@ class Span:
         return self.first <= minor <= self.last
 
 
-_OLD = Span((1, 0))  # there long before 1.32 and still there in 1.37 (ref/<binary>, no removal
-#                     in CHANGELOG-1.32 .. CHANGELOG-1.37)
+# There long before 1.32 (ref/<binary>) and not removed since: no removal of these in the
+# urgent-upgrade, deprecation and cleanup notes of CHANGELOG-1.32 to CHANGELOG-1.36 and of
+# the 1.37 pre-release notes (the stored CHANGELOG-1.37 stops there).
+_OLD = Span((1, 0))
 
 # Every flag the templates pass, per binary, with the minors that accept it. Flags known
 # to be gone are listed too, so that a template that brings one back fails its render.
