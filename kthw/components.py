@@ -69,7 +69,7 @@ FILE_COMPONENTS: tuple[FileComponent, ...] = (
     FileComponent("kubernetes-node", _WORKER,
                   _bins("kubernetes/node/bin/{name}", ("kubelet", "kube-proxy", "kubectl")),
                   "{url}.sha512", "sha512"),
-    FileComponent("etcd", _ETCD, _bins("etcd-v{version}-linux-{arch}/{name}", ("etcd", "etcdctl")),
+    FileComponent("etcd", _ETCD, _bins("etcd-v{version}-linux-{arch}/{name}", ("etcd", "etcdctl", "etcdutl")),
                   "{dir}/SHA256SUMS", "sha256"),
     FileComponent("containerd", _WORKER, _bins("bin/{name}", ("containerd", "containerd-shim-runc-v2", "ctr")),
                   "{url}.sha256sum", "sha256"),
