@@ -12,9 +12,11 @@ import hashlib
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -301,6 +303,20 @@ def test_a_mirror_directory_that_lacks_a_file(project, upstream, tmp_path):
                                                  f"vendor/bin/arm64/runc-{RELEASE['runc']}/runc"}
 
 
+def test_a_component_override_wins_over_the_mirror(project, upstream):
+    rel = release()
+    upstream.files.update(rel.files)
+    etcd = RELEASE["etcd"]
+    upstream.files[f"/custom/etcd-v{etcd}/arm64/etcd-v{etcd}-linux-arm64.tar.gz"] = rel.files[rel.path("etcd", "arm64")]
+    (project.root / "site-pins.yaml").write_text(site_pins([rel], FAKE_IMAGES))
+    project.write_inventory(loopback_inventory(kubernetes_version=K8S, extra=vendor_section(
+        "http://mirror.invalid/unused", overrides={"etcd": upstream.url + "/custom/etcd-v{version}/{arch}"}))
+        .replace("arch: amd64, zone: az3", "arch: arm64, zone: az3"))
+    project.doit(f"vendor:etcd-{etcd}-arm64", env=NO_PROXY_ENV)
+    assert [seen.path for seen in upstream.requests()] == [f"/custom/etcd-v{etcd}/arm64/etcd-v{etcd}-linux-arm64.tar.gz"]
+    assert (project.root / f"vendor/bin/arm64/etcd-{etcd}/etcd").read_bytes() == binary_text("etcd", etcd, "arm64")
+
+
 def test_proxy_variables_are_honoured(project, upstream):
     rel = release()
     prepare(project, upstream, rel, mirror="http://mirror.invalid/mirror")
@@ -468,3 +484,47 @@ def test_pin_resolves_an_image_tag_to_its_index_digest(project, upstream, regist
     assert table.releases[K8S]["pause"] == "3.100"
     assert table.image("pause", "3.100", K8S).digest == digest
     project.doit(f"vendor:pause-3.100-arm64", env=NO_PROXY_ENV)
+
+
+def test_real_containerd_imports_the_archives_under_their_names(vendored, tmp_path):
+    """`ctr -n k8s.io images import` (Debian's containerd, run here on a private socket) takes
+    every vendored archive, unpacks it and lists it under the name the kubelet asks for."""
+    project, _, _, _ = vendored
+    containerd, ctr = shutil.which("containerd"), shutil.which("ctr")
+    assert containerd and ctr, "the tests need Debian's containerd: apt-get install -y containerd"
+    socket_path = tmp_path / "containerd.sock"
+    (tmp_path / "config.toml").write_text(
+        f'version = 2\nroot = "{tmp_path}/root"\nstate = "{tmp_path}/state"\n'
+        'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+        f'[grpc]\n  address = "{socket_path}"\n[ttrpc]\n  address = "{socket_path}.ttrpc"\n')
+    with open(tmp_path / "containerd.log", "wb") as log:
+        daemon = subprocess.Popen([containerd, "--config", str(tmp_path / "config.toml")], stdout=log,
+                                  stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while subprocess.run([ctr, "-a", str(socket_path), "version"], capture_output=True).returncode != 0:
+            assert daemon.poll() is None and time.monotonic() < deadline, (tmp_path / "containerd.log").read_text()
+            time.sleep(0.2)
+        native = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine)
+        expected = {}
+        for arch in ("amd64", "arm64"):
+            for name, version in (("pause", RELEASE["pause"]), ("coredns", RELEASE["coredns"])):
+                archive = project.root / f"vendor/images/{arch}/{name}-{version}.tar"
+                namespace = f"kthw-{arch}"  # one image store per arch, as on a node of that arch
+                platform = [] if arch == native else ["--platform", f"linux/{arch}"]
+                done = subprocess.run([ctr, "-a", str(socket_path), "-n", namespace, "images", "import", *platform,
+                                       str(archive)], capture_output=True, text=True, timeout=120)
+                assert done.returncode == 0, done.stderr
+                with tarfile.open(archive) as tar:
+                    digest = json.loads(tar.extractfile("index.json").read())["manifests"][0]["digest"]
+                reference = ("registry.k8s.io/pause:" + version if name == "pause"
+                             else "registry.k8s.io/coredns/coredns:v" + version)
+                expected.setdefault(namespace, set()).add((reference, digest))
+        for namespace, images in expected.items():
+            listed = subprocess.run([ctr, "-a", str(socket_path), "-n", namespace, "images", "ls"],
+                                    capture_output=True, text=True, check=True).stdout.splitlines()[1:]
+            assert {(line.split()[0], line.split()[2]) for line in listed} == images
+    finally:
+        daemon.kill()
+        daemon.wait(10)
+        subprocess.run(["umount", "-R", str(tmp_path / "root")], capture_output=True)
