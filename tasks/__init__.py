@@ -19,7 +19,7 @@ class ProgressOnStderr(ExecutedOnlyReporter):
 
 
 DOIT_CONFIG = {
-    "default_tasks": ["pki", "render"],
+    "default_tasks": ["pki", "secrets", "render"],
     "dep_file": "build/.doit.db",
     "backend": "sqlite3",
     "reporter": ProgressOnStderr,

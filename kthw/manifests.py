@@ -1,0 +1,192 @@
+"""Cluster-side objects the stage hands to the control plane, and the script that applies them.
+
+    /etc/k8s/bootstrap/kubelet-api-admin.yaml     the API server's kubelet client -> system:kubelet-api-admin
+    /etc/k8s/bootstrap/tls-bootstrap-rbac.yaml    the three TLS bootstrap ClusterRoleBindings  (tls-bootstrap)
+    /etc/k8s/bootstrap/cluster-info.yaml          kube-public/cluster-info + anonymous read     (tls-bootstrap)
+    /etc/k8s/bootstrap/bootstrap-token-<node>.yaml  one bootstrap-token Secret per kubelet node (tls-bootstrap)
+    /etc/k8s/bootstrap/apply.sh                   `kubectl apply` of the above, on one control-plane node
+
+Objects are built as data (REFERENCE section 5) and dumped as YAML, so no value can
+break the syntax. The directory belongs to this stage: files it no longer produces
+(a replaced credential mode, a removed node) are deleted from it.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import yaml
+
+from .catalogue import LEAVES
+from .errors import StateError
+from .fsutil import PUBLIC_MODE, SECRET_MODE, atomic_write
+from .inventory import Inventory
+from .render import NodeFile, render
+from .tokens import BootstrapToken, kubelet_nodes, read as read_token
+
+BOOTSTRAP_DIR = "/etc/k8s/bootstrap"
+APPLY_SCRIPT = "apply.sh"
+APPLY_TEMPLATE = "bootstrap/apply.sh.j2"
+SCRIPT_MODE = 0o755
+ADMIN_KUBECONFIG = "/etc/k8s/shared/admin.kubeconfig"
+LOCAL_APISERVER = "https://127.0.0.1:6443"
+
+RBAC = "rbac.authorization.k8s.io"
+BOOTSTRAPPERS = "system:bootstrappers"
+# The user kube-apiserver presents to kubelets: the CN of its kubelet-client cert.
+APISERVER_KUBELET_CLIENT = next(row.common_name for row in LEAVES if row.name == "apiserver-kubelet-client")
+
+
+def _cluster_role_binding(name: str, role: str, kind: str, subject: str) -> dict:
+    return {"apiVersion": f"{RBAC}/v1", "kind": "ClusterRoleBinding", "metadata": {"name": name},
+            "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": role},
+            "subjects": [{"apiGroup": RBAC, "kind": kind, "name": subject}]}
+
+
+def kubelet_api_admin_binding() -> dict:
+    return _cluster_role_binding("kthw:apiserver-kubelet-api-admin", "system:kubelet-api-admin", "User",
+                                 APISERVER_KUBELET_CLIENT)
+
+
+def tls_bootstrap_bindings() -> list[dict]:
+    return [
+        # Bootstrap tokens may create CSRs ...
+        _cluster_role_binding("kthw:kubelet-bootstrap", "system:node-bootstrapper", "Group", BOOTSTRAPPERS),
+        # ... whose first client cert is approved automatically ...
+        _cluster_role_binding("kthw:node-autoapprove-bootstrap",
+                              "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+                              "Group", BOOTSTRAPPERS),
+        # ... and so are the renewals kubelets ask for with their own cert.
+        _cluster_role_binding("kthw:node-autoapprove-certificate-rotation",
+                              "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+                              "Group", "system:nodes"),
+    ]
+
+
+def cluster_info(server: str, ca_pem: bytes) -> list[dict]:
+    """The public cluster-info ConfigMap (cluster entry only) and anonymous read access to it."""
+    kubeconfig = {"apiVersion": "v1", "kind": "Config", "clusters": [
+        {"name": "", "cluster": {"certificate-authority-data": base64.b64encode(ca_pem).decode("ascii"),
+                                 "server": server}}]}
+    name, namespace = "kthw:bootstrap-signer-clusterinfo", "kube-public"
+    return [
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cluster-info", "namespace": namespace},
+         "data": {"kubeconfig": yaml.safe_dump(kubeconfig, sort_keys=False)}},
+        {"apiVersion": f"{RBAC}/v1", "kind": "Role", "metadata": {"name": name, "namespace": namespace},
+         "rules": [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["cluster-info"],
+                    "verbs": ["get"]}]},
+        {"apiVersion": f"{RBAC}/v1", "kind": "RoleBinding", "metadata": {"name": name, "namespace": namespace},
+         "roleRef": {"apiGroup": RBAC, "kind": "Role", "name": name},
+         "subjects": [{"apiGroup": RBAC, "kind": "User", "name": "system:anonymous"}]},
+    ]
+
+
+def node_group(node: str) -> str:
+    """The extra group a node's token authenticates with, for audit logs. Bootstrap groups
+    allow only [a-z0-9:-], so dots in a node name become dashes."""
+    return f"{BOOTSTRAPPERS}:kthw:{node.replace('.', '-')}"
+
+
+def token_secret(token: BootstrapToken) -> dict:
+    return {
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": f"bootstrap-token-{token.token_id}", "namespace": "kube-system"},
+        "type": "bootstrap.kubernetes.io/token",
+        "stringData": {
+            "description": f"kubelet TLS bootstrap token of {token.node} (kthw-airgap)",
+            "token-id": token.token_id,
+            "token-secret": token.token_secret,
+            "expiration": token.expiration_rfc3339,
+            "usage-bootstrap-authentication": "true",
+            "usage-bootstrap-signing": "true",
+            "auth-extra-groups": node_group(token.node),
+        },
+    }
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (cluster-info's kubeconfig) as readable literal blocks."""
+
+
+_Dumper.add_representer(str, lambda dumper, text: dumper.represent_scalar(
+    "tag:yaml.org,2002:str", text, style="|" if "\n" in text else None))
+
+
+def _dump(objects: list[dict]) -> bytes:
+    return ("# Generated by kthw-airgap (doit secrets); applied by apply.sh in this directory.\n"
+            + yaml.dump_all(objects, Dumper=_Dumper, sort_keys=False, explicit_start=True)).encode()
+
+
+KUBELET_API_ADMIN_FILE = "kubelet-api-admin.yaml"
+TLS_BOOTSTRAP_RBAC_FILE = "tls-bootstrap-rbac.yaml"
+CLUSTER_INFO_FILE = "cluster-info.yaml"
+
+
+def token_file(node: str) -> str:
+    return f"bootstrap-token-{node}.yaml"
+
+
+def manifest_names(inv: Inventory) -> list[str]:
+    """Which manifest files the control plane gets, in the order they are applied."""
+    names = [KUBELET_API_ADMIN_FILE]
+    if inv.kubelet_credentials == "tls-bootstrap":
+        names += [TLS_BOOTSTRAP_RBAC_FILE, CLUSTER_INFO_FILE]
+        names += [token_file(node.name) for node in kubelet_nodes(inv)]
+    return names
+
+
+def manifests(inv: Inventory, tokens: list[BootstrapToken], ca_pem: bytes) -> dict[str, tuple[bytes, int]]:
+    """File name -> (bytes, mode), in the order they are applied."""
+    shared = {KUBELET_API_ADMIN_FILE: lambda: [kubelet_api_admin_binding()],
+              TLS_BOOTSTRAP_RBAC_FILE: tls_bootstrap_bindings,
+              CLUSTER_INFO_FILE: lambda: cluster_info(inv.api_endpoint.url, ca_pem)}
+    secrets = {token_file(token.node): token for token in tokens}
+    files = {}
+    for name in manifest_names(inv):
+        if name in shared:
+            files[name] = (_dump(shared[name]()), PUBLIC_MODE)
+        else:
+            files[name] = (_dump([token_secret(secrets[name])]), SECRET_MODE)
+    return files
+
+
+def apply_script(names: list[str], templates: Path) -> bytes:
+    nf = NodeFile("control-plane", f"{BOOTSTRAP_DIR}/{APPLY_SCRIPT}", APPLY_TEMPLATE,
+                  {"manifests": names, "admin_kubeconfig": ADMIN_KUBECONFIG, "server": LOCAL_APISERVER},
+                  mode=SCRIPT_MODE)
+    return render(nf, templates)
+
+
+def read_tokens(token_paths: dict[str, Path]) -> list[BootstrapToken]:
+    tokens = []
+    for node, path in token_paths.items():
+        token = read_token(path, node)
+        if token is None:
+            raise StateError(f"{path} is missing; run `doit secrets` to issue the bootstrap token of {node}")
+        for other in tokens:
+            if other.token_id == token.token_id:
+                raise StateError(f"{path} and the token file of {other.node} hold the same token id "
+                                 f"{token.token_id}; delete one of them and run `doit secrets` to issue a new one")
+        tokens.append(token)
+    return tokens
+
+
+def write_bootstrap_dir(directory: Path, inv: Inventory, token_paths: dict[str, Path], ca_cert: Path,
+                        templates: Path) -> str:
+    """Write the manifests and apply.sh into one control-plane node's bootstrap directory."""
+    files = manifests(inv, read_tokens(token_paths), Path(ca_cert).read_bytes())
+    files[APPLY_SCRIPT] = (apply_script(list(files), templates), SCRIPT_MODE)
+    for name, (data, mode) in files.items():
+        atomic_write(directory / name, data, mode)
+    removed = []
+    for path in sorted(directory.iterdir()):
+        if path.is_file() and path.name not in files and not path.name.startswith("."):
+            path.unlink()
+            removed.append(path.name)
+    return f"removed {', '.join(removed)} from {directory}" if removed else ""
+
+
+def bootstrap_targets(inv: Inventory, directory: Path) -> list[Path]:
+    """The files :func:`write_bootstrap_dir` writes (doit's targets)."""
+    return [directory / name for name in manifest_names(inv) + [APPLY_SCRIPT]]

@@ -1,0 +1,166 @@
+"""Secrets stage: service-account keys, encryption at rest, kubelet bootstrap tokens.
+
+    secrets:sa-keypair ───────────► secrets:<cp>/sa-keypair            /etc/k8s/shared/sa.{key,pub}
+    secrets:encryption-config ────► secrets:<cp>/encryption-config     /etc/k8s/kube-apiserver/encryption-config.yaml
+    secrets:bootstrap-token-<w> ──┬► secrets:<w>/bootstrap-kubeconfig  /etc/k8s/kubelet/bootstrap-kubeconfig
+                                  └► secrets:<cp>/bootstrap-manifests  /etc/k8s/bootstrap/*.yaml + apply.sh
+    secrets:<node> = everything of one node;  secrets = every node
+    rotate_encryption_key  explicit, never a default task: one rotation phase per run
+
+The first three rows are precious state under build/state (kthw.secrets): never
+cleaned, never replaced silently. A token is replaced when its recorded expiration is
+past or inside the renewal window (kthw.tokens.pending_reason); everything derived
+from it follows through file_dep. Node copies are derived and cleanable.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from doit import get_var
+from doit.tools import config_changed
+
+from kthw import clock, encryption, tokens
+from kthw.fsutil import PUBLIC_MODE, SECRET_MODE
+from kthw.inventory import Inventory, Node
+from kthw.layout import Layout
+from kthw.manifests import APPLY_TEMPLATE, BOOTSTRAP_DIR, bootstrap_targets, write_bootstrap_dir
+from kthw.pki import place
+from kthw.render import PATHS, template_files
+from kthw.secrets import SecretsState, ensure_sa_keypair, sa_keypair_current, state_of
+
+from .common import checked, context, guarded
+from .render import TEMPLATES
+
+
+def _place_all(copies: list[tuple]) -> None:
+    for source, destination, mode in copies:
+        place(source, destination, mode)
+
+
+def _ensure_encryption(config: Path, rotation: Path, provider: str) -> str:
+    message = encryption.ensure(config, rotation, provider)
+    if message.startswith("warning:"):
+        print(message, file=sys.stderr)  # shown at doit's default verbosity
+        return ""
+    return message
+
+
+def _encryption_current(config: Path, rotation: Path, provider: str) -> bool:
+    current = encryption.read(config)
+    return current is not None and not encryption.provider_note(current, encryption.read_rotation(rotation), provider)
+
+
+def _rotate(config: Path, rotation: Path, provider: str, secrets_rewritten: bool) -> str:
+    return encryption.rotate(config, rotation, provider, clock.now(), secrets_rewritten)
+
+
+def _issue_token(path: Path, node: str, ttl, window) -> str:
+    return tokens.ensure(path, node, clock.now(), ttl, window)
+
+
+def _token_current(path: Path, node: str, window) -> bool:
+    return tokens.pending_reason(path, node, clock.now(), window) is None
+
+
+def _state_tasks(inv: Inventory, state: SecretsState):
+    yield {
+        "name": "sa-keypair",
+        "doc": "service-account signing key pair (precious)",
+        "actions": [(guarded, [ensure_sa_keypair, state.sa_key, state.sa_pub, inv.key_algorithm])],
+        "targets": [state.sa_key, state.sa_pub],
+        "uptodate": [(checked, [sa_keypair_current, state.sa_key, state.sa_pub])],
+        "clean": [],  # precious: never removed
+    }
+    yield {
+        "name": "encryption-config",
+        "doc": "EncryptionConfiguration of the API servers (precious)",
+        "actions": [(guarded, [_ensure_encryption, state.encryption_config, state.rotation,
+                               inv.encryption_provider])],
+        "targets": [state.encryption_config],
+        "uptodate": [(checked, [_encryption_current, state.encryption_config, state.rotation,
+                                inv.encryption_provider])],
+        "clean": [],
+    }
+    if inv.kubelet_credentials != "tls-bootstrap":
+        return
+    window = tokens.renewal_window(inv)
+    for node in tokens.kubelet_nodes(inv):
+        path = state.token(node.name)
+        yield {
+            "name": f"bootstrap-token-{node.name}",
+            "doc": f"kubelet bootstrap token of {node.name} (precious while valid)",
+            "actions": [(guarded, [_issue_token, path, node.name, inv.bootstrap_token_ttl, window])],
+            "targets": [path],
+            "uptodate": [(checked, [_token_current, path, node.name, window])],
+            "clean": [],
+        }
+
+
+def _copy_task(name: str, doc: str, copies: list[tuple]) -> dict:
+    return {"name": name, "doc": doc, "actions": [(guarded, [_place_all, copies])],
+            "file_dep": [copy[0] for copy in copies], "targets": [copy[1] for copy in copies], "clean": True}
+
+
+def _node_tasks(inv: Inventory, layout: Layout, state: SecretsState, node: Node):
+    on_node = layout.on_node
+    ca_cert = layout.ca("kubernetes").cert  # the API server's issuer: what kubelets must trust
+    bootstrap = inv.kubelet_credentials == "tls-bootstrap"
+    if node.is_control_plane:
+        yield _copy_task(f"{node.name}/sa-keypair", f"service-account key pair on {node.name}", [
+            (state.sa_key, on_node(node.name, PATHS["sa_key"]), SECRET_MODE),
+            (state.sa_pub, on_node(node.name, PATHS["sa_pub"]), PUBLIC_MODE)])
+        yield _copy_task(f"{node.name}/encryption-config", f"EncryptionConfiguration on {node.name}", [
+            (state.encryption_config, on_node(node.name, PATHS["encryption_config"]), SECRET_MODE)])
+        token_paths = {n.name: state.token(n.name) for n in tokens.kubelet_nodes(inv)} if bootstrap else {}
+        directory = on_node(node.name, BOOTSTRAP_DIR)
+        yield {
+            "name": f"{node.name}/bootstrap-manifests",
+            "doc": f"cluster-side manifests and apply.sh on {node.name}",
+            "actions": [(guarded, [write_bootstrap_dir, directory, inv, token_paths, ca_cert, TEMPLATES])],
+            "file_dep": [*token_paths.values(), ca_cert, *template_files(APPLY_TEMPLATE, TEMPLATES)],
+            "targets": bootstrap_targets(inv, directory),
+            "uptodate": [config_changed({"credentials": inv.kubelet_credentials, "server": inv.api_endpoint.url,
+                                         "kubelets": sorted(token_paths)})],
+            "clean": True,
+        }
+    if node in tokens.kubelet_nodes(inv) and bootstrap:
+        destination = on_node(node.name, PATHS["kubelet_bootstrap_kubeconfig"])
+        token_path = state.token(node.name)
+        yield {
+            "name": f"{node.name}/bootstrap-kubeconfig",
+            "doc": f"kubelet bootstrap kubeconfig of {node.name}",
+            "actions": [(guarded, [tokens.write_bootstrap_kubeconfig, destination, inv.name, inv.api_endpoint.url,
+                                   ca_cert, token_path, node.name])],
+            "file_dep": [token_path, ca_cert],
+            "targets": [destination],
+            "uptodate": [config_changed({"cluster": inv.name, "server": inv.api_endpoint.url})],
+            "clean": True,
+        }
+
+
+def task_secrets():
+    """Service-account keys, EncryptionConfiguration, bootstrap tokens and their manifests."""
+    inv, layout = context()
+    state = state_of(layout)
+    yield from _state_tasks(inv, state)
+    for node in inv.nodes:
+        names = []
+        for task in _node_tasks(inv, layout, state, node):
+            names.append(f"secrets:{task['name']}")
+            yield task
+        yield {"name": node.name, "doc": f"every secret file of {node.name}", "actions": None, "task_dep": names}
+
+
+def task_rotate_encryption_key():
+    """Explicit: advance the encryption key rotation by one phase (run it three times, see its output)."""
+    inv, layout = context()
+    state = state_of(layout)
+    rewritten = get_var("secrets_rewritten", "") == "yes"
+    return {
+        "actions": [(guarded, [_rotate, state.encryption_config, state.rotation, inv.encryption_provider,
+                               rewritten])],
+        "uptodate": [False],
+        "verbosity": 2,  # the output says what to do next
+    }
