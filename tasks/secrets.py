@@ -28,7 +28,7 @@ from kthw.layout import Layout
 from kthw.manifests import APPLY_TEMPLATE, BOOTSTRAP_DIR, bootstrap_targets, write_bootstrap_dir
 from kthw.pki import place
 from kthw.render import PATHS, template_files
-from kthw.secrets import SecretsState, ensure_sa_keypair, sa_keypair_current, state_of
+from kthw.secrets import SecretsState, ensure_sa_keypair, remove_stale, sa_keypair_current, stale_outputs, state_of
 
 from .common import checked, context, guarded
 from .render import TEMPLATES
@@ -50,6 +50,15 @@ def _ensure_encryption(config: Path, rotation: Path, provider: str) -> str:
 def _encryption_current(config: Path, rotation: Path, provider: str) -> bool:
     current = encryption.read(config)
     return current is not None and not encryption.provider_note(current, encryption.read_rotation(rotation), provider)
+
+
+# Every node path this stage writes; what a node should not have is removed from it.
+NODE_PATHS = [PATHS["sa_key"], PATHS["sa_pub"], PATHS["encryption_config"], PATHS["kubelet_bootstrap_kubeconfig"],
+              BOOTSTRAP_DIR]
+
+
+def _nothing_stale(node_root: Path, keep: list[Path]) -> bool:
+    return not stale_outputs(node_root, NODE_PATHS, keep)
 
 
 def _rotate(config: Path, rotation: Path, provider: str, secrets_rewritten: bool) -> str:
@@ -147,9 +156,19 @@ def task_secrets():
     yield from _state_tasks(inv, state)
     for node in inv.nodes:
         names = []
+        keep = []
         for task in _node_tasks(inv, layout, state, node):
             names.append(f"secrets:{task['name']}")
+            keep += task["targets"]
             yield task
+        node_root = layout.node_root(node.name)
+        yield {
+            "name": f"{node.name}/stale",
+            "doc": f"remove secret files {node.name} no longer gets (a changed role or credential mode)",
+            "actions": [(guarded, [remove_stale, node_root, NODE_PATHS, keep])],
+            "uptodate": [(checked, [_nothing_stale, node_root, keep])],
+        }
+        names.append(f"secrets:{node.name}/stale")
         yield {"name": node.name, "doc": f"every secret file of {node.name}", "actions": None, "task_dep": names}
 
 

@@ -241,6 +241,26 @@ def test_static_kubelet_credentials_make_no_tokens_and_only_the_kubelet_api_admi
     assert "kubelet-api-admin.yaml" in script and "bootstrap-token" not in script
 
 
+def test_a_node_that_loses_a_role_or_its_token_loses_the_files(tmp_path):
+    project = Project(tmp_path)
+    _build(project)
+    text = project.inventory.read_text()
+    # cp3 stops being a control plane; the kubelets switch to static client certs.
+    project.write_inventory(text.replace("{name: cp3, roles: [control-plane, etcd]", "{name: cp3, roles: [etcd]")
+                            .replace("kubelet_credentials: tls-bootstrap", "kubelet_credentials: static"))
+    run = project.doit("pki", "secrets")
+    assert "secrets:cp3/stale" in run.executed
+    cp3 = project.root / "build" / "nodes" / "cp3"
+    leftovers = [p.name for p in cp3.rglob("*") if p.is_file()
+                 and p.name in ("sa.key", "sa.pub", "encryption-config.yaml", "apply.sh")]
+    assert leftovers == [] and not list(project.node_file("cp3", BOOTSTRAP_DIR).glob("*"))
+    for node in WORKERS:
+        assert not project.node_file(node, BOOTSTRAP_KUBECONFIG).exists()
+    assert set(_manifest_objects(project, "cp1")) == {"kubelet-api-admin.yaml"}
+    assert project.node_file("cp1", SA_KEY).exists()
+    assert project.doit("pki", "secrets").executed == []
+
+
 # --- reruns, clean, rotation, renewal ----------------------------------------------------
 
 
@@ -267,7 +287,7 @@ def test_a_rerun_changes_nothing_and_clean_keeps_every_precious_byte(tmp_path):
     assert rerun.executed == [] and rerun.stdout == ""
     assert project.snapshot() == before  # same bytes and same mtimes
 
-    project.doit("clean", "secrets")
+    project.doit("clean")
     assert _precious(project) == precious
     assert not project.node_file("cp1", SA_KEY).exists()
     assert not project.node_file("worker1", BOOTSTRAP_KUBECONFIG).exists()
