@@ -18,7 +18,9 @@ from typing import Any, Callable
 
 import yaml
 
+from . import components
 from .errors import InventoryError
+from .oci import Repository
 
 ROLES = ("control-plane", "etcd", "worker")
 ARCHES = ("amd64", "arm64")
@@ -474,9 +476,6 @@ VENDOR_KEYS = ("mirror", "registry_mirror", "overrides", "site_pins")
 
 def _vendor(top: _Reader) -> VendorSettings:
     """The `vendor:` section; relative paths are relative to the inventory file."""
-    from . import components
-    from .oci import Repository
-
     base = Path(top.source).parent
     reader = top.sub("vendor")
     reader.check_keys(VENDOR_KEYS)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +56,6 @@ class Pins:
     releases: dict[str, dict[str, str]]
     checksums: dict[str, dict[str, dict[str, str]]]
     images: dict[str, dict[str, ImagePin]]
-    # Where each entry was read (file:line), to point at it in messages.
-    lines: dict[tuple, str] = field(default_factory=dict, compare=False)
 
     def pin_command(self, version: str) -> str:
         return f"doit pin version={version}"
@@ -193,8 +191,8 @@ def _keys(reader: _Reader, parse) -> list[tuple[Any, str]]:
     return result
 
 
-def read(path: Path) -> tuple[dict, dict[tuple, str]]:
-    """One pins file, validated; returns its sections and where each entry is."""
+def read(path: Path) -> dict:
+    """One pins file, validated: its sections."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -223,14 +221,12 @@ def read(path: Path) -> tuple[dict, dict[tuple, str]]:
     schema = top.get("schema", lambda v: v)
     if schema != SCHEMA:
         raise top.fail("schema", f"schema {schema!r} is not supported", f"write 'schema: {SCHEMA}'")
-    where: dict[tuple, str] = {}
     result: dict[str, dict] = {"url_templates": {}, "releases": {}, "checksums": {}, "images": {}}
 
     templates = _mapping(top, "url_templates")
     templates.check_keys(tuple(components.FILES))
     for name in templates.mapping:
         result["url_templates"][name] = templates.get(name, _url_template)
-        where[("url_templates", name)] = f"{path}:{templates.where(name)}"
 
     releases = _mapping(top, "releases")
     for key, version in _keys(releases, _version_text(_KUBERNETES_VERSION, "1.36.0")):
@@ -240,7 +236,6 @@ def read(path: Path) -> tuple[dict, dict[tuple, str]]:
         for name in components.RELEASE_KEYS:
             release[name] = entry.get(name, _version_text(_VERSION, "3.5.27"))
         result["releases"][version] = release
-        where[("releases", version)] = f"{path}:{releases.where(key)}"
 
     checksums = _mapping(top, "checksums")
     checksums.check_keys(tuple(components.FILES))
@@ -252,7 +247,6 @@ def read(path: Path) -> tuple[dict, dict[tuple, str]]:
             for arch in per_arch.mapping:
                 value = per_arch.get(arch, _checksum)
                 result["checksums"].setdefault(name, {}).setdefault(version, {})[arch] = value
-                where[("checksums", name, version, arch)] = f"{path}:{per_arch.where(arch)}"
 
     images = _mapping(top, "images")
     images.check_keys(tuple(components.IMAGES))
@@ -265,17 +259,15 @@ def read(path: Path) -> tuple[dict, dict[tuple, str]]:
                             components.IMAGES[name].tag.format(version=version))
             pin = ImagePin(name, version, entry.get("repository", _repository), entry.get("digest", _digest), tag)
             result["images"].setdefault(name, {})[version] = pin
-            where[("images", name, version)] = f"{path}:{per_version.where(key)}"
-    return result, where
+    return result
 
 
 def load(site: Path | None = None, shipped: Path = SHIPPED) -> Pins:
     """The shipped pins, extended and overridden entry by entry by the site pins file."""
     merged: dict[str, dict] = {"url_templates": {}, "releases": {}, "checksums": {}, "images": {}}
-    where: dict[tuple, str] = {}
     sources = (Path(shipped),) + ((Path(site),) if site else ())
     for path in sources:
-        data, lines = read(path)
+        data = read(path)
         merged["url_templates"].update(data["url_templates"])
         merged["releases"].update(data["releases"])
         for name, versions in data["checksums"].items():
@@ -283,5 +275,4 @@ def load(site: Path | None = None, shipped: Path = SHIPPED) -> Pins:
                 merged["checksums"].setdefault(name, {}).setdefault(version, {}).update(arches)
         for name, versions in data["images"].items():
             merged["images"].setdefault(name, {}).update(versions)
-        where.update(lines)
-    return Pins(sources=sources, lines=where, **merged)
+    return Pins(sources=sources, **merged)

@@ -341,7 +341,7 @@ def test_a_full_disk_is_a_clear_error_and_leaves_nothing(project, upstream):
                           env={**os.environ, **NO_PROXY_ENV}, preexec_fn=limit_file_size, timeout=300)
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert f"cannot write kubernetes-server-linux-amd64.tar.gz (File too large); nothing was kept" in output
+    assert "cannot write kubernetes-server-linux-amd64.tar.gz (File too large); nothing was kept" in output
     assert "free some disk space" in output and "Traceback" not in output
     assert vendored_files(project.root) == {}
 
@@ -483,7 +483,7 @@ def test_pin_resolves_an_image_tag_to_its_index_digest(project, upstream, regist
     table = pins.load(project.root / "site-pins.yaml")
     assert table.releases[K8S]["pause"] == "3.100"
     assert table.image("pause", "3.100", K8S).digest == digest
-    project.doit(f"vendor:pause-3.100-arm64", env=NO_PROXY_ENV)
+    project.doit("vendor:pause-3.100-arm64", env=NO_PROXY_ENV)
 
 
 def test_real_containerd_imports_the_archives_under_their_names(vendored, tmp_path):
