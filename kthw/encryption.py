@@ -27,6 +27,7 @@ from pathlib import Path
 
 import yaml
 
+from .catalogue import LEAVES
 from .errors import KthwError, StateError
 from .fsutil import SECRET_MODE, atomic_write
 
@@ -40,8 +41,9 @@ _KEY_NAME = re.compile(r"^key(\d+)$")
 IDLE, ADDED, FIRST, REMOVED = "idle", "new-key-added", "new-key-first", "old-key-removed"
 NEXT_PHASE = {IDLE: ADDED, REMOVED: ADDED, ADDED: FIRST, FIRST: REMOVED}
 
-REWRITE_SECRETS = ("kubectl --kubeconfig /etc/k8s/shared/admin.kubeconfig get secrets --all-namespaces -o json"
-                   " | kubectl --kubeconfig /etc/k8s/shared/admin.kubeconfig replace -f -")
+_ADMIN_KUBECONFIG = next(row.kubeconfig for row in LEAVES if row.name == "admin")
+REWRITE_SECRETS = (f"kubectl --kubeconfig {_ADMIN_KUBECONFIG} get secrets --all-namespaces -o json"
+                   f" | kubectl --kubeconfig {_ADMIN_KUBECONFIG} replace -f -")
 INSTALL = ("run `doit` (it rebuilds the control-plane nodes' files only), install "
            "/etc/k8s/kube-apiserver/encryption-config.yaml on every control-plane node and restart every "
            "kube-apiserver")

@@ -22,15 +22,15 @@ from .catalogue import LEAVES
 from .errors import StateError
 from .fsutil import PUBLIC_MODE, SECRET_MODE, atomic_write
 from .inventory import Inventory
-from .render import NodeFile, render
+from .render import APISERVER_PORT, NodeFile, render
 from .tokens import BootstrapToken, kubelet_nodes, read as read_token
 
 BOOTSTRAP_DIR = "/etc/k8s/bootstrap"
 APPLY_SCRIPT = "apply.sh"
 APPLY_TEMPLATE = "bootstrap/apply.sh.j2"
 SCRIPT_MODE = 0o755
-ADMIN_KUBECONFIG = "/etc/k8s/shared/admin.kubeconfig"
-LOCAL_APISERVER = "https://127.0.0.1:6443"
+ADMIN_KUBECONFIG = next(row.kubeconfig for row in LEAVES if row.name == "admin")
+LOCAL_APISERVER = f"https://127.0.0.1:{APISERVER_PORT}"  # this control-plane node's own API server
 
 RBAC = "rbac.authorization.k8s.io"
 BOOTSTRAPPERS = "system:bootstrappers"

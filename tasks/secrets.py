@@ -1,9 +1,9 @@
 """Secrets stage: service-account keys, encryption at rest, kubelet bootstrap tokens.
 
-    secrets:sa-keypair ───────────► secrets:<cp>/sa-keypair            /etc/k8s/shared/sa.{key,pub}
-    secrets:encryption-config ────► secrets:<cp>/encryption-config     /etc/k8s/kube-apiserver/encryption-config.yaml
-    secrets:bootstrap-token-<w> ──┬► secrets:<w>/bootstrap-kubeconfig  /etc/k8s/kubelet/bootstrap-kubeconfig
-                                  └► secrets:<cp>/bootstrap-manifests  /etc/k8s/bootstrap/*.yaml + apply.sh
+    secrets:sa-keypair ──────────► secrets:<cp>/sa-keypair           /etc/k8s/shared/sa.{key,pub}
+    secrets:encryption-config ───► secrets:<cp>/encryption-config    /etc/k8s/kube-apiserver/encryption-config.yaml
+    secrets:bootstrap-token-<w> ─┬► secrets:<w>/bootstrap-kubeconfig /etc/k8s/kubelet/bootstrap-kubeconfig
+                                 └► secrets:<cp>/bootstrap-manifests /etc/k8s/bootstrap/*.yaml + apply.sh
     secrets:<node> = everything of one node;  secrets = every node
     rotate_encryption_key  explicit, never a default task: one rotation phase per run
 
