@@ -243,8 +243,8 @@ def rotate(path: Path, rotation_path: Path, provider: str, now: datetime, secret
         old, new = rotation.old_key, rotation.new_key
         if not secrets_rewritten:
             raise KthwError(
-                f"not removing {old} yet: Secrets still encrypted with it would become unreadable. First "
-                f"make sure every API server runs with {new} first, then rewrite every Secret on one "
+                f"not removing {old} yet: Secrets still encrypted with it would become unreadable. Once every "
+                f"API server runs with {new} listed first, rewrite every Secret on one "
                 f"control-plane node:\n    {REWRITE_SECRETS}\nthen run `doit rotate_encryption_key "
                 "secrets_rewritten=yes`")
         config = EncryptionConfig(config.keys[:1])

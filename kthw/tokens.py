@@ -95,7 +95,7 @@ def read(path: Path, node: str) -> BootstrapToken | None:
         raise _bad(path, f"is for node {data['node']!r}, not {node!r}")
     match = TOKEN_PATTERN.match(str(data["token"]))
     if not match:
-        raise _bad(path, f"token {data['token']!r} does not have the form {TOKEN_FORMAT}")
+        raise _bad(path, f"the token does not have the form {TOKEN_FORMAT}")  # not echoed: it is a secret
     expiration = _timestamp(data["expiration"])
     if expiration is None:
         raise _bad(path, f"expiration {data['expiration']!r} is not an RFC 3339 time such as 2026-01-31T12:00:00Z")

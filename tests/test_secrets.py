@@ -472,10 +472,12 @@ def test_a_hand_edited_token_file_stops_the_build_and_is_left_as_is(tmp_path, ed
     project = Project(tmp_path)
     _build(project, workers=1)
     path = _state(project, "tokens", "worker1.yaml")
+    token_secret = _token_file(project, "worker1")["token"].split(".")[1]
     path.write_text(edit(path.read_text()))
     damaged = path.read_bytes()
     run = project.doit("secrets", check=False)
     _fails_cleanly(run, str(path), needle, "delete it")
+    assert token_secret not in run.stdout + run.stderr  # a secret is never echoed to the terminal
     assert path.read_bytes() == damaged
 
 
