@@ -7,9 +7,10 @@ re-renders only the files that name that IP. Templates render with StrictUndefin
 value missing from a context is an error, never an empty flag.
 
 Version-dependent choices come from :mod:`kthw.versions`; the pinned etcd, containerd
-and pause image come from the vendor stage's pins table through :func:`release_pins`.
-Every flag a unit passes to a Kubernetes binary is checked against the version table
-before the unit is written.
+and pause image come from the same pins the vendor stage fetches by
+(:func:`kthw.vendor.load_pins`: the shipped table extended by the inventory's
+``vendor.site_pins``), so the configs name exactly what the bundles install. Every flag a unit passes to a Kubernetes binary is checked
+against the version table before the unit is written.
 """
 
 from __future__ import annotations
@@ -23,18 +24,15 @@ from typing import Callable
 
 import jinja2
 import jinja2.meta
-import yaml
 
-from . import versions
+from . import components, vendor, versions
 from .catalogue import CLUSTER_SIGNER, CONTROL_PLANE, ETCD, LEAVES, TRUST, WORKER
 from .errors import KthwError
 from .fsutil import PUBLIC_MODE, atomic_write
 from .inventory import Inventory, Node
+from .pins import Pins
 
-DEFAULT_PINS = Path(__file__).resolve().parent / "data" / "pins.yaml"
-
-BIN_DIR = "/usr/local/bin"
-CNI_BIN_DIR = "/opt/cni/bin"
+BIN_DIR = components.BIN_DIR
 UNIT_DIR = "/etc/systemd/system"
 ETCD_CLIENT_PORT, ETCD_PEER_PORT = 2379, 2380
 APISERVER_PORT = 6443  # CONVENTIONS: the secure port on every control-plane node
@@ -42,33 +40,19 @@ CONTAINERD_SOCKET = "unix:///run/containerd/containerd.sock"
 
 # --- what each role installs from the vendor stage --------------------------------
 
-# Node path -> the vendored component (a pins-table url_templates key) that provides it.
-# The units and configs below name these paths; the bundle installs them next to the
-# node's build/nodes/<node>/ tree. One list for the render, vendor and bundle stages.
-ROLE_BINARIES: dict[str, dict[str, str]] = {
-    ETCD: {f"{BIN_DIR}/{name}": "etcd" for name in ("etcd", "etcdctl", "etcdutl")},
-    CONTROL_PLANE: {
-        **{f"{BIN_DIR}/{name}": "kubernetes-server"
-           for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")},
-    },
-    WORKER: {
-        f"{BIN_DIR}/kubelet": "kubernetes-node",
-        f"{BIN_DIR}/kube-proxy": "kubernetes-node",
-        # containerd's tarball unpacks bin/* here; ctr imports the vendored images.
-        **{f"{BIN_DIR}/{name}": "containerd" for name in ("containerd", "containerd-shim-runc-v2", "ctr")},
-        f"{BIN_DIR}/runc": "runc",
-        f"{BIN_DIR}/crictl": "crictl",
-        # The plugins this stage's CNI configs name.
-        **{f"{CNI_BIN_DIR}/{name}": "cni-plugins" for name in ("bridge", "host-local", "loopback", "portmap")},
-    },
-}
-
 
 def binaries_for(node: Node) -> dict[str, str]:
-    """Every binary the node's roles need: node path -> vendored component."""
+    """Every binary the node's roles install: node path -> the vendored component that provides it.
+
+    Read from :data:`kthw.components.FILE_COMPONENTS`, the table the vendor stage extracts
+    and the bundle installs by; a binary two components carry (kubectl) counts once, from
+    the first, as in :func:`kthw.vendor.needs`.
+    """
     result: dict[str, str] = {}
-    for role in sorted(node.roles):
-        result.update(ROLE_BINARIES[role])
+    for component in components.FILE_COMPONENTS:
+        if component.roles & node.roles:
+            for binary in component.binaries:
+                result.setdefault(f"{binary.install_dir}/{binary.name}", component.name)
     return dict(sorted(result.items()))
 
 
@@ -123,50 +107,6 @@ PATHS: dict[str, str] = {
 }
 
 
-# --- the pins table (vendor stage) -----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ReleasePins:
-    """What the vendor stage pinned for one Kubernetes release and the render stage uses."""
-
-    kubernetes: str
-    etcd: str
-    containerd: str
-    pause_image: str  # repository:tag, as the node's image store names the vendored image
-
-
-def release_pins(kubernetes_version: str, path: Path = DEFAULT_PINS) -> ReleasePins:
-    """Read the pins of one Kubernetes release from the vendor stage's table."""
-    path = Path(path)
-    try:
-        table = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise KthwError(f"{path}: the pins table is missing; the vendor stage provides it (it names the etcd, "
-                        "containerd and pause image versions the configs refer to)") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise KthwError(f"{path}: cannot read the pins table ({err}); restore it from version control") from None
-    releases = table.get("releases") if isinstance(table, dict) else None
-    if not isinstance(releases, dict):
-        raise KthwError(f"{path}: no 'releases' mapping; restore the pins table from version control")
-    release = releases.get(kubernetes_version)
-    if not isinstance(release, dict):
-        pinned = ", ".join(sorted(map(str, releases))) or "none"
-        raise KthwError(f"{path}: Kubernetes {kubernetes_version} is not pinned (pinned: {pinned}); set the "
-                        "inventory's kubernetes_version to a pinned release or add this one to the pins table")
-    missing = [key for key in ("etcd", "containerd", "pause") if not release.get(key)]
-    if missing:
-        raise KthwError(f"{path}: releases.\"{kubernetes_version}\" has no {', '.join(missing)}; add "
-                        f"{' and '.join(missing)} to that release in the pins table")
-    tag = str(release["pause"])
-    image = ((table.get("images") or {}).get("pause") or {}).get(tag)
-    if not isinstance(image, dict) or not image.get("repository"):
-        raise KthwError(f"{path}: images.pause.\"{tag}\" (the pause image of Kubernetes {kubernetes_version}) "
-                        "has no repository; add it to the pins table")
-    return ReleasePins(kubernetes=kubernetes_version, etcd=str(release["etcd"]).lstrip("v"),
-                       containerd=str(release["containerd"]).lstrip("v"), pause_image=f"{image['repository']}:{tag}")
-
-
 # --- the plan: which files each node gets, with which values ---------------------------
 
 
@@ -179,7 +119,7 @@ class NodeFile:
     template: str
     context: dict = field(compare=False)
     mode: int = PUBLIC_MODE
-    # When a required input (the pins table) is unusable: the message, and the file is not written.
+    # When the pins cannot give what the file uses: the message, and the file is not written.
     error: str | None = None
 
     @property
@@ -199,18 +139,25 @@ def _go_duration(delta) -> str:
 
 
 class _Inputs:
-    """What the file rules read: the inventory, its version row and the pins (or why not)."""
+    """What the file rules read: the inventory, its version row and the pins."""
 
-    def __init__(self, inv: Inventory, release: versions.KubernetesRelease, pins: ReleasePins | None,
-                 pins_error: str | None):
-        self.inv, self.release, self.pins, self.pins_error = inv, release, pins, pins_error
+    def __init__(self, inv: Inventory, release: versions.KubernetesRelease, pins: Pins | None):
+        self.inv, self.release, self.pins = inv, release, pins
+
+    def pinned(self, component: str) -> str:
+        """The version pinned for the inventory's Kubernetes release (UnpinnedError if none)."""
+        return self.pins.release(self.inv.kubernetes_version)[component]
+
+    def pause_image(self) -> str:
+        """repository:tag, the name the node's image store gives the vendored pause image."""
+        return self.pins.image("pause", self.pinned("pause"), self.inv.kubernetes_version).reference
 
     def etcd_members(self) -> list[dict]:
         return [{"name": n.name, "host": _host(n.ip)} for n in self.inv.etcd_nodes]
 
 
 def _etcd_unit(i: _Inputs, node: Node) -> dict:
-    line = versions.etcd_line(i.pins.etcd)
+    line = versions.etcd_line(i.pinned("etcd"))
     return {"name": node.name, "host": _host(node.ip), "members": i.etcd_members(), "token": i.inv.name,
             "client_port": ETCD_CLIENT_PORT, "peer_port": ETCD_PEER_PORT,
             "extra_flags": [f"{flag}={value}" for flag, value in line.extra_flags], "paths": PATHS}
@@ -265,10 +212,10 @@ def _plain_unit(i: _Inputs, node: Node) -> dict:
 
 
 def _containerd_config(i: _Inputs, node: Node) -> dict:
-    line = versions.containerd_line(i.pins.containerd, i.release)
+    line = versions.containerd_line(i.pinned("containerd"), i.release)
     return {"config_version": line.config_version, "runtime_plugin": line.runtime_plugin,
             "sandbox_table": line.sandbox_table, "sandbox_key": line.sandbox_key,
-            "sandbox_image": i.pins.pause_image, "paths": PATHS}
+            "sandbox_image": i.pause_image(), "paths": PATHS}
 
 
 def _kubelet_unit(i: _Inputs, node: Node) -> dict:
@@ -341,16 +288,18 @@ RULES: tuple[_Rule, ...] = (
 )
 
 
-def plan(inv: Inventory, pins_path: Path = DEFAULT_PINS) -> dict[str, tuple[NodeFile, ...]]:
-    """Every file of every node. A Kubernetes minor outside the version table is a KthwError;
-    an unusable pins table only marks the files that need it (their render fails)."""
+def plan(inv: Inventory, pins: Pins | None = None) -> dict[str, tuple[NodeFile, ...]]:
+    """Every file of every node. A Kubernetes minor outside the version table is a KthwError.
+    ``pins`` defaults to what the vendor stage loads for ``inv``; pins that cannot be read,
+    or that lack what a file uses, only mark the files that need them (their render fails)."""
     release = versions.kubernetes_release(inv.kubernetes_version)
-    pins, pins_error = None, None
-    try:
-        pins = release_pins(inv.kubernetes_version, pins_path)
-    except KthwError as err:
-        pins_error = str(err)
-    inputs = _Inputs(inv, release, pins, pins_error)
+    pins_error = None
+    if pins is None:
+        try:
+            pins = vendor.load_pins(inv)
+        except KthwError as err:
+            pins_error = str(err)
+    inputs = _Inputs(inv, release, pins)
     result = {}
     for node in inv.nodes:
         files = []

@@ -6,29 +6,23 @@
 A file is re-rendered when its template changes or when the values it uses change
 (its context from kthw.render.plan: e.g. an etcd unit names every etcd member's IP,
 a scheduler config names none), so editing one node's IP touches only the files that
-name it. The pins table is read from kthw/data/pins.yaml unless `doit pins=PATH` or
-$KTHW_PINS says otherwise.
+name it. The pinned etcd, containerd and pause image are the vendor stage's: the shipped
+pins table extended by the inventory's `vendor: {site_pins: FILE}`; a pins change
+re-renders only the files whose values it changes.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path, PurePosixPath
 
-from doit import get_var
 from doit.tools import config_changed
 
 from kthw.errors import KthwError
-from kthw.render import DEFAULT_PINS, plan, remove_stale, stale_files, template_files, write_node_file
+from kthw.render import plan, remove_stale, stale_files, template_files, write_node_file
 
 from .common import checked, context, guarded
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
-PINS_ENV = "KTHW_PINS"
-
-
-def pins_path() -> Path:
-    return Path(get_var("pins", None) or os.environ.get(PINS_ENV) or DEFAULT_PINS)
 
 
 def _refuse(message: str) -> None:
@@ -39,7 +33,7 @@ def task_render():
     """Systemd units and component configs for every node, only for its roles."""
     inv, layout = context()
     try:
-        files = plan(inv, pins_path())
+        files = plan(inv)
     except KthwError as err:
         # e.g. a Kubernetes minor outside the version table: nothing can be rendered.
         yield {"name": "versions", "doc": "the inventory's Kubernetes version is not supported",

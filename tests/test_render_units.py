@@ -51,7 +51,7 @@ def complaints(result: subprocess.CompletedProcess, unit: str) -> list[str]:
 def test_systemd_accepts_every_rendered_unit(rendered_cluster, tmp_path):
     project, pins, _ = rendered_cluster
     checked = []
-    for node, paths in rendered_paths(project, pins).items():
+    for node, paths in rendered_paths(project).items():
         root = node_root(project, node, tmp_path / node)
         for path in paths:
             if not path.startswith(UNIT_DIR + "/"):
