@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
-from .catalogue import INTERMEDIATES, ROOT, ca_specs, leaves_for
+from .catalogue import INTERMEDIATES, ROOT, leaves_for
 from .crypto import read_facts
 from .inventory import Inventory
 from .layout import Layout

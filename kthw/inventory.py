@@ -16,11 +16,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
 from . import components
-from .errors import InventoryError
 from .oci import Repository
+from .yamldoc import Bad as _Bad, Reader as _Reader, kind as _kind, parse, read_text
 
 ROLES = ("control-plane", "etcd", "worker")
 ARCHES = ("amd64", "arm64")
@@ -158,107 +156,7 @@ class Inventory:
         return int(major), int(minor)
 
 
-# --- YAML with line numbers -------------------------------------------------
-
-
-class _Map(dict):
-    line: int
-    key_lines: dict
-
-
-class _Seq(list):
-    line: int
-    item_lines: list
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that remembers lines and refuses duplicate keys (YAML would keep the last)."""
-
-    def construct_mapping(self, node, deep=False):
-        result = _Map()
-        result.line = node.start_mark.line + 1
-        result.key_lines = {}
-        for key_node, value_node in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if not isinstance(key, (str, int, float, bool)) or key is None:
-                raise InventoryError(self.name, key_node.start_mark.line + 1, "",
-                                     "a mapping key must be a plain word",
-                                     "write keys as plain names such as 'nodes:'")
-            if key in result:
-                raise InventoryError(self.name, key_node.start_mark.line + 1, str(key),
-                                     f"key '{key}' appears twice in the same mapping",
-                                     f"keep one '{key}:' entry (the first is on line {result.key_lines[key]})")
-            result[key] = self.construct_object(value_node, deep=True)
-            result.key_lines[key] = key_node.start_mark.line + 1
-        return result
-
-    def construct_sequence(self, node, deep=False):
-        result = _Seq(self.construct_object(child, deep=True) for child in node.value)
-        result.line = node.start_mark.line + 1
-        result.item_lines = [child.start_mark.line + 1 for child in node.value]
-        return result
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _Loader.construct_mapping)
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _Loader.construct_sequence)
-
-
-# --- field readers ------------------------------------------------------------
-
-
-class _Reader:
-    """Reads one mapping of the inventory, knowing where each value sits in the file."""
-
-    def __init__(self, source: str, mapping: Any, path: str, line: int | None):
-        self.source, self.path = source, path
-        if not isinstance(mapping, dict):
-            raise InventoryError(source, line, path or "(top level)",
-                                 f"expected a mapping, got {_kind(mapping)}",
-                                 "write 'key: value' lines here")
-        self.mapping = mapping
-        self.line = getattr(mapping, "line", line)
-
-    def where(self, key: str) -> int | None:
-        return getattr(self.mapping, "key_lines", {}).get(key, self.line)
-
-    def fail(self, key: str, problem: str, fix: str = "") -> InventoryError:
-        return InventoryError(self.source, self.where(key), self._name(key), problem, fix)
-
-    def _name(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def check_keys(self, allowed: tuple[str, ...]) -> None:
-        for key in self.mapping:
-            if key not in allowed:
-                guess = difflib.get_close_matches(str(key), allowed, n=1)
-                hint = f"did you mean '{guess[0]}'? " if guess else ""
-                raise self.fail(str(key), f"unknown key '{key}'",
-                                f"{hint}allowed keys here: {', '.join(allowed)}")
-
-    def get(self, key: str, parse: Callable[[Any], Any], default: Any = ..., ) -> Any:
-        if key not in self.mapping or self.mapping[key] is None:
-            if default is ...:
-                raise self.fail(key, "required key is missing",
-                                f"add '{key}:' under {self.path or 'the top level'}")
-            return default
-        try:
-            return parse(self.mapping[key])
-        except _Bad as bad:
-            raise self.fail(key, bad.problem, bad.fix) from None
-
-    def sub(self, key: str) -> "_Reader":
-        value = self.mapping.get(key)
-        return _Reader(self.source, _Map() if value is None else value, self._name(key), self.where(key))
-
-
-class _Bad(Exception):
-    def __init__(self, problem: str, fix: str = ""):
-        self.problem, self.fix = problem, fix
-
-
-def _kind(value: Any) -> str:
-    return {dict: "a mapping", _Map: "a mapping", list: "a list", _Seq: "a list",
-            str: "text", bool: "true/false", int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+# --- field parsers --------------------------------------------------------------
 
 
 def _text(value: Any) -> str:
@@ -364,13 +262,7 @@ DEFAULT_LIFETIMES = Lifetimes(root_ca=timedelta(days=3650), intermediate_ca=time
 def load(path: str | Path) -> Inventory:
     """Read and validate an inventory file."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise InventoryError(str(path), None, "", f"cannot read the inventory ({err.strerror})",
-                             "check the path given with 'doit inventory=PATH' or KTHW_INVENTORY") from None
-    except UnicodeDecodeError:
-        raise InventoryError(str(path), None, "", "the file is not UTF-8 text", "save it as UTF-8") from None
+    text = read_text(path, "the inventory", "check the path given with 'doit inventory=PATH' or KTHW_INVENTORY")
     inventory = loads(text, source=str(path))
     for warning in inventory.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -379,24 +271,7 @@ def load(path: str | Path) -> Inventory:
 
 def loads(text: str, source: str = "cluster.yaml") -> Inventory:
     """Validate inventory text; ``source`` names it in messages."""
-    loader = None
-    try:
-        loader = _Loader(text)  # the reader already rejects non-printable characters here
-        loader.name = source
-        data = loader.get_single_data()
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        line = mark.line + 1 if mark else None
-        raise InventoryError(source, line, "", f"YAML syntax error: {err.problem or err.context}",
-                             "fix the indentation or quoting at that line") from None
-    except yaml.YAMLError as err:
-        raise InventoryError(source, None, "", f"not valid YAML: {err}",
-                             "save the file as plain UTF-8 text and fix the YAML syntax") from None
-    finally:
-        if loader is not None:
-            loader.dispose()
-    top = _Reader(source, data, "", 1)
-    return _build(top)
+    return _build(_Reader(source, parse(text, source), "", 1))
 
 
 def _build(top: _Reader) -> Inventory:

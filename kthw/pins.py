@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from . import components
 from .download import Checksum
-from .errors import InventoryError, KthwError
-from .inventory import ARCHES, _Bad, _Loader, _Map, _Reader
+from .errors import KthwError
+from .inventory import ARCHES
+from .yamldoc import Bad as _Bad, Map as _Map, Reader as _Reader, parse, read_text
 from .oci import DIGEST, Repository
 
 SHIPPED = Path(__file__).resolve().parent / "data" / "pins.yaml"
@@ -194,28 +194,8 @@ def _keys(reader: _Reader, parse) -> list[tuple[Any, str]]:
 def read(path: Path) -> dict:
     """One pins file, validated: its sections."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise InventoryError(str(path), None, "", f"cannot read the pins file ({err.strerror})",
-                             "check vendor.site_pins in the inventory (a path relative to the inventory)") from None
-    except UnicodeDecodeError:
-        raise InventoryError(str(path), None, "", "the pins file is not UTF-8 text", "save it as UTF-8") from None
-    loader = None
-    try:
-        loader = _Loader(text)
-        loader.name = str(path)
-        data = loader.get_single_data()
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        raise InventoryError(str(path), mark.line + 1 if mark else None, "",
-                             f"YAML syntax error: {err.problem or err.context}",
-                             "fix the indentation or quoting at that line") from None
-    except yaml.YAMLError as err:
-        raise InventoryError(str(path), None, "", f"not valid YAML: {err}", "fix the YAML syntax") from None
-    finally:
-        if loader is not None:
-            loader.dispose()
+    text = read_text(path, "the pins file", "check vendor.site_pins in the inventory (a path relative to the inventory)")
+    data = parse(text, str(path))
     top = _Reader(str(path), _Map() if data is None else data, "", 1)
     top.check_keys(SECTIONS)
     schema = top.get("schema", lambda v: v)
