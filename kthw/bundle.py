@@ -1,0 +1,547 @@
+"""Bundle stage: one signed, reproducible tarball per node, with a verifying install.sh.
+
+    bundles/<node>.tar.gz
+      kthw-bundle/install.sh         verifies, installs, starts (templates/bundle/install.sh.j2)
+      kthw-bundle/README             what the operator does on the node
+      kthw-bundle/MANIFEST           mode, sha256 and path of every file (and key directory)
+      kthw-bundle/MANIFEST.sig       Ed25519 signature of MANIFEST (kthw.bundle_signing)
+      kthw-bundle/signing-key.pub    the public key; its fingerprint comes from the workstation
+      kthw-bundle/files/<node path>  every file, laid out as on the node
+
+A node's files are its tree ``build/nodes/<node>/`` (pki, secrets, render stages) plus the
+vendored binaries and image archives its arch and roles need (:func:`vendored_files`).
+
+Speed: the vendored files are the bulk of a bundle and the same for every node of one
+arch and role set, so they are compressed once into a deflate part kept in
+``build/bundle-cache/`` (with its CRC and the sha256 of each file). A node's bundle is a
+gzip header, that part copied byte for byte, a small part with the node's own files and
+the end-of-archive blocks, and the gzip trailer: one ordinary gzip member (kthw.tarball).
+The cache entry is reused while every source file keeps its size and mtime.
+
+Reproducible: entries sorted by name, uid/gid 0, no names, mtime = $SOURCE_DATE_EPOCH
+or, when unset, 2000-01-01T00:00:00Z (:data:`DEFAULT_EPOCH`), gzip headers with mtime 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import jinja2
+
+from . import bundle_signing, components, tarball, vendor
+from .errors import KthwError
+from .fsutil import SECRET_MODE
+from .inventory import ARCH_ALIASES, Inventory, Node
+from .layout import Layout
+from .render import ETCD_CLIENT_PORT, PATHS, UNIT_DIR
+
+TOP = "kthw-bundle"
+FILES = "files"
+MANIFEST = "MANIFEST"
+SIGNATURE = "MANIFEST.sig"
+PUBLIC_KEY = "signing-key.pub"
+INSTALL = "install.sh"
+README = "README"
+MANIFEST_FORMAT = "kthw-airgap bundle manifest 1"
+DIRECTORY = "dir"  # the sha256 column of a directory line
+
+SOURCE_DATE_EPOCH = "SOURCE_DATE_EPOCH"
+DEFAULT_EPOCH = 946684800  # 2000-01-01T00:00:00Z: any fixed date; 0 makes GNU tar warn on unpacking
+INSTALL_TEMPLATE = "bundle/install.sh.j2"
+README_TEMPLATE = "bundle/README.j2"
+TEMPLATES = (INSTALL_TEMPLATE, README_TEMPLATE)
+
+# Node paths install.sh handles: no spaces, quotes or globs, no "." or ".." components.
+_SAFE_PATH = re.compile(r"^(/[A-Za-z0-9@+_-][A-Za-z0-9._@+-]*)+$")
+_PATH_IN_TEXT = re.compile(r"/[A-Za-z0-9._@+/-]+")
+_PRIVATE_KEY_MARKERS = (b"PRIVATE KEY-----", b"client-key-data:")
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A file of the bundle: ``path`` on the node, read from ``source`` on the workstation."""
+
+    path: str
+    source: Path
+    mode: int
+
+
+@dataclass(frozen=True)
+class Vendored:
+    files: tuple[Placed, ...]
+    images: tuple[tuple[str, str], ...]  # node path of an image archive -> the image name it holds
+
+
+@dataclass(frozen=True)
+class BundleSpec:
+    """Everything :func:`build` needs for one node; plain data, so doit can pickle it."""
+
+    node: str
+    arch: str
+    roles: tuple[str, ...]
+    node_ip: str
+    tree: Path                       # build/nodes/<node>
+    expected: frozenset[str] | None  # node paths some stage produces; None: take the tree as it is
+    vendored: Vendored
+    output: Path
+    cache: Path
+    signing_key: Path
+    templates: Path
+    epoch: int
+
+
+# --- inputs ---------------------------------------------------------------------------------
+
+
+def vendored_files(node: Node, inv: Inventory, layout: Layout) -> Vendored:
+    """The vendored files the node's arch and roles need, from the vendor stage's plan."""
+    pins = vendor.load_pins(inv)
+    needs = vendor.needs(node, inv, layout, pins)
+    by_file = {f"{components.IMAGE_DIR}/{name}-{pin.version}.tar": pin.reference
+               for name, pin in vendor.images(inv, pins).items()}
+    files = tuple(sorted((Placed(f.install_as, Path(f.source), f.mode) for f in needs), key=lambda p: p.path))
+    images = tuple((p.path, by_file[p.path]) for p in files if p.path in by_file)
+    return Vendored(files, images)
+
+
+def missing_vendored(vendored: Vendored) -> list[Path]:
+    return [placed.source for placed in vendored.files if not placed.source.is_file()]
+
+
+def source_date_epoch(environ: dict | None = None) -> int:
+    """The mtime of every entry: $SOURCE_DATE_EPOCH (reproducible-builds.org), else a fixed date."""
+    text = (os.environ if environ is None else environ).get(SOURCE_DATE_EPOCH, "").strip()
+    if not text:
+        return DEFAULT_EPOCH
+    if not text.isdigit() or int(text) >= 8 ** 11:  # a tar header holds 11 octal digits
+        raise KthwError(f"{SOURCE_DATE_EPOCH}={text!r} is not a number of seconds since 1970; set it to "
+                        "e.g. the last commit's time (`git log -1 --format=%ct`) or unset it")
+    return int(text)
+
+
+def spec_for(inv: Inventory, layout: Layout, node: Node, vendored: Vendored, templates: Path,
+             expected: frozenset[str] | None = None, epoch: int = DEFAULT_EPOCH) -> BundleSpec:
+    return BundleSpec(node=node.name, arch=node.arch, roles=tuple(sorted(node.roles)), node_ip=str(node.ip),
+                      tree=layout.node_root(node.name), expected=expected, vendored=vendored,
+                      output=layout.bundles / f"{node.name}.tar.gz", cache=cache_dir(layout),
+                      signing_key=bundle_signing.key_path(layout.state), templates=Path(templates), epoch=epoch)
+
+
+def cache_dir(layout: Layout) -> Path:
+    return layout.build / "bundle-cache"
+
+
+def cache_files(spec: BundleSpec) -> tuple[Path, Path]:
+    """The cached deflate part of the node's vendored files, and its index (JSON)."""
+    name = f"{spec.arch}-{'+'.join(spec.roles)}"
+    return spec.cache / f"{name}.deflate", spec.cache / f"{name}.json"
+
+
+def bundle_mode(mode: int, data: bytes | None = None) -> int:
+    """The mode a file gets on the node: private (0600, 0700 if executable) when the stage
+    that wrote it made it unreadable to others or it holds a private key; else 0644/0755."""
+    executable = bool(mode & 0o100)
+    secret = not mode & 0o077 or (data is not None and any(m in data for m in _PRIVATE_KEY_MARKERS))
+    if secret:
+        return 0o700 if executable else SECRET_MODE
+    return 0o755 if executable else 0o644
+
+
+def tree_files(spec: BundleSpec) -> list[tuple[str, bytes, int]]:
+    """Every file of the node's tree: (node path, bytes, mode on the node), sorted."""
+    if not spec.tree.is_dir():
+        raise KthwError(f"{spec.tree}: the node's files are missing; run `doit pki secrets render` (or plain "
+                        "`doit`) first")
+    found = []
+    for path in sorted(spec.tree.rglob("*")):
+        node_path = "/" + path.relative_to(spec.tree).as_posix()
+        if path.is_symlink() or not (path.is_file() or path.is_dir()):
+            raise KthwError(f"{path}: not a regular file; the node tree holds only files written by the stages. "
+                            "Remove it and run `doit` again")
+        if path.is_dir():
+            continue
+        if path.name.startswith(".") and path.name.endswith(".tmp"):
+            continue  # a write in progress by another stage (fsutil.atomic_write); never a node file
+        if spec.expected is not None and node_path not in spec.expected:
+            raise KthwError(f"{path}: no stage produces this file (left from an earlier build?), so it is not "
+                            "packed into the bundle unseen; delete it and run `doit bundle` again")
+        _check_path(node_path, path)
+        data = path.read_bytes()
+        found.append((node_path, data, bundle_mode(path.stat().st_mode & 0o777, data)))
+    if not found:
+        raise KthwError(f"{spec.tree}: the node's tree is empty; run `doit` first")
+    return found
+
+
+def tree_is_as_planned(spec: BundleSpec) -> bool:
+    """The node's tree holds exactly the files the stages produce (an uptodate check: a stray
+    file makes the task run, and fail, rather than leave a bundle that ignores it)."""
+    if spec.expected is None:
+        return True
+    found = {"/" + path.relative_to(spec.tree).as_posix() for path in spec.tree.rglob("*")
+             if not path.is_dir() and not (path.name.startswith(".") and path.name.endswith(".tmp"))}
+    return found == spec.expected
+
+
+def _check_path(node_path: str, where) -> None:
+    if not _SAFE_PATH.match(node_path):
+        raise KthwError(f"{where}: the node path {node_path} has characters install.sh does not handle "
+                        "(only letters, digits and . _ - @ + are allowed)")
+
+
+# --- services -------------------------------------------------------------------------------
+
+
+def _unit_words(text: str, keys: tuple[str, ...]) -> list[str]:
+    words = []
+    for line in text.replace("\\\n", " ").splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() in keys:
+            words += value.split()
+    return words
+
+
+def service_order(units: dict[str, str]) -> list[str]:
+    """Unit names (without .service) in an order that starts each after what its After=,
+    Wants=, Requires= and BindsTo= lines name (and before what Before= names); ties by name."""
+    after: dict[str, set[str]] = {name: set() for name in units}
+    for name, text in units.items():
+        for word in _unit_words(text, ("After", "Wants", "Requires", "BindsTo")):
+            other = word.removesuffix(".service")
+            if word.endswith(".service") and other in units and other != name:
+                after[name].add(other)
+        for word in _unit_words(text, ("Before",)):
+            other = word.removesuffix(".service")
+            if word.endswith(".service") and other in units and other != name:
+                after[other].add(name)
+    order: list[str] = []
+    while len(order) < len(units):
+        ready = sorted(name for name in units if name not in order and after[name] <= set(order))
+        if not ready:
+            stuck = sorted(name for name in units if name not in order)
+            raise KthwError(f"the units {', '.join(stuck)} order themselves after each other (After=/Wants= form "
+                            "a cycle); fix their templates")
+        order.append(ready[0])
+    return order
+
+
+def service_files(units: dict[str, str], texts: dict[str, bytes], installed: set[str]) -> dict[str, list[str]]:
+    """For each unit: the installed files it reads, i.e. its unit file, every installed path its
+    text names, and every installed path named by those files in turn (a config naming certs).
+    A change to any of them means the service must be restarted."""
+    result = {}
+    for name, text in units.items():
+        seen = {f"{UNIT_DIR}/{name}.service"}
+        todo = [text]
+        while todo:
+            for found in _PATH_IN_TEXT.findall(todo.pop()):
+                if found in installed and found not in seen:
+                    seen.add(found)
+                    if found in texts:
+                        todo.append(texts[found].decode("utf-8", "replace"))
+        result[name] = sorted(seen)
+    return result
+
+
+def units_of(files: list[tuple[str, bytes, int]]) -> dict[str, str]:
+    units = {}
+    for node_path, data, _ in files:
+        parent, name = node_path.rsplit("/", 1)
+        if parent == UNIT_DIR and name.endswith(".service"):
+            units[name.removesuffix(".service")] = data.decode("utf-8", "replace")
+    return units
+
+
+# --- the MANIFEST ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ManifestLine:
+    mode: int
+    sha256: str   # DIRECTORY for a directory
+    path: str     # "/..." = installed there from files/...; otherwise a file of the bundle itself
+
+    @property
+    def member(self) -> str:
+        """Where the file is in the unpacked bundle."""
+        return f"{FILES}{self.path}" if self.path.startswith("/") else self.path
+
+    def text(self) -> str:
+        return f"{self.mode:04o} {self.sha256} {self.path}"
+
+
+def key_directories(lines: list[ManifestLine]) -> list[str]:
+    """Directories that hold a private file: install.sh makes them 0700."""
+    return sorted({str(PurePosixPath(line.path).parent) for line in lines
+                   if line.path.startswith("/") and not line.mode & 0o077})
+
+
+def manifest_text(spec: BundleSpec, lines: list[ManifestLine]) -> bytes:
+    head = [f"# {MANIFEST_FORMAT}",
+            f"# node {spec.node} arch {spec.arch} roles {','.join(spec.roles)}",
+            "# <mode> <sha256> <path>: a path starting with / is installed there from files/<path>;",
+            f"# '{DIRECTORY}' lines are directories install.sh creates (or sets) with that mode.",
+            "# Check by hand: grep -v '^#' MANIFEST | awk '$2 != \"dir\" {print $2 \"  \" ($3 ~ /^\\// ? "
+            "\"files\" $3 : $3)}' | sha256sum -c"]
+    dirs = [ManifestLine(0o700, DIRECTORY, path) for path in key_directories(lines)]
+    body = sorted(lines + dirs, key=lambda line: (line.path.startswith("/"), line.path))
+    return ("\n".join(head + [line.text() for line in body]) + "\n").encode()
+
+
+def parse_manifest(text: str) -> tuple[dict[str, str], list[ManifestLine]]:
+    """The header fields (node, arch, roles) and the lines of a MANIFEST."""
+    rows = text.splitlines()
+    if not rows or rows[0] != f"# {MANIFEST_FORMAT}":
+        raise KthwError(f"MANIFEST: not a kthw-airgap bundle manifest (first line: {rows[0] if rows else ''!r})")
+    words = rows[1].lstrip("# ").split() if len(rows) > 1 else []
+    header = dict(zip(words[::2], words[1::2]))
+    lines = []
+    for number, row in enumerate(rows[1:], start=2):
+        if row.startswith("#") or not row.strip():
+            continue
+        parts = row.split(" ")
+        if len(parts) != 3 or not re.fullmatch(r"0[0-7]{3}", parts[0]) or not (
+                parts[1] == DIRECTORY or re.fullmatch(r"[0-9a-f]{64}", parts[1])):
+            raise KthwError(f"MANIFEST line {number}: expected '<mode> <sha256> <path>', got {row!r}")
+        lines.append(ManifestLine(int(parts[0], 8), parts[1], parts[2]))
+    return header, lines
+
+
+# --- templates ----------------------------------------------------------------------------------
+
+
+def _environment(templates: Path) -> jinja2.Environment:
+    # Bash is full of "${#array[@]}": no Jinja comments, so "{#" stays text.
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates)), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False,
+                             comment_start_string="<#jinja-comment", comment_end_string="jinja-comment#>")
+    env.filters["q"] = lambda value: shlex.quote(str(value))
+    return env
+
+
+def template_paths(templates: Path) -> list[Path]:
+    return [Path(templates) / name for name in TEMPLATES]
+
+
+def _render(env: jinja2.Environment, name: str, **context) -> bytes:
+    try:
+        return env.get_template(name).render(**context).encode()
+    except jinja2.TemplateError as err:
+        raise KthwError(f"template {name}: {err}") from None
+
+
+def machines_of(arch: str) -> list[str]:
+    """What `uname -m` says on a machine of this arch."""
+    return sorted(name for name, canon in ARCH_ALIASES.items() if canon == arch)
+
+
+def _script_context(spec: BundleSpec, files: list[tuple[str, bytes, int]], installed: set[str]) -> dict:
+    units = units_of(files)
+    order = service_order(units)
+    texts = {path: data for path, data, _ in files}
+    etcd = None
+    if "etcd" in units:
+        etcd = {"endpoint": f"https://{spec.node_ip}:{ETCD_CLIENT_PORT}" if ":" not in spec.node_ip
+                else f"https://[{spec.node_ip}]:{ETCD_CLIENT_PORT}",
+                "ca": PATHS["etcd_ca"], "cert": PATHS["etcd_healthcheck_client_cert"],
+                "key": PATHS["etcd_healthcheck_client_key"], "etcdctl": f"{PATHS['bin']}/etcdctl"}
+    return {"node": spec.node, "arch": spec.arch, "machines": machines_of(spec.arch), "roles": list(spec.roles),
+            "services": order, "service_files": service_files(units, texts, installed),
+            "images": list(spec.vendored.images), "manifest_format": MANIFEST_FORMAT, "directory": DIRECTORY,
+            "unit_dir": UNIT_DIR, "etcd": etcd, "top": TOP, "ctr": f"{PATHS['bin']}/ctr",
+            "files": FILES, "manifest": MANIFEST, "signature": SIGNATURE, "public_key": PUBLIC_KEY}
+
+
+# --- the vendored part: one gzip member per arch and role set, cached -----------------------------
+
+
+def _vendored_entries(spec: BundleSpec) -> list[dict]:
+    entries = []
+    for placed in spec.vendored.files:
+        _check_path(placed.path, placed.source)
+        try:
+            stat = placed.source.stat()
+        except FileNotFoundError:
+            raise KthwError(f"{placed.source}: vendored file missing ({placed.path} on {spec.node}); run "
+                            "`doit vendor` first") from None
+        entries.append({"name": f"{TOP}/{FILES}{placed.path}", "path": placed.path, "mode": placed.mode,
+                        "source": str(placed.source), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
+    return sorted(entries, key=lambda e: e["name"])
+
+
+@dataclass(frozen=True)
+class SharedPart:
+    """The cached deflate part of a node's vendored files (kthw.tarball)."""
+
+    path: Path
+    crc: int                 # CRC32 of its uncompressed bytes
+    size: int                # their length
+    sha256: dict[str, str]   # node path -> sha256 of the file
+
+
+def shared_part(spec: BundleSpec) -> SharedPart:
+    """The cached deflate part of the node's vendored files, made now if missing or stale."""
+    member, index = cache_files(spec)
+    wanted = {"format": 2, "level": tarball.COMPRESSION_LEVEL, "mtime": spec.epoch,
+              "entries": _vendored_entries(spec)}
+    try:
+        cached = json.loads(index.read_text())
+        if {key: cached.get(key) for key in wanted} == wanted and member.stat().st_size == cached["part_size"]:
+            return SharedPart(member, cached["crc"], cached["size"], cached["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    spec.cache.mkdir(parents=True, exist_ok=True)
+    entries = [tarball.Entry(e["name"], e["mode"], source=Path(e["source"])) for e in wanted["entries"]]
+    with _temporary(member) as (handle, tmp):
+        part = tarball.DeflatePart(handle, final=False)
+        digests = tarball.write_entries(part, entries, spec.epoch, end=False)
+        part.close()
+        handle.flush()
+        part_size = handle.tell()
+        if _vendored_entries(spec) != wanted["entries"]:  # a source changed while it was read
+            raise KthwError(f"vendored files of {spec.node} changed while the bundle was built; run "
+                            "`doit bundle` again")
+        os.replace(tmp, member)
+    shared = SharedPart(member, part.crc, part.size, {e["path"]: digests[e["name"]] for e in wanted["entries"]})
+    index_tmp = index.with_name(f".{index.name}.tmp")
+    index_tmp.write_text(json.dumps({**wanted, "part_size": part_size, "crc": shared.crc, "size": shared.size,
+                                     "sha256": shared.sha256}, indent=1) + "\n")
+    os.replace(index_tmp, index)
+    return shared
+
+
+class _temporary:
+    """A temp file beside ``target``, deleted unless the caller renamed it."""
+
+    def __init__(self, target: Path):
+        self.target = target
+
+    def __enter__(self):
+        fd, self.tmp = tempfile.mkstemp(dir=self.target.parent, prefix=f".{self.target.name}.", suffix=".tmp")
+        self.handle = os.fdopen(fd, "w+b")
+        return self.handle, Path(self.tmp)
+
+    def __exit__(self, kind, value, traceback):
+        self.handle.close()
+        if kind is not None:
+            Path(self.tmp).unlink(missing_ok=True)
+            if isinstance(value, OSError) and not isinstance(value, KthwError):
+                raise KthwError(f"{self.target}: cannot write ({value}); free some disk space, then run again") \
+                    from None
+        return False
+
+
+# --- building -----------------------------------------------------------------------------------
+
+
+def build(spec: BundleSpec) -> str:
+    """Write bundles/<node>.tar.gz (through a temp file and a rename); return what was done."""
+    key = bundle_signing.load_key(spec.signing_key)
+    files = tree_files(spec)
+    clash = {path for path, _, _ in files} & {placed.path for placed in spec.vendored.files}
+    if clash:
+        raise KthwError(f"{spec.tree}: {', '.join(sorted(clash))} would also come from vendor/; remove it from "
+                        "the node's tree")
+    shared = shared_part(spec)
+    vendored_sums = shared.sha256
+    installed = {path for path, _, _ in files} | set(vendored_sums)
+    env = _environment(spec.templates)
+    context = _script_context(spec, files, installed)
+    install = _render(env, INSTALL_TEMPLATE, **context)
+    readme = _render(env, README_TEMPLATE, **context)
+
+    node_entries = [tarball.Entry(f"{TOP}/{FILES}{path}", mode, data=data) for path, data, mode in files]
+    lines = [ManifestLine(mode, sha256_hex(data), path) for path, data, mode in files]
+    lines += [ManifestLine(p.mode, vendored_sums[p.path], p.path) for p in spec.vendored.files]
+    lines += [ManifestLine(0o755, sha256_hex(install), INSTALL), ManifestLine(0o644, sha256_hex(readme), README)]
+    manifest = manifest_text(spec, lines)
+    node_entries += [
+        tarball.Entry(f"{TOP}/{INSTALL}", 0o755, data=install),
+        tarball.Entry(f"{TOP}/{README}", 0o644, data=readme),
+        tarball.Entry(f"{TOP}/{MANIFEST}", 0o644, data=manifest),
+        tarball.Entry(f"{TOP}/{SIGNATURE}", 0o644, data=bundle_signing.sign(key, manifest)),
+        tarball.Entry(f"{TOP}/{PUBLIC_KEY}", 0o644, data=bundle_signing.public_pem(key)),
+    ]
+    node_entries.sort(key=lambda entry: entry.name)
+
+    spec.output.parent.mkdir(parents=True, exist_ok=True)
+    with _temporary(spec.output) as (handle, tmp):
+        handle.write(tarball.GZIP_HEADER)
+        tarball.copy_into(handle, shared.path)
+        part = tarball.DeflatePart(handle, final=True, crc=shared.crc, size=shared.size)
+        tarball.write_entries(part, node_entries, spec.epoch, end=True)
+        part.close()
+        handle.write(tarball.gzip_trailer(part.crc, part.size))
+        handle.flush()
+        size = handle.tell()
+        os.fchmod(handle.fileno(), 0o600)  # it holds the node's private keys
+        os.replace(tmp, spec.output)
+    count = len(files) + len(spec.vendored.files)
+    return (f"{spec.output}: {count} files, {size / 1e6:.1f} MB, signed by {bundle_signing.fingerprint(key)}")
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# --- checking a bundle on the workstation -----------------------------------------------------
+
+
+def verify_tarball(path: Path, expected_fingerprint: str, node: str | None = None) -> str:
+    """Check a bundle file as install.sh would (signature, fingerprint, every file's sha256
+    and mode), plus that it holds nothing the MANIFEST does not list."""
+    path = Path(path)
+    try:
+        archive = tarfile.open(path, "r:gz")
+    except (OSError, tarfile.TarError, EOFError) as err:
+        raise KthwError(f"{path}: not a readable .tar.gz ({err}); copy the bundle again") from None
+    with archive:
+        try:
+            members = {m.name: m for m in archive.getmembers()}
+        except (OSError, tarfile.TarError, EOFError, ValueError) as err:
+            raise KthwError(f"{path}: damaged archive ({err}); copy the bundle again") from None
+
+        def read(name: str) -> bytes:
+            member = members.get(f"{TOP}/{name}")
+            if member is None or not member.isfile():
+                raise KthwError(f"{path}: {TOP}/{name} is missing; this is not a complete kthw-airgap bundle")
+            return archive.extractfile(member).read()
+
+        public = read(PUBLIC_KEY)
+        found = bundle_signing.fingerprint_of_pem(public)
+        if found != expected_fingerprint:
+            raise KthwError(f"{path}: signed by key {found}, not by this workstation's {expected_fingerprint}")
+        manifest = read(MANIFEST)
+        if not bundle_signing.verify(bundle_signing.load_public(public), read(SIGNATURE), manifest):
+            raise KthwError(f"{path}: {MANIFEST}: the signature does not verify: the MANIFEST or its signature "
+                            "was altered")
+        header, lines = parse_manifest(manifest.decode("utf-8", "replace"))
+        if node is not None and header.get("node") != node:
+            raise KthwError(f"{path}: this is the bundle of {header.get('node')}, not of {node}")
+        listed = {f"{TOP}/{MANIFEST}", f"{TOP}/{SIGNATURE}", f"{TOP}/{PUBLIC_KEY}"}
+        for line in lines:
+            if line.sha256 == DIRECTORY:
+                continue
+            name = f"{TOP}/{line.member}"
+            listed.add(name)
+            member = members.get(name)
+            if member is None or not member.isfile():
+                raise KthwError(f"{path}: {name} is listed in the MANIFEST but missing")
+            if sha256_hex(archive.extractfile(member).read()) != line.sha256:
+                raise KthwError(f"{path}: {name}: sha256 differs from the MANIFEST (altered or damaged)")
+            if member.mode != line.mode:
+                raise KthwError(f"{path}: {name}: mode {member.mode:04o}, the MANIFEST says {line.mode:04o}")
+        extra = sorted(set(members) - listed)
+        if extra:
+            raise KthwError(f"{path}: holds files the MANIFEST does not list: {', '.join(extra[:5])}")
+    return (f"{path}: OK, bundle of {header.get('node')} ({header.get('arch')}), "
+            f"{sum(1 for line in lines if line.path.startswith('/') and line.sha256 != DIRECTORY)} files, "
+            f"signed by {found}")

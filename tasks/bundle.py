@@ -1,0 +1,176 @@
+"""Bundle stage: one signed, reproducible tarball per node.
+
+    bundle_signing_key ─────────────┐   build/state/bundle-signing.key (precious, made once)
+    pki:<node>, secrets:<node>,     ├─► bundle:<node>   bundles/<node>.tar.gz
+    render:<node>, vendor files ────┘   bundle = every node
+    fingerprint                  print the signing key's fingerprint (install.sh --fingerprint)
+    verify_bundle [path=FILE]    check bundle files against this workstation's key
+    rotate_bundle_signing_key    explicit, never a default task: a new signing key
+
+A bundle's file_dep is every file it packs: the files other stages write under
+build/nodes/<node>/ (read from their tasks' targets, so a bundle waits for them), the
+vendored files of its arch and roles, the templates and the signing key. It is rebuilt
+exactly when one of them changes. The vendored files are never fetched from here: when
+one is missing the task fails and names `doit vendor`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from doit import get_var
+from doit.tools import config_changed
+
+from kthw import bundle, bundle_signing
+from kthw.errors import KthwError
+from kthw.fsutil import remove
+
+from .common import checked, context, guarded
+from .render import TEMPLATES
+
+
+def _refuse(message: str) -> None:
+    raise KthwError(message)
+
+
+def _failing(name: str, doc: str, message: str) -> dict:
+    return {"name": name, "doc": doc, "actions": [(guarded, [_refuse, message])], "uptodate": [False]}
+
+
+def _stage_outputs(node_roots: dict[str, Path]) -> tuple[dict[str, set[Path]], dict[str, list[str]]]:
+    """What the other stages write into each node's tree, and their per-node group tasks.
+
+    Read from their own task creators, so a new stage that writes under build/nodes is
+    packed and waited for without being named here.
+    """
+    from . import gather
+
+    targets: dict[str, set[Path]] = {node: set() for node in node_roots}
+    groups: dict[str, list[str]] = {node: [] for node in node_roots}
+    for creator_name, creator in sorted(gather().items()):
+        if creator.__module__ == __name__:
+            continue
+        basename = creator_name.removeprefix("task_")
+        made = creator()
+        for task in [made] if isinstance(made, dict) else list(made or ()):
+            name = task.get("name")
+            if name in node_roots:
+                groups[name].append(f"{basename}:{name}")
+            for target in task.get("targets", ()):
+                target = Path(target)
+                for node, root in node_roots.items():
+                    if target.is_relative_to(root):
+                        targets[node].add(target)
+    return targets, groups
+
+
+def task_bundle_signing_key():
+    """The Ed25519 key that signs every bundle's MANIFEST (precious: made once, never replaced here)."""
+    _, layout = context()
+    return {
+        "actions": [(guarded, [bundle_signing.ensure, layout.state])],
+        "targets": [bundle_signing.key_path(layout.state), bundle_signing.pub_path(layout.state)],
+        "uptodate": [(checked, [bundle_signing.is_current, layout.state])],
+        "clean": [],  # precious: never removed
+        "verbosity": 2,  # a new key prints its fingerprint
+    }
+
+
+def task_bundle():
+    """Per-node tarballs: bundles/<node>.tar.gz with install.sh, MANIFEST and its signature."""
+    inv, layout = context()
+    try:
+        epoch = bundle.source_date_epoch()
+    except KthwError as err:
+        for node in inv.nodes:
+            yield _failing(node.name, f"bundle of {node.name}", str(err))
+        return
+    roots = {node.name: layout.node_root(node.name) for node in inv.nodes}
+    targets, groups = _stage_outputs(roots)
+    templates = bundle.template_paths(TEMPLATES)
+    signing_key = bundle_signing.key_path(layout.state)
+    for node in inv.nodes:
+        doc = f"bundles/{node.name}.tar.gz"
+        try:
+            vendored = bundle.vendored_files(node, inv, layout)
+        except KthwError as err:
+            yield _failing(node.name, doc, f"{node.name}: {err}")
+            continue
+        missing = bundle.missing_vendored(vendored)
+        if missing:
+            yield _failing(node.name, doc, (
+                f"{node.name}: {len(missing)} vendored file(s) are missing, e.g. {missing[0]}; run `doit vendor` "
+                "first (on a workstation that reaches the release sites or the mirror), then `doit bundle`"))
+            continue
+        root = roots[node.name]
+        expected = frozenset("/" + target.relative_to(root).as_posix() for target in targets[node.name])
+        spec = bundle.spec_for(inv, layout, node, vendored, TEMPLATES, expected, epoch)
+        yield {
+            "name": node.name,
+            "doc": doc,
+            "actions": [(guarded, [bundle.build, spec])],
+            "file_dep": sorted(targets[node.name]) + [placed.source for placed in vendored.files]
+                        + templates + [signing_key],
+            "task_dep": groups[node.name],
+            "targets": [spec.output],
+            # What decides the bytes besides the files: where each vendored file goes, the
+            # node's identity and the entries' mtime.
+            "uptodate": [config_changed({
+                "node": [node.name, node.arch, sorted(node.roles), str(node.ip)], "epoch": epoch,
+                "vendored": [[p.path, str(p.source), p.mode] for p in vendored.files],
+                "images": [list(image) for image in vendored.images], "files": sorted(expected)}),
+                (checked, [bundle.tree_is_as_planned, spec])],
+            "clean": [(remove, [[spec.output, *bundle.cache_files(spec)]])],
+            "verbosity": 2,  # shows the size and the signing key's fingerprint
+        }
+
+
+def _print_fingerprint(state: Path) -> str:
+    return bundle_signing.announce(bundle_signing.load_key(bundle_signing.key_path(state)))
+
+
+def task_fingerprint():
+    """Print the bundle-signing key's fingerprint, the value install.sh --fingerprint wants."""
+    _, layout = context()
+    return {
+        "actions": [(guarded, [_print_fingerprint, layout.state])],
+        "file_dep": [bundle_signing.key_path(layout.state)],
+        "uptodate": [False],
+        "verbosity": 2,
+    }
+
+
+def _verify(paths: list[Path], state: Path, nodes: list[str | None]) -> str:
+    expected = bundle_signing.fingerprint(bundle_signing.load_key(bundle_signing.key_path(state)))
+    lines = []
+    for path, node in zip(paths, nodes):
+        if not Path(path).is_file():
+            raise KthwError(f"{path}: no such bundle; build it with `doit bundle`")
+        lines.append(bundle.verify_tarball(path, expected, node))
+    return "\n".join(lines)
+
+
+def task_verify_bundle():
+    """Check bundles against this workstation's signing key: doit verify_bundle [path=FILE]."""
+    inv, layout = context()
+    chosen = get_var("path", None)
+    if chosen:
+        paths, nodes = [Path(chosen)], [None]
+    else:
+        paths = [layout.bundles / f"{node.name}.tar.gz" for node in inv.nodes]
+        nodes = [node.name for node in inv.nodes]
+    return {
+        "actions": [(guarded, [_verify, paths, layout.state, nodes])],
+        "uptodate": [False],
+        "verbosity": 2,
+    }
+
+
+def task_rotate_bundle_signing_key():
+    """Explicit: replace the bundle-signing key (the old one is kept as *.old); then `doit bundle`."""
+    _, layout = context()
+    return {
+        "actions": [(guarded, [bundle_signing.rotate, layout.state])],
+        "uptodate": [False],
+        "verbosity": 2,
+    }
