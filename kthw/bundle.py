@@ -24,6 +24,7 @@ or, when unset, 2000-01-01T00:00:00Z (:data:`DEFAULT_EPOCH`), gzip headers with 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -318,6 +319,7 @@ def parse_manifest(text: str) -> tuple[dict[str, str], list[ManifestLine]]:
 # --- templates ----------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4)
 def _environment(templates: Path) -> jinja2.Environment:
     # Bash is full of "${#array[@]}": no Jinja comments, so "{#" stays text.
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates)), undefined=jinja2.StrictUndefined,
@@ -379,7 +381,8 @@ def _vendored_entries(spec: BundleSpec) -> list[dict]:
 
 @dataclass(frozen=True)
 class SharedPart:
-    """The cached deflate part of a node's vendored files (kthw.tarball)."""
+    """The cached start of a node's bundle: the gzip header and the deflate part of its
+    vendored files (kthw.tarball)."""
 
     path: Path
     crc: int                 # CRC32 of its uncompressed bytes
@@ -390,7 +393,7 @@ class SharedPart:
 def shared_part(spec: BundleSpec) -> SharedPart:
     """The cached deflate part of the node's vendored files, made now if missing or stale."""
     member, index = cache_files(spec)
-    wanted = {"format": 2, "level": tarball.COMPRESSION_LEVEL, "mtime": spec.epoch,
+    wanted = {"format": 3, "level": tarball.COMPRESSION_LEVEL, "mtime": spec.epoch,
               "entries": _vendored_entries(spec)}
     try:
         cached = json.loads(index.read_text())
@@ -401,6 +404,9 @@ def shared_part(spec: BundleSpec) -> SharedPart:
     spec.cache.mkdir(parents=True, exist_ok=True)
     entries = [tarball.Entry(e["name"], e["mode"], source=Path(e["source"])) for e in wanted["entries"]]
     with _temporary(member) as (handle, tmp):
+        # The gzip header comes first in the cached file, so that each bundle begins with a
+        # copy from offset 0 to offset 0: page-aligned, as fast as cp.
+        handle.write(tarball.GZIP_HEADER)
         part = tarball.DeflatePart(handle, final=False)
         digests = tarball.write_entries(part, entries, spec.epoch, end=False)
         part.close()
@@ -474,8 +480,7 @@ def build(spec: BundleSpec) -> str:
 
     spec.output.parent.mkdir(parents=True, exist_ok=True)
     with _temporary(spec.output) as (handle, tmp):
-        handle.write(tarball.GZIP_HEADER)
-        tarball.copy_into(handle, shared.path)
+        tarball.copy_into(handle, shared.path)  # gzip header + deflate part of the vendored files
         part = tarball.DeflatePart(handle, final=True, crc=shared.crc, size=shared.size)
         tarball.write_entries(part, node_entries, spec.epoch, end=True)
         part.close()

@@ -5,11 +5,11 @@ compressed on its own and ended with a *full flush* (an empty stored block: byte
 aligned, not final, no reference to it from later data) can therefore be followed by
 the blocks of another, independent deflate stream. So a bundle is written as
 
-    gzip header | deflate part A (vendored files, cached) | deflate part B (node files,
+    gzip header | deflate part A (vendored files) | deflate part B (node files,
     end-of-archive, final block) | CRC32 and size of A+B
 
-where part A is copied byte for byte from the cache and the trailer's CRC continues
-from A's recorded CRC. The result is ONE ordinary gzip member (this is zlib's gzjoin
+where the header and part A are copied byte for byte from a cache file and the
+trailer's CRC continues from A's recorded CRC. The result is ONE ordinary gzip member (this is zlib's gzjoin
 technique). Concatenated gzip members would also be a valid .tar.gz for gunzip, GNU
 tar and ``tarfile.open()``, but Python's streaming reader (``tarfile.open(mode="r|gz")``)
 stops after the first member without an error: a bundle read that way would silently

@@ -20,7 +20,6 @@ import zlib
 from pathlib import Path
 
 import pytest
-import yaml
 from cryptography.hazmat.primitives import serialization
 
 from kthw import bundle, vendor
@@ -38,6 +37,7 @@ HOST_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine())
 
 def example_project(root: Path, edit=None) -> Project:
     project = Project(root)
+    root.mkdir(parents=True, exist_ok=True)
     text = (REPO / "cluster.yaml").read_text()
     project.write_inventory(edit(text) if edit else text)
     stand_in_vendor(project.root, project.inventory, size=20_000)
@@ -348,8 +348,8 @@ def test_the_concatenated_bundle_is_one_tar_stream_for_gnu_tar_and_python(exampl
     # The two arm64 workers start with the same precompressed part, copied from the cache.
     cached = (example.root / "build/bundle-cache/arm64-worker.deflate").read_bytes()
     for node in ("worker-az2-a", "worker-az3-a"):
-        assert bundle_path(example, node).read_bytes()[:10 + len(cached)] == b"\x1f\x8b" + data[2:10] + cached
-    assert cached not in data
+        assert bundle_path(example, node).read_bytes().startswith(cached)
+    assert not data.startswith(cached)
     gnu = subprocess.run(["tar", "-tvzf", str(bundle_path(example, "worker-az1-a"))], capture_output=True,
                          text=True, check=True)
     assert gnu.stderr == ""  # no "lone zero block", no "implausibly old time stamp"

@@ -40,23 +40,28 @@ def _write(path: Path, data: bytes, mode: int, origin: str) -> None:
 
 
 def stand_in_vendor(root: Path, inventory_path: Path, size: Callable[[str], int] | int = 2048,
-                    tag: str = "") -> dict[Path, bytes]:
+                    tag: str = "", scripts: dict[str, bytes] | None = None) -> dict[Path, bytes]:
     """Write stand-ins for everything `doit vendor` would fetch for the inventory; return them.
 
     ``size`` gives the size of a binary or image archive by file name; ``tag`` makes other
-    bytes (a new release).
+    bytes (a new release); ``scripts`` replaces binaries by name (e.g. a ctr that works).
+    An image archive's stand-in starts with a line "image <name>", the name the node
+    knows it by.
     """
     inv = inventory.load(inventory_path)
     layout = Layout(Path(root))
     sizes = size if callable(size) else (lambda name: size)
     written = {}
     for item in vendor.plan(inv, vendor.load_pins(inv), layout):
-        data = stand_in_bytes(f"{item.name}{tag}", sizes(item.path.name)) if item.is_image \
-            else f"stand-in release file {item.name}{tag}\n".encode()
+        if item.is_image:
+            data = f"image {item.reference}\n".encode() + stand_in_bytes(f"{item.name}{tag}", sizes(item.path.name))
+        else:
+            data = f"stand-in release file {item.name}{tag}\n".encode()
         _write(item.path, data, 0o644, item.origin)
         written[item.path] = data
         for binary in item.extracted:
-            data = stand_in_bytes(f"{binary.name} {item.version} {item.arch}{tag}", sizes(binary.name))
+            data = (scripts or {}).get(binary.name) or \
+                stand_in_bytes(f"{binary.name} {item.version} {item.arch}{tag}", sizes(binary.name))
             _write(binary.path, data, 0o755, binary.origin)
             written[binary.path] = data
     return written
