@@ -90,6 +90,9 @@ PATHS: dict[str, str] = {
     # secrets stage (CONVENTIONS.md, issue 4)
     "sa_key": "/etc/k8s/shared/sa.key",
     "sa_pub": "/etc/k8s/shared/sa.pub",
+    # the extra public key of a service-account key rotation (kthw.sa_rotation)
+    "sa_next_pub": "/etc/k8s/shared/sa-next.pub",
+    "sa_previous_pub": "/etc/k8s/shared/sa-previous.pub",
     "encryption_config": "/etc/k8s/kube-apiserver/encryption-config.yaml",
     "kubelet_bootstrap_kubeconfig": "/etc/k8s/kubelet/bootstrap-kubeconfig",
     # written by this stage
@@ -141,8 +144,16 @@ def _go_duration(delta) -> str:
 class _Inputs:
     """What the file rules read: the inventory, its version row and the pins."""
 
-    def __init__(self, inv: Inventory, release: versions.KubernetesRelease, pins: Pins | None):
+    def __init__(self, inv: Inventory, release: versions.KubernetesRelease, pins: Pins | None,
+                 service_account_keys: tuple[str, ...] | None, service_account_error: str | None):
         self.inv, self.release, self.pins = inv, release, pins
+        self._service_account_keys, self._service_account_error = service_account_keys, service_account_error
+
+    def service_account_keys(self) -> list[str]:
+        """Node paths of every public key the API servers accept service-account tokens from."""
+        if self._service_account_keys is None:
+            raise KthwError(self._service_account_error)
+        return list(self._service_account_keys)
 
     def pinned(self, component: str) -> str:
         """The version pinned for the inventory's Kubernetes release (UnpinnedError if none)."""
@@ -173,6 +184,8 @@ def _apiserver_unit(i: _Inputs, node: Node) -> dict:
         # The in-cluster name of the API: tokens stay valid if the API endpoint changes,
         # and kubeadm uses the same issuer.
         "service_account_issuer": f"https://kubernetes.default.svc.{i.inv.cluster_domain}",
+        # The signing pair's public key, plus the other key during a rotation (kthw.sa_rotation).
+        "service_account_key_files": i.service_account_keys(),
         "port": APISERVER_PORT,
         # Only the aggregation proxy's own cert may assert a user through request headers.
         "front_proxy_client_cn": next(row.common_name for row in LEAVES if row.name == "front-proxy-client"),
@@ -288,10 +301,14 @@ RULES: tuple[_Rule, ...] = (
 )
 
 
-def plan(inv: Inventory, pins: Pins | None = None) -> dict[str, tuple[NodeFile, ...]]:
+def plan(inv: Inventory, pins: Pins | None = None,
+         service_account_keys: Callable[[], tuple[str, ...]] | None = None) -> dict[str, tuple[NodeFile, ...]]:
     """Every file of every node. A Kubernetes minor outside the version table is a KthwError.
     ``pins`` defaults to what the vendor stage loads for ``inv``; pins that cannot be read,
-    or that lack what a file uses, only mark the files that need them (their render fails)."""
+    or that lack what a file uses, only mark the files that need them (their render fails).
+    ``service_account_keys`` gives the node paths of the public keys the API servers accept
+    tokens from (default: the one pair's sa.pub); a KthwError it raises marks the files that
+    list them the same way."""
     release = versions.kubernetes_release(inv.kubernetes_version)
     pins_error = None
     if pins is None:
@@ -299,7 +316,13 @@ def plan(inv: Inventory, pins: Pins | None = None) -> dict[str, tuple[NodeFile, 
             pins = vendor.load_pins(inv)
         except KthwError as err:
             pins_error = str(err)
-    inputs = _Inputs(inv, release, pins)
+    sa_keys, sa_error = (PATHS["sa_pub"],), None
+    if service_account_keys is not None:
+        try:
+            sa_keys = service_account_keys()
+        except KthwError as err:
+            sa_keys, sa_error = None, str(err)
+    inputs = _Inputs(inv, release, pins, sa_keys, sa_error)
     result = {}
     for node in inv.nodes:
         files = []

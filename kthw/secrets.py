@@ -1,6 +1,8 @@
 """Secrets stage: where its precious state lives, and the service-account key pair.
 
     build/state/sa.key, sa.pub                       service-account signing key pair
+    build/state/sa-next.key, sa-next.pub,            the extra key of a service-account key
+                sa-previous.pub, sa-rotation.yaml    rotation and its phase (kthw.sa_rotation)
     build/state/encryption/encryption-config.yaml    EncryptionConfiguration (kthw.encryption)
     build/state/encryption/rotation.yaml             phase of the current key rotation
     build/state/tokens/<node>.yaml                   kubelet bootstrap token (kthw.tokens)
@@ -35,6 +37,22 @@ class SecretsState:
         return self.root / "sa.pub"
 
     @property
+    def sa_next_key(self) -> Path:
+        return self.root / "sa-next.key"
+
+    @property
+    def sa_next_pub(self) -> Path:
+        return self.root / "sa-next.pub"
+
+    @property
+    def sa_previous_pub(self) -> Path:
+        return self.root / "sa-previous.pub"
+
+    @property
+    def sa_rotation(self) -> Path:
+        return self.root / "sa-rotation.yaml"
+
+    @property
     def encryption_config(self) -> Path:
         return self.root / "encryption" / "encryption-config.yaml"
 
@@ -50,15 +68,18 @@ def state_of(layout: Layout) -> SecretsState:
     return SecretsState(layout.state)
 
 
-def _load_sa_key(path: Path):
+LOST_SA_KEY = ("Restore it from a backup. If it is lost, delete it and run `doit secrets` to make a new one: "
+               "every service-account token issued with the old key then stops working")
+
+
+def load_sa_key(path: Path, fix: str = LOST_SA_KEY):
+    """A service-account private key; anything else is a StateError ending with ``fix``."""
     try:
         key = load_private_key(path)
     except StateError:
         key = None
     if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
-        raise StateError(f"{path}: not a readable RSA or ECDSA private key; it was left as it is. Restore it "
-                         "from a backup. If it is lost, delete it and run `doit secrets` to make a new one: "
-                         "every service-account token issued with the old key then stops working")
+        raise StateError(f"{path}: not a readable RSA or ECDSA private key; it was left as it is. {fix}")
     return key
 
 
@@ -66,7 +87,7 @@ def sa_keypair_current(key_path: Path, pub_path: Path) -> bool:
     """The key is readable and sa.pub is its public half."""
     if not key_path.exists() or not pub_path.exists():
         return False
-    return pub_path.read_bytes() == public_key_pem(_load_sa_key(key_path))
+    return pub_path.read_bytes() == public_key_pem(load_sa_key(key_path))
 
 
 def ensure_sa_keypair(key_path: Path, pub_path: Path, algorithm: str) -> str:
@@ -76,11 +97,12 @@ def ensure_sa_keypair(key_path: Path, pub_path: Path, algorithm: str) -> str:
     every service-account token in the cluster.
     """
     if key_path.exists():
-        key = _load_sa_key(key_path)
+        key = load_sa_key(key_path)
         message = ""
         if key_algorithm(key) != algorithm:
             message = (f"note: {key_path} is {key_algorithm(key)}, the inventory says {algorithm}; the key is "
-                       "kept (a new one would invalidate every service-account token)")
+                       "kept (a new one would invalidate every service-account token); to switch without "
+                       "invalidating any, run `doit rotate_sa_key` three times")
     else:
         key = generate_key(algorithm)
         atomic_write(key_path, private_key_pem(key), SECRET_MODE)

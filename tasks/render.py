@@ -13,12 +13,15 @@ re-renders only the files whose values it changes.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path, PurePosixPath
 
 from doit.tools import config_changed
 
 from kthw.errors import KthwError
 from kthw.render import plan, remove_stale, stale_files, template_files, write_node_file
+from kthw.sa_rotation import public_key_files
+from kthw.secrets import state_of
 
 from .common import checked, context, guarded
 
@@ -33,7 +36,8 @@ def task_render():
     """Systemd units and component configs for every node, only for its roles."""
     inv, layout = context()
     try:
-        files = plan(inv)
+        # The API servers' service-account keys follow the rotation phase recorded by the secrets stage.
+        files = plan(inv, service_account_keys=functools.partial(public_key_files, state_of(layout)))
     except KthwError as err:
         # e.g. a Kubernetes minor outside the version table: nothing can be rendered.
         yield {"name": "versions", "doc": "the inventory's Kubernetes version is not supported",

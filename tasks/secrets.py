@@ -1,11 +1,13 @@
 """Secrets stage: service-account keys, encryption at rest, kubelet bootstrap tokens.
 
     secrets:sa-keypair ──────────► secrets:<cp>/sa-keypair           /etc/k8s/shared/sa.{key,pub}
+                                                                     (+ sa-next.pub | sa-previous.pub)
     secrets:encryption-config ───► secrets:<cp>/encryption-config    /etc/k8s/kube-apiserver/encryption-config.yaml
     secrets:bootstrap-token-<w> ─┬► secrets:<w>/bootstrap-kubeconfig /etc/k8s/kubelet/bootstrap-kubeconfig
                                  └► secrets:<cp>/bootstrap-manifests /etc/k8s/bootstrap/*.yaml + apply.sh
     secrets:<node> = everything of one node;  secrets = every node
     rotate_encryption_key  explicit, never a default task: one rotation phase per run
+    rotate_sa_key          explicit, never a default task: one rotation phase per run
 
 The first three rows are precious state under build/state (kthw.secrets): never
 cleaned, never replaced silently. A token is replaced when its recorded expiration is
@@ -21,14 +23,15 @@ from pathlib import Path
 from doit import get_var
 from doit.tools import config_changed
 
-from kthw import clock, encryption, tokens
-from kthw.fsutil import PUBLIC_MODE, SECRET_MODE
+from kthw import clock, encryption, sa_rotation, tokens
+from kthw.errors import KthwError
+from kthw.fsutil import SECRET_MODE
 from kthw.inventory import Inventory, Node
 from kthw.layout import Layout
 from kthw.manifests import APPLY_TEMPLATE, BOOTSTRAP_DIR, bootstrap_targets, write_bootstrap_dir
 from kthw.pki import place
 from kthw.render import PATHS, template_files
-from kthw.secrets import SecretsState, ensure_sa_keypair, remove_stale, sa_keypair_current, stale_outputs, state_of
+from kthw.secrets import SecretsState, remove_stale, stale_outputs, state_of
 
 from .common import checked, context, guarded
 from .render import TEMPLATES
@@ -53,8 +56,8 @@ def _encryption_current(config: Path, rotation: Path, provider: str) -> bool:
 
 
 # Every node path this stage writes; what a node should not have is removed from it.
-NODE_PATHS = [PATHS["sa_key"], PATHS["sa_pub"], PATHS["encryption_config"], PATHS["kubelet_bootstrap_kubeconfig"],
-              BOOTSTRAP_DIR]
+NODE_PATHS = [PATHS["sa_key"], PATHS["sa_pub"], *(PATHS[name] for name in sa_rotation.EXTRA_PUBLIC_KEY.values()),
+              PATHS["encryption_config"], PATHS["kubelet_bootstrap_kubeconfig"], BOOTSTRAP_DIR]
 
 
 def _nothing_stale(node_root: Path, keep: list[Path]) -> bool:
@@ -63,6 +66,19 @@ def _nothing_stale(node_root: Path, keep: list[Path]) -> bool:
 
 def _rotate(config: Path, rotation: Path, provider: str, secrets_rewritten: bool) -> str:
     return encryption.rotate(config, rotation, provider, clock.now(), secrets_rewritten)
+
+
+def _rotate_sa_key(state: SecretsState, algorithm: str, old_tokens_gone: bool) -> str:
+    return sa_rotation.rotate(state, algorithm, clock.now(), old_tokens_gone)
+
+
+def _sa_phase(state: SecretsState) -> str:
+    """The recorded rotation phase; an unreadable record counts as none here, and the
+    sa-keypair task, which every copy depends on, stops the build with its error."""
+    try:
+        return sa_rotation.phase_of(state)
+    except KthwError:
+        return sa_rotation.IDLE
 
 
 def _issue_token(path: Path, node: str, ttl, window) -> str:
@@ -76,10 +92,10 @@ def _token_current(path: Path, node: str, window) -> bool:
 def _state_tasks(inv: Inventory, state: SecretsState):
     yield {
         "name": "sa-keypair",
-        "doc": "service-account signing key pair (precious)",
-        "actions": [(guarded, [ensure_sa_keypair, state.sa_key, state.sa_pub, inv.key_algorithm])],
-        "targets": [state.sa_key, state.sa_pub],
-        "uptodate": [(checked, [sa_keypair_current, state.sa_key, state.sa_pub])],
+        "doc": "service-account signing key pair, and the other key during a rotation (precious)",
+        "actions": [(guarded, [sa_rotation.ensure, state, inv.key_algorithm])],
+        "targets": sa_rotation.state_files(state, _sa_phase(state)),
+        "uptodate": [(checked, [sa_rotation.current, state])],
         "clean": [],  # precious: never removed
     }
     yield {
@@ -117,9 +133,9 @@ def _node_tasks(inv: Inventory, layout: Layout, state: SecretsState, node: Node)
     ca_cert = layout.ca("kubernetes").cert  # the API server's issuer: what kubelets must trust
     bootstrap = inv.kubelet_credentials == "tls-bootstrap"
     if node.is_control_plane:
-        yield _copy_task(f"{node.name}/sa-keypair", f"service-account key pair on {node.name}", [
-            (state.sa_key, on_node(node.name, PATHS["sa_key"]), SECRET_MODE),
-            (state.sa_pub, on_node(node.name, PATHS["sa_pub"]), PUBLIC_MODE)])
+        yield _copy_task(f"{node.name}/sa-keypair", f"service-account keys on {node.name}", [
+            (source, on_node(node.name, node_path), mode)
+            for source, node_path, mode in sa_rotation.node_copies(state, _sa_phase(state))])
         yield _copy_task(f"{node.name}/encryption-config", f"EncryptionConfiguration on {node.name}", [
             (state.encryption_config, on_node(node.name, PATHS["encryption_config"]), SECRET_MODE)])
         token_paths = {n.name: state.token(n.name) for n in tokens.kubelet_nodes(inv)} if bootstrap else {}
@@ -167,6 +183,8 @@ def task_secrets():
             "doc": f"remove secret files {node.name} no longer gets (a changed role or credential mode)",
             "actions": [(guarded, [remove_stale, node_root, NODE_PATHS, keep])],
             "uptodate": [(checked, [_nothing_stale, node_root, keep])],
+            # What to keep follows the key rotation's phase: never prune while its state is unreadable.
+            "task_dep": ["secrets:sa-keypair"],
         }
         names.append(f"secrets:{node.name}/stale")
         yield {"name": node.name, "doc": f"every secret file of {node.name}", "actions": None, "task_dep": names}
@@ -180,6 +198,17 @@ def task_rotate_encryption_key():
     return {
         "actions": [(guarded, [_rotate, state.encryption_config, state.rotation, inv.encryption_provider,
                                rewritten])],
+        "uptodate": [False],
+        "verbosity": 2,  # the output says what to do next
+    }
+
+
+def task_rotate_sa_key():
+    """Explicit: advance the service-account key rotation by one phase (run it three times, see its output)."""
+    inv, layout = context()
+    gone = get_var("old_tokens_gone", "") == "yes"
+    return {
+        "actions": [(guarded, [_rotate_sa_key, state_of(layout), inv.key_algorithm, gone])],
         "uptodate": [False],
         "verbosity": 2,  # the output says what to do next
     }
