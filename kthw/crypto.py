@@ -6,6 +6,7 @@ This module only builds and reads. Whether a cert must be re-issued is decided i
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -92,6 +93,13 @@ def private_key_pem(key) -> bytes:
 def public_key_pem(key) -> bytes:
     public = key.public_key() if hasattr(key, "public_key") else key
     return public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def public_key_sha256(key) -> str:
+    """Hex sha256 of the public key's DER SubjectPublicKeyInfo: names a key without showing it."""
+    public = key.public_key() if hasattr(key, "public_key") else key
+    return hashlib.sha256(public.public_bytes(serialization.Encoding.DER,
+                                              serialization.PublicFormat.SubjectPublicKeyInfo)).hexdigest()
 
 
 def certs_pem(*certs: x509.Certificate) -> bytes:

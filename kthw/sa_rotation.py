@@ -29,7 +29,6 @@ match stops the build with its name and the fix, leaving it as it is.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -41,7 +40,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from .catalogue import LEAVES
-from .crypto import generate_key, load_private_key, private_key_pem, public_key_pem
+from .crypto import generate_key, load_private_key, private_key_pem, public_key_pem, public_key_sha256
 from .errors import KthwError, StateError
 from .fsutil import PUBLIC_MODE, SECRET_MODE, atomic_write
 from .render import PATHS
@@ -61,10 +60,7 @@ LEGACY_TOKEN_SECRETS = (f"kubectl --kubeconfig {_ADMIN_KUBECONFIG} get secrets -
 
 
 def fingerprint(key) -> str:
-    """sha256 of the public key's DER SubjectPublicKeyInfo: names a key without showing it."""
-    public = key.public_key() if hasattr(key, "public_key") else key
-    der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return "sha256:" + hashlib.sha256(der).hexdigest()
+    return "sha256:" + public_key_sha256(key)
 
 
 # --- the record ------------------------------------------------------------------------
