@@ -24,6 +24,7 @@ or, when unset, 2000-01-01T00:00:00Z (:data:`DEFAULT_EPOCH`), gzip headers with 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -37,7 +38,7 @@ from pathlib import Path, PurePosixPath
 
 import jinja2
 
-from . import bundle_signing, components, tarball, vendor
+from . import bundle_signing, tarball, vendor
 from .errors import KthwError
 from .fsutil import SECRET_MODE
 from .inventory import ARCH_ALIASES, Inventory, Node
@@ -64,6 +65,11 @@ TEMPLATES = (INSTALL_TEMPLATE, README_TEMPLATE)
 _SAFE_PATH = re.compile(r"^(/[A-Za-z0-9@+_-][A-Za-z0-9._@+-]*)+$")
 _PATH_IN_TEXT = re.compile(r"/[A-Za-z0-9._@+/-]+")
 _PRIVATE_KEY_MARKERS = (b"PRIVATE KEY-----", b"client-key-data:")
+# How an operator checks an unpacked bundle without install.sh (MANIFEST header, README).
+CHECK_SIGNATURE = f"openssl pkeyutl -verify -pubin -inkey {PUBLIC_KEY} -rawin -in {MANIFEST} -sigfile {SIGNATURE}"
+CHECK_FILES = (f"grep -v '^#' {MANIFEST} | awk '$2 != \"{DIRECTORY}\" {{print $2 \"  \" ($3 ~ /^\\// ? "
+               f"\"{FILES}\" $3 : $3)}}' | sha256sum -c")
+CHECK_FINGERPRINT = f"sed '/^-----/d' {PUBLIC_KEY} | base64 -d | sha256sum"
 
 
 @dataclass(frozen=True)
@@ -103,13 +109,13 @@ class BundleSpec:
 
 
 def vendored_files(node: Node, inv: Inventory, layout: Layout) -> Vendored:
-    """The vendored files the node's arch and roles need, from the vendor stage's plan."""
+    """The vendored files the node's arch and roles need (the vendor stage's :func:`vendor.needs`),
+    and for each image archive the image name it holds."""
     pins = vendor.load_pins(inv)
     needs = vendor.needs(node, inv, layout, pins)
-    by_file = {f"{components.IMAGE_DIR}/{name}-{pin.version}.tar": pin.reference
-               for name, pin in vendor.images(inv, pins).items()}
+    image_names = {item.path: item.reference for item in vendor.plan(inv, pins, layout) if item.is_image}
     files = tuple(sorted((Placed(f.install_as, Path(f.source), f.mode) for f in needs), key=lambda p: p.path))
-    images = tuple((p.path, by_file[p.path]) for p in files if p.path in by_file)
+    images = tuple((p.path, image_names[p.source]) for p in files if p.source in image_names)
     return Vendored(files, images)
 
 
@@ -156,21 +162,24 @@ def bundle_mode(mode: int, data: bytes | None = None) -> int:
     return 0o755 if executable else 0o644
 
 
+def _tree(tree: Path) -> dict[str, Path]:
+    """Node path -> workstation file, for everything in a node's tree but directories and
+    the temp files of a write in progress (fsutil.atomic_write: never a node file)."""
+    return {"/" + path.relative_to(tree).as_posix(): path for path in sorted(tree.rglob("*"))
+            if not path.is_dir() or path.is_symlink()
+            if not (path.name.startswith(".") and path.name.endswith(".tmp"))}
+
+
 def tree_files(spec: BundleSpec) -> list[tuple[str, bytes, int]]:
     """Every file of the node's tree: (node path, bytes, mode on the node), sorted."""
     if not spec.tree.is_dir():
         raise KthwError(f"{spec.tree}: the node's files are missing; run `doit pki secrets render` (or plain "
                         "`doit`) first")
     found = []
-    for path in sorted(spec.tree.rglob("*")):
-        node_path = "/" + path.relative_to(spec.tree).as_posix()
-        if path.is_symlink() or not (path.is_file() or path.is_dir()):
+    for node_path, path in _tree(spec.tree).items():
+        if path.is_symlink() or not path.is_file():
             raise KthwError(f"{path}: not a regular file; the node tree holds only files written by the stages. "
                             "Remove it and run `doit` again")
-        if path.is_dir():
-            continue
-        if path.name.startswith(".") and path.name.endswith(".tmp"):
-            continue  # a write in progress by another stage (fsutil.atomic_write); never a node file
         if spec.expected is not None and node_path not in spec.expected:
             raise KthwError(f"{path}: no stage produces this file (left from an earlier build?), so it is not "
                             "packed into the bundle unseen; delete it and run `doit bundle` again")
@@ -185,11 +194,7 @@ def tree_files(spec: BundleSpec) -> list[tuple[str, bytes, int]]:
 def tree_is_as_planned(spec: BundleSpec) -> bool:
     """The node's tree holds exactly the files the stages produce (an uptodate check: a stray
     file makes the task run, and fail, rather than leave a bundle that ignores it)."""
-    if spec.expected is None:
-        return True
-    found = {"/" + path.relative_to(spec.tree).as_posix() for path in spec.tree.rglob("*")
-             if not path.is_dir() and not (path.name.startswith(".") and path.name.endswith(".tmp"))}
-    return found == spec.expected
+    return spec.expected is None or set(_tree(spec.tree)) == spec.expected
 
 
 def _check_path(node_path: str, where) -> None:
@@ -290,8 +295,7 @@ def manifest_text(spec: BundleSpec, lines: list[ManifestLine]) -> bytes:
             f"# node {spec.node} arch {spec.arch} roles {','.join(spec.roles)}",
             "# <mode> <sha256> <path>: a path starting with / is installed there from files/<path>;",
             f"# '{DIRECTORY}' lines are directories install.sh creates (or sets) with that mode.",
-            "# Check by hand: grep -v '^#' MANIFEST | awk '$2 != \"dir\" {print $2 \"  \" ($3 ~ /^\\// ? "
-            "\"files\" $3 : $3)}' | sha256sum -c"]
+            f"# Check by hand: {CHECK_FILES}"]
     dirs = [ManifestLine(0o700, DIRECTORY, path) for path in key_directories(lines)]
     body = sorted(lines + dirs, key=lambda line: (line.path.startswith("/"), line.path))
     return ("\n".join(head + [line.text() for line in body]) + "\n").encode()
@@ -359,7 +363,8 @@ def _script_context(spec: BundleSpec, files: list[tuple[str, bytes, int]], insta
             "services": order, "service_files": service_files(units, texts, installed),
             "images": list(spec.vendored.images), "manifest_format": MANIFEST_FORMAT, "directory": DIRECTORY,
             "unit_dir": UNIT_DIR, "etcd": etcd, "top": TOP, "ctr": f"{PATHS['bin']}/ctr",
-            "files": FILES, "manifest": MANIFEST, "signature": SIGNATURE, "public_key": PUBLIC_KEY}
+            "files": FILES, "manifest": MANIFEST, "signature": SIGNATURE, "public_key": PUBLIC_KEY,
+            "check_signature": CHECK_SIGNATURE, "check_files": CHECK_FILES, "check_fingerprint": CHECK_FINGERPRINT}
 
 
 # --- the vendored part: one gzip member per arch and role set, cached -----------------------------
@@ -424,25 +429,18 @@ def shared_part(spec: BundleSpec) -> SharedPart:
     return shared
 
 
-class _temporary:
-    """A temp file beside ``target``, deleted unless the caller renamed it."""
-
-    def __init__(self, target: Path):
-        self.target = target
-
-    def __enter__(self):
-        fd, self.tmp = tempfile.mkstemp(dir=self.target.parent, prefix=f".{self.target.name}.", suffix=".tmp")
-        self.handle = os.fdopen(fd, "w+b")
-        return self.handle, Path(self.tmp)
-
-    def __exit__(self, kind, value, traceback):
-        self.handle.close()
-        if kind is not None:
-            Path(self.tmp).unlink(missing_ok=True)
-            if isinstance(value, OSError) and not isinstance(value, KthwError):
-                raise KthwError(f"{self.target}: cannot write ({value}); free some disk space, then run again") \
-                    from None
-        return False
+@contextlib.contextmanager
+def _temporary(target: Path):
+    """A temp file beside ``target`` (mode 0600: bundles hold private keys), deleted unless the
+    caller renamed it into place; a write error becomes a message naming ``target``."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w+b") as handle:
+            yield handle, Path(tmp)
+    except OSError as err:
+        raise KthwError(f"{target}: cannot write ({err}); free some disk space, then run again") from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 # --- building -----------------------------------------------------------------------------------
@@ -487,7 +485,6 @@ def build(spec: BundleSpec) -> str:
         handle.write(tarball.gzip_trailer(part.crc, part.size))
         handle.flush()
         size = handle.tell()
-        os.fchmod(handle.fileno(), 0o600)  # it holds the node's private keys
         os.replace(tmp, spec.output)
     count = len(files) + len(spec.vendored.files)
     return (f"{spec.output}: {count} files, {size / 1e6:.1f} MB, signed by {bundle_signing.fingerprint(key)}")

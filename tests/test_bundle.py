@@ -460,15 +460,25 @@ def test_doit_bundle_prints_the_fingerprint_that_the_bundles_carry(example):
     assert (example.root / "build/state/bundle-signing.key").stat().st_mode & 0o777 == 0o600
 
 
-def test_openssl_verifies_the_signature_as_the_readme_says(example, tmp_path):
+def test_the_readmes_commands_check_a_bundle_by_hand(example, tmp_path):
     directory = unpack(example, "node-az2", tmp_path)
-    result = subprocess.run(["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", "signing-key.pub", "-rawin",
-                             "-in", "MANIFEST", "-sigfile", "MANIFEST.sig"], cwd=directory, capture_output=True,
-                            text=True)
-    assert result.returncode == 0, result.stderr
-    by_hand = subprocess.run(["bash", "-c", "grep -v '^#' MANIFEST | awk '$2 != \"dir\" {print $2 \"  \" "
-                              "($3 ~ /^\\// ? \"files\" $3 : $3)}' | sha256sum -c --quiet"], cwd=directory)
-    assert by_hand.returncode == 0
+    readme = (directory / "README").read_text()
+    by_hand = readme.split("By hand, with OpenSSL 3 and coreutils:")[1].split("\n\n")[1]
+    fingerprint_line, signature_line, files_line = [line.strip() for line in by_hand.splitlines()]
+
+    def run(command: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "-c", f"set -o pipefail; {command}"], cwd=directory, capture_output=True,
+                              text=True)
+
+    assert run(fingerprint_line.split("#")[0]).stdout.split()[0] == fingerprint(example).removeprefix("SHA256:")
+    assert run(signature_line).returncode == 0
+    assert run(files_line).returncode == 0
+    _tamper_signature(directory)
+    assert run(signature_line).returncode != 0
+    binary = directory / "files/usr/local/bin/kube-apiserver"
+    binary.write_bytes(binary.read_bytes()[:-1] + b"?")
+    failed = run(files_line)
+    assert failed.returncode != 0 and "files/usr/local/bin/kube-apiserver: FAILED" in failed.stdout
 
 
 def test_a_rerun_does_nothing_and_editing_one_worker_rebuilds_only_what_changed(tmp_path):
