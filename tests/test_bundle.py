@@ -287,6 +287,16 @@ def test_another_hostname_is_refused_unless_allowed(example, tmp_path):
     assert "--any-hostname" in result.stderr and list(root.iterdir()) == []
 
 
+def test_install_sh_run_by_sh_says_to_use_bash(example, tmp_path):
+    directory = unpack(example, "worker-az1-a", tmp_path / "bundle")
+    for shell in ("sh", "dash"):
+        if shutil.which(shell) and Path(shutil.which(shell)).resolve().name != "bash":
+            result = subprocess.run([shell, str(directory / "install.sh"), "--check"], capture_output=True, text=True)
+            assert result.returncode != 0 and "run it with bash" in result.stderr
+            return
+    pytest.skip("no POSIX shell other than bash here")
+
+
 def test_one_bundles_install_sh_refuses_another_bundles_manifest(example, tmp_path):
     mine = unpack(example, "worker-az1-a", tmp_path / "a")
     other = unpack(example, "worker-az3-a", tmp_path / "b")
