@@ -1,7 +1,8 @@
 """Certificate authorities: one interface, whatever keeps the CA keys.
 
 The cert catalogue, kubeconfigs and tasks only call :meth:`CertificateAuthority.issue`
-and read :attr:`certificate`; they never learn where the key lives.
+and read :attr:`certificate`; they never learn where the key lives. :func:`open_ca` is
+the one switch between the backends: local files here, Vault in :mod:`kthw.vault`.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from typing import Protocol
 
 from cryptography import x509
 
-from .crypto import CertSpec, PrivateKey, PublicKey, build_certificate, load_certificates, load_private_key, \
+from .crypto import CertSpec, PrivateKey, build_certificate, load_certificates, load_private_key, \
     same_public_key
 from .errors import StateError
+from .inventory import CASettings
 from .layout import KeyPairPaths, Layout
 
 
@@ -24,8 +26,12 @@ class CertificateAuthority(Protocol):
     @property
     def certificate(self) -> x509.Certificate: ...
 
-    def issue(self, spec: CertSpec, public_key: PublicKey, now: datetime) -> list[x509.Certificate]:
-        """Sign ``public_key`` per ``spec``; returns the new cert followed by the issuing chain."""
+    def issue(self, spec: CertSpec, key: PrivateKey, now: datetime) -> list[x509.Certificate]:
+        """Certify ``key``'s public half per ``spec``; returns the new cert followed by the issuing chain.
+
+        The private key never leaves the process: a local CA reads its public half, a remote
+        CA signs a CSR made with it.
+        """
 
 
 @dataclass(frozen=True)
@@ -36,8 +42,8 @@ class LocalCA:
     certificate: x509.Certificate
     key: PrivateKey
 
-    def issue(self, spec: CertSpec, public_key: PublicKey, now: datetime) -> list[x509.Certificate]:
-        return [build_certificate(spec, public_key, now, self.certificate, self.key), self.certificate]
+    def issue(self, spec: CertSpec, key: PrivateKey, now: datetime) -> list[x509.Certificate]:
+        return [build_certificate(spec, key.public_key(), now, self.certificate, self.key), self.certificate]
 
 
 def open_local_ca(name: str, paths: KeyPairPaths) -> LocalCA:
@@ -52,5 +58,10 @@ def open_local_ca(name: str, paths: KeyPairPaths) -> LocalCA:
     return LocalCA(name, cert, key)
 
 
-def open_ca(layout: Layout, name: str) -> CertificateAuthority:
+def open_ca(layout: Layout, name: str, settings: CASettings | None = None) -> CertificateAuthority:
+    """The CA ``name`` of the inventory's backend (``settings``; None means local files)."""
+    if settings is not None and settings.backend == "vault":
+        from . import vault  # hvac is loaded only where Vault is used
+        if vault.holds(name):
+            return vault.open_vault_ca(settings, name, layout.ca(name))
     return open_local_ca(name, layout.ca(name))

@@ -23,6 +23,15 @@ INTERMEDIATES = ("kubernetes", "etcd", "front-proxy")
 # The CA that kube-controller-manager signs kubelet CSRs with. Its key therefore sits
 # on every control-plane node; it is the `kubernetes` intermediate, never the root.
 CLUSTER_SIGNER = "kubernetes"
+# With the vault backend no CA key can leave Vault, so the cluster signer is a CA of its
+# own: its key is made locally and the Vault root signs its CSR (see kthw.vault). Kubelet
+# client certs it signs must verify against the API server's --client-ca-file, so its cert
+# joins the kubernetes trust bundle (Trust.with_signer).
+VAULT_CLUSTER_SIGNER = "kubelet-signer"
+
+
+def cluster_signer(backend: str) -> str:
+    return VAULT_CLUSTER_SIGNER if backend == "vault" else CLUSTER_SIGNER
 
 
 @dataclass(frozen=True)
@@ -83,11 +92,19 @@ class Trust:
     ca: str
     roles: frozenset[str]
     installed_as: str
-    with_key: bool = False
+    with_key: bool = False      # the row of the cluster signer: the backend's signer CA, cert and key
+    with_signer: bool = False   # the cluster signer's cert joins this bundle when it is a CA of its own
+
+    def cas(self, backend: str) -> tuple[str, ...]:
+        """The CA certs this file holds, in order, for a CA backend."""
+        signer = cluster_signer(backend)
+        if self.with_key:
+            return (signer,)
+        return (self.ca, signer) if self.with_signer and signer != self.ca else (self.ca,)
 
 
 TRUST: tuple[Trust, ...] = (
-    Trust("kubernetes", frozenset({CONTROL_PLANE, WORKER}), "/etc/k8s/shared/kubernetes-ca"),
+    Trust("kubernetes", frozenset({CONTROL_PLANE, WORKER}), "/etc/k8s/shared/kubernetes-ca", with_signer=True),
     Trust("etcd", frozenset({CONTROL_PLANE, ETCD}), "/etc/k8s/shared/etcd-ca"),
     Trust("front-proxy", frozenset({CONTROL_PLANE}), "/etc/k8s/shared/front-proxy-ca"),
     Trust(CLUSTER_SIGNER, frozenset({CONTROL_PLANE}), "/etc/k8s/kube-controller-manager/cluster-signing-ca",
@@ -126,7 +143,7 @@ def ca_specs(inv: Inventory) -> dict[str, CertSpec]:
     """The CA hierarchy: the root, then one intermediate per trust domain."""
     specs = {ROOT: CertSpec(ROOT, f"{inv.name}-root-ca", (), frozenset({"ca"}), (), (),
                             inv.lifetimes.root_ca, inv.key_algorithm, path_length=1)}
-    for name in INTERMEDIATES:
+    for name in (*INTERMEDIATES, cluster_signer(inv.ca.backend)):
         specs[name] = CertSpec(name, f"{inv.name}-{name}-ca", (), frozenset({"ca"}), (), (),
                                inv.lifetimes.intermediate_ca, inv.key_algorithm, path_length=0)
     return specs

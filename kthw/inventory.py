@@ -24,7 +24,8 @@ ROLES = ("control-plane", "etcd", "worker")
 ARCHES = ("amd64", "arm64")
 ARCH_ALIASES = {"amd64": "amd64", "x86_64": "amd64", "arm64": "arm64", "aarch64": "arm64"}
 KEY_ALGORITHMS = ("ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-3072", "rsa-4096")
-CA_BACKENDS = ("local",)
+CA_BACKENDS = ("local", "vault")
+VAULT_AUTH_METHODS = ("token", "userpass", "approle")
 KUBELET_CREDENTIALS = ("tls-bootstrap", "static")
 ENCRYPTION_PROVIDERS = ("secretbox", "aesgcm", "aescbc")
 
@@ -66,8 +67,39 @@ class Lifetimes:
 
 
 @dataclass(frozen=True)
+class VaultAuth:
+    """How doit logs in to Vault. Secrets are only named here (an environment variable or
+    a file), never held: the inventory is committed and copied around."""
+
+    method: str = "token"
+    mount: str | None = None                # auth mount path; default: the method's name
+    token_file: Path | None = None          # token: else $VAULT_TOKEN, then $BAO_TOKEN
+    username: str | None = None             # userpass
+    password_env: str = "KTHW_VAULT_PASSWORD"
+    password_file: Path | None = None
+    role_id: str | None = None              # approle (an identifier, not a secret)
+    role_id_file: Path | None = None
+    secret_id_env: str = "KTHW_VAULT_SECRET_ID"
+    secret_id_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class VaultNaming:
+    """Vault paths; the defaults are the seed's names ({domain}: '-' becomes '_')."""
+
+    root_mount: str = "k8s_pki_root_ca"
+    intermediate_mount: str = "k8s_pki_intermediate_ca_for_service_{domain}"
+    role: str = "{cert}"
+
+
+@dataclass(frozen=True)
 class CASettings:
     backend: str
+    address: str | None = None              # vault: https://host:8200
+    namespace: str | None = None            # vault: X-Vault-Namespace
+    ca_bundle: Path | None = None           # vault: PEM that verifies Vault's TLS cert (default: system CAs)
+    auth: VaultAuth = VaultAuth()
+    naming: VaultNaming = VaultNaming()
 
 
 @dataclass(frozen=True)
@@ -309,9 +341,7 @@ def _build(top: _Reader) -> Inventory:
         raise top.fail("cluster_dns_ip", f"cluster DNS IP {dns_ip} is reserved (network, broadcast or the "
                        "'kubernetes' Service address)", f"use e.g. {service_cidr.network_address + 10}")
 
-    ca = top.sub("ca")
-    ca.check_keys(("backend",))
-    ca_settings = CASettings(backend=ca.get("backend", _choice(CA_BACKENDS), "local"))
+    ca_settings = _ca(top)
 
     life = top.sub("lifetimes")
     life.check_keys(("root_ca", "intermediate_ca", "leaf"))
@@ -344,6 +374,104 @@ def _build(top: _Reader) -> Inventory:
         encryption_provider=top.get("encryption_provider", _choice(ENCRYPTION_PROVIDERS), "secretbox"),
         bootstrap_token_ttl=top.get("bootstrap_token_ttl", _duration, timedelta(days=14)),
         nodes=nodes, vendor=_vendor(top), warnings=tuple(warnings))
+
+
+CA_KEYS = ("backend", "address", "namespace", "ca_bundle", "auth", "naming")
+VAULT_AUTH_KEYS = {"token": ("method", "mount", "token_file"),
+                   "userpass": ("method", "mount", "username", "password_env", "password_file"),
+                   "approle": ("method", "mount", "role_id", "role_id_file", "secret_id_env", "secret_id_file")}
+_SECRETS_IN_INVENTORY = {"token": "token_file (or $VAULT_TOKEN / $BAO_TOKEN)",
+                         "password": "password_env or password_file", "secret_id": "secret_id_env or secret_id_file"}
+_VAULT_PATH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)*$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _ca(top: _Reader) -> CASettings:
+    """The `ca:` section; with the vault backend, where Vault is and how to log in."""
+    base = Path(top.source).parent
+    reader = top.sub("ca")
+    reader.check_keys(CA_KEYS)
+    backend = reader.get("backend", _choice(CA_BACKENDS), "local")
+    if backend != "vault":
+        for key in CA_KEYS[1:]:
+            if key in reader.mapping:
+                raise reader.fail(key, f"'{key}' is a Vault setting but the backend is '{backend}'",
+                                  f"set 'backend: vault', or remove '{key}'")
+        return CASettings(backend=backend)
+
+    def url(value: Any) -> str:
+        text = _text(value).rstrip("/")
+        if not re.match(r"^https?://[^/\s?#]+$", text):
+            raise _Bad(f"'{text}' is not a Vault address", "write scheme, host and port, e.g. https://vault.example.lan:8200")
+        return text
+
+    def file(value: Any) -> Path:
+        return (base / Path(_text(value)).expanduser()).resolve()
+
+    def env_name(value: Any) -> str:
+        text = _text(value)
+        if not _ENV_NAME.match(text):
+            raise _Bad(f"'{text}' is not an environment variable name",
+                       "name the variable that holds the secret, e.g. KTHW_VAULT_PASSWORD (the secret itself never "
+                       "goes in the inventory)")
+        return text
+
+    def vault_path(value: Any) -> str:
+        text = _text(value).strip("/")
+        if not _VAULT_PATH.match(text):
+            raise _Bad(f"'{text}' is not a Vault path", "use letters, digits, '_', '-' and '.', parts joined by '/'")
+        return text
+
+    def pattern(placeholder: str) -> Callable[[Any], str]:
+        def parse_pattern(value: Any) -> str:
+            text = _text(value)
+            if "{" + placeholder + "}" not in text:
+                raise _Bad(f"'{text}' lacks the {{{placeholder}}} placeholder",
+                           f"every trust domain / cert class needs its own name, e.g. 'k8s_pki_{{{placeholder}}}'")
+            try:
+                vault_path(text.format(**{placeholder: "x"}))
+            except (KeyError, IndexError, ValueError):
+                raise _Bad(f"'{text}' has a placeholder other than {{{placeholder}}}",
+                           f"only {{{placeholder}}} is replaced") from None
+            return text
+        return parse_pattern
+
+    auth_value = reader.mapping.get("auth")
+    if isinstance(auth_value, str):  # `auth: token` is short for `auth: {method: token}`
+        auth_reader = _Reader(top.source, {"method": auth_value}, "ca.auth", reader.where("auth"))
+    else:
+        auth_reader = reader.sub("auth")
+    for key, instead in _SECRETS_IN_INVENTORY.items():
+        if key in auth_reader.mapping:
+            # Never echo the value: it is a secret.
+            raise auth_reader.fail(key, "a secret does not belong in the inventory (it is committed and copied "
+                                   "to other machines)", f"remove '{key}' and use {instead}")
+    method = auth_reader.get("method", _choice(VAULT_AUTH_METHODS), "token")
+    auth_reader.check_keys(VAULT_AUTH_KEYS[method])
+    auth = VaultAuth(
+        method=method, mount=auth_reader.get("mount", vault_path, None),
+        token_file=auth_reader.get("token_file", file, None),
+        username=auth_reader.get("username", _text, None),
+        password_env=auth_reader.get("password_env", env_name, VaultAuth.password_env),
+        password_file=auth_reader.get("password_file", file, None),
+        role_id=auth_reader.get("role_id", _text, None), role_id_file=auth_reader.get("role_id_file", file, None),
+        secret_id_env=auth_reader.get("secret_id_env", env_name, VaultAuth.secret_id_env),
+        secret_id_file=auth_reader.get("secret_id_file", file, None))
+    if method == "userpass" and auth.username is None:
+        raise auth_reader.fail("username", "userpass login needs a username", "add 'username: <Vault user>'")
+    if method == "approle" and (auth.role_id is None) == (auth.role_id_file is None):
+        raise auth_reader.fail("role_id", "approle login needs exactly one of role_id and role_id_file",
+                               "add 'role_id: <id>' or 'role_id_file: <path>'")
+
+    naming_reader = reader.sub("naming")
+    naming_reader.check_keys(("root_mount", "intermediate_mount", "role"))
+    naming = VaultNaming(root_mount=naming_reader.get("root_mount", vault_path, VaultNaming.root_mount),
+                         intermediate_mount=naming_reader.get("intermediate_mount", pattern("domain"),
+                                                              VaultNaming.intermediate_mount),
+                         role=naming_reader.get("role", pattern("cert"), VaultNaming.role))
+    return CASettings(backend=backend, address=reader.get("address", url),
+                      namespace=reader.get("namespace", vault_path, None),
+                      ca_bundle=reader.get("ca_bundle", file, None), auth=auth, naming=naming)
 
 
 VENDOR_KEYS = ("mirror", "registry_mirror", "overrides", "site_pins")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from .ca import CertificateAuthority, LocalCA
+from .ca import CertificateAuthority
 from .crypto import CertSpec, build_certificate, certs_pem, generate_key, key_algorithm, load_certificates, \
     load_private_key, private_key_pem, same_public_key
 from .errors import StateError
@@ -68,7 +68,7 @@ def _key_matches(key_path: Path, cert: x509.Certificate) -> bool:
         return False
 
 
-def ensure_ca(spec: CertSpec, paths: KeyPairPaths, parent: LocalCA | None, now: datetime,
+def ensure_ca(spec: CertSpec, paths: KeyPairPaths, parent: CertificateAuthority | None, now: datetime,
               window: timedelta) -> str:
     """Create or renew a CA in local files; with no ``parent`` it is the self-signed root.
 
@@ -93,7 +93,7 @@ def ensure_ca(spec: CertSpec, paths: KeyPairPaths, parent: LocalCA | None, now: 
     if parent is None:
         new = build_certificate(spec, key.public_key(), now, None, key)
     else:
-        new = parent.issue(spec, key.public_key(), now)[0]
+        new = parent.issue(spec, key, now)[0]
     atomic_write(paths.cert, certs_pem(new), PUBLIC_MODE)
     return f"CA {spec.name}: {'issued' if cert is None else 'renewed'} ({reason.text})"
 
@@ -112,7 +112,7 @@ def ensure_leaf(spec: CertSpec, paths: KeyPairPaths, ca: CertificateAuthority, n
         return f"{spec.name}: current"
     if new_key:
         key = generate_key(spec.key_algorithm)
-    chain = ca.issue(spec, key.public_key(), now)
+    chain = ca.issue(spec, key, now)
     # Key before cert: if the build dies in between, the next run sees a cert that does
     # not match the key and simply issues it again for the key now on disk.
     if new_key:

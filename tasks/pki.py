@@ -8,6 +8,10 @@
 Staleness comes from the certs themselves (see kthw.pki.pending_reason): a cert task
 runs when its cert is missing, due, no longer fits its spec, or its issuer changed.
 Store files under build/pki are precious; `doit clean` removes only the node copies.
+
+With `ca: {backend: vault}` the root and intermediate keys stay in Vault: their CA tasks
+copy the CA certs from Vault on every run (so a CA replaced there re-issues its leaves),
+and the cluster signer is a CA of its own whose key is made here (see kthw.vault).
 """
 
 from __future__ import annotations
@@ -15,11 +19,12 @@ from __future__ import annotations
 from doit.tools import config_changed
 
 from kthw import clock
+from kthw import vault
 from kthw.ca import open_ca, open_local_ca
-from kthw.catalogue import CLUSTER_SIGNER, INTERMEDIATES, ROOT, NodeCert, ca_specs, leaves_for, trust_for
+from kthw.catalogue import ROOT, NodeCert, ca_specs, leaves_for, trust_for
 from kthw.crypto import CertSpec
-from kthw.fsutil import PUBLIC_MODE, SECRET_MODE, remove
-from kthw.inventory import Inventory, Node
+from kthw.fsutil import PUBLIC_MODE, SECRET_MODE, atomic_write, remove
+from kthw.inventory import CASettings, Inventory, Node
 from kthw.layout import KeyPairPaths, Layout
 from kthw.pki import ensure_ca, ensure_leaf, pending_reason, place, write_cert_kubeconfig
 
@@ -32,14 +37,14 @@ def _current(spec: CertSpec, paths: KeyPairPaths, issuer_cert, window, is_root=F
     return pending_reason(spec, paths, issuer_cert, clock.now(), window, is_root=is_root) is None
 
 
-def _issue_ca(spec: CertSpec, layout: Layout, parent: str | None, window) -> str:
-    parent_ca = open_local_ca(parent, layout.ca(parent)) if parent else None
+def _issue_ca(spec: CertSpec, layout: Layout, parent: str | None, settings: CASettings, window) -> str:
+    parent_ca = open_ca(layout, parent, settings) if parent else None
     return ensure_ca(spec, layout.ca(spec.name), parent_ca, clock.now(), window)
 
 
-def _issue_leaf(spec: CertSpec, paths: KeyPairPaths, issuer: str, layout: Layout, window,
+def _issue_leaf(spec: CertSpec, paths: KeyPairPaths, issuer: str, layout: Layout, settings: CASettings, window,
                 copies: list[tuple], rekey: bool = False) -> str:
-    message = ensure_leaf(spec, paths, open_ca(layout, issuer), clock.now(), window, rekey=rekey)
+    message = ensure_leaf(spec, paths, open_ca(layout, issuer, settings), clock.now(), window, rekey=rekey)
     _place_all(copies)
     return message
 
@@ -50,22 +55,40 @@ def _place_all(copies: list[tuple]) -> None:
 
 
 def _place_trust(layout: Layout, copies: list[tuple], signer: str | None) -> None:
+    """Each copy is (source files, destination, mode): a trust bundle may join several CA certs."""
     if signer:
         open_local_ca(signer, layout.ca(signer))  # never ship a CA key that does not match its cert
-    _place_all(copies)
+    for sources, destination, mode in copies:
+        atomic_write(destination, b"".join(source.read_bytes() for source in sources), mode)
 
 
-def _ca_task(spec: CertSpec, layout: Layout, parent: str | None, window) -> dict:
+def _ca_task(spec: CertSpec, layout: Layout, parent: str | None, settings: CASettings, window) -> dict:
     paths = layout.ca(spec.name)
     issuer_cert = layout.ca(parent).cert if parent else None
     return {
         "name": f"ca-{spec.name}",
         "doc": f"{spec.name} CA ({spec.common_name})",
-        "actions": [(guarded, [_issue_ca, spec, layout, parent, window])],
+        "actions": [(guarded, [_issue_ca, spec, layout, parent, settings, window])],
         "file_dep": [issuer_cert] if issuer_cert else [],
         "targets": [paths.cert, paths.key],
         "uptodate": [(checked, [_current, spec, paths, issuer_cert, window, parent is None])],
         "clean": [],  # precious: never removed
+    }
+
+
+def _vault_ca_task(spec: CertSpec, layout: Layout, parent: str | None, settings: CASettings) -> dict:
+    """A CA kept in Vault: only its cert is copied here, never a key."""
+    paths = layout.ca(spec.name)
+    parent_cert = layout.ca(parent).cert if parent else None
+    return {
+        "name": f"ca-{spec.name}",
+        "doc": f"{spec.name} CA ({spec.common_name}): its cert, copied from Vault",
+        "actions": [(guarded, [vault.refresh_ca_cert, settings, spec.name, paths, parent_cert])],
+        "file_dep": [parent_cert] if parent_cert else [],
+        "targets": [paths.cert],
+        # Asked on every run: an unchanged cert is not rewritten, a changed one re-issues its leaves.
+        "uptodate": [False],
+        "clean": [],
     }
 
 
@@ -86,7 +109,7 @@ def _leaf_tasks(inv: Inventory, layout: Layout, node: Node, item: NodeCert):
     yield {
         "name": f"{node.name}/{spec.name}",
         "doc": f"{spec.common_name} cert for {node.name}",
-        "actions": [(guarded, [_issue_leaf, spec, paths, row.issuer, layout, inv.renew_before, copies])],
+        "actions": [(guarded, [_issue_leaf, spec, paths, row.issuer, layout, inv.ca, inv.renew_before, copies])],
         "file_dep": [issuer_cert],
         "targets": [paths.cert, paths.key] + [copy[1] for copy in copies],
         "uptodate": [(checked, [_current, spec, paths, issuer_cert, inv.renew_before])],
@@ -109,19 +132,21 @@ def _leaf_tasks(inv: Inventory, layout: Layout, node: Node, item: NodeCert):
         }
 
 
-def _trust_task(layout: Layout, node: Node) -> dict:
+def _trust_task(layout: Layout, node: Node, backend: str) -> dict:
     copies, signer = [], None
     for trust in trust_for(node):
-        paths = layout.ca(trust.ca)
-        copies.append((paths.cert, layout.on_node(node.name, trust.installed_as + ".crt"), PUBLIC_MODE))
+        cas = trust.cas(backend)
+        copies.append((tuple(layout.ca(ca).cert for ca in cas),
+                       layout.on_node(node.name, trust.installed_as + ".crt"), PUBLIC_MODE))
         if trust.with_key:
-            signer = trust.ca
-            copies.append((paths.key, layout.on_node(node.name, trust.installed_as + ".key"), SECRET_MODE))
+            signer = cas[0]
+            copies.append(((layout.ca(signer).key,), layout.on_node(node.name, trust.installed_as + ".key"),
+                           SECRET_MODE))
     return {
         "name": f"{node.name}/trust",
         "doc": f"CA certs (and the cluster-signing key on control planes) for {node.name}",
         "actions": [(guarded, [_place_trust, layout, copies, signer])],
-        "file_dep": sorted({copy[0] for copy in copies}),
+        "file_dep": sorted({source for copy in copies for source in copy[0]}),
         "targets": [copy[1] for copy in copies],
         "clean": True,
     }
@@ -130,18 +155,19 @@ def _trust_task(layout: Layout, node: Node) -> dict:
 def task_pki():
     """CA hierarchy, then every node's certs, keys and kubeconfigs."""
     inv, layout = context()
-    specs = ca_specs(inv)
-    yield _ca_task(specs[ROOT], layout, None, inv.renew_before)
-    for name in INTERMEDIATES:
-        yield _ca_task(specs[name], layout, ROOT, inv.renew_before)
-    assert CLUSTER_SIGNER in INTERMEDIATES
+    for name, spec in ca_specs(inv).items():
+        parent = None if name == ROOT else ROOT
+        if inv.ca.backend == "vault" and vault.holds(name):
+            yield _vault_ca_task(spec, layout, parent, inv.ca)
+        else:
+            yield _ca_task(spec, layout, parent, inv.ca, inv.renew_before)
     for node in inv.nodes:
         names = []
         for item in leaves_for(inv, node):
             for task in _leaf_tasks(inv, layout, node, item):
                 names.append(f"pki:{task['name']}")
                 yield task
-        trust = _trust_task(layout, node)
+        trust = _trust_task(layout, node, inv.ca.backend)
         names.append(f"pki:{trust['name']}")
         yield trust
         yield {"name": node.name, "doc": f"every cert, key and kubeconfig of {node.name}",
@@ -160,8 +186,8 @@ def task_rekey():
             yield {
                 "name": f"{node.name}/{item.spec.name}",
                 "doc": f"new key for {item.spec.common_name} on {node.name}",
-                "actions": [(guarded, [_issue_leaf, item.spec, paths, item.row.issuer, layout, inv.renew_before,
-                                       _leaf_copies(layout, node, item), True])],
+                "actions": [(guarded, [_issue_leaf, item.spec, paths, item.row.issuer, layout, inv.ca,
+                                       inv.renew_before, _leaf_copies(layout, node, item), True])],
                 "file_dep": [layout.ca(item.row.issuer).cert],
                 "uptodate": [False],
                 "verbosity": 2,

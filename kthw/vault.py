@@ -1,0 +1,562 @@
+"""Vault / OpenBao as the CA backend, through hvac.
+
+What lives where (mount and role names come from the inventory's ``ca.naming``; the
+defaults are the seed's)::
+
+    k8s_pki_root_ca                                  the root CA; its key is made in Vault and stays there
+    k8s_pki_intermediate_ca_for_service_<domain>     one intermediate per trust domain (kubernetes, etcd,
+                                                     front_proxy: '-' becomes '_'), signed by the root
+    <intermediate mount>/roles/<cert>                one role per cert class of the catalogue
+                                                     (apiserver, etcd-peer, admin, ...)
+
+``doit vault_setup`` (:func:`setup`) creates what is missing and leaves what exists: a
+mount, a CA or a role is never replaced; a role whose settings differ from what the
+inventory needs is reported and only rewritten with ``update_roles=1``. A role allows
+exactly the names of its cert class in this inventory (common names and DNS SANs as
+bare names, IP SANs as /32 or /128), its usages and its organizations, so a token that
+may use one role cannot get another class's identity.
+
+Leaf certs: the key pair is made locally and Vault signs a CSR (``sign/<role>``), so a
+private key never travels. The issuing chain below the root is appended to the PEM.
+The CA certs are copied to ``build/pki/ca/<name>.crt`` by the CA tasks on every run, so
+the renewal rules, ``file_dep`` and the trust bundles work as with local files.
+
+The kubelet signer: kube-controller-manager signs kubelet CSRs itself
+(``--cluster-signing-key-file``), so it must hold the key of that CA, and a Vault CA's
+key cannot leave Vault. With this backend the cluster signer is therefore a dedicated
+intermediate, ``kubelet-signer``: its key is generated locally (``build/pki/ca/
+kubelet-signer.key``, precious, like a local CA key) and the Vault root signs its CSR
+(``root/sign-intermediate``). It is a sibling of the ``kubernetes`` intermediate, not a
+child, so every intermediate keeps path length 0. Kubelet client certs it signs must
+verify against the API server's ``--client-ca-file``, so the kubernetes trust bundle
+holds both intermediates (see ``catalogue.TRUST``); kubeconfigs still trust the
+``kubernetes`` intermediate only, as it alone signs the API server's cert.
+
+Every failure becomes a :class:`VaultError` naming the server, the path and the fix;
+secrets (tokens, passwords, secret-ids) are read from the environment or files at the
+moment they are needed and never appear in a message or a file.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import os
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import hvac
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from hvac import exceptions as hvac_errors
+
+from .catalogue import INTERMEDIATES, LEAVES, ROOT, ca_specs, leaves_for
+from .crypto import BACKDATE, CertSpec, PrivateKey, certs_pem, load_certificates, signed_by
+from .errors import KthwError, StateError
+from .fsutil import PUBLIC_MODE, atomic_write
+from .inventory import CASettings, Inventory
+from .layout import KeyPairPaths
+from .renewal import renewal_reason
+
+# Inventory key algorithm -> Vault key_type and key_bits (for the CAs Vault generates).
+KEY_TYPES = {"ecdsa-p256": ("ec", 256), "ecdsa-p384": ("ec", 384), "rsa-2048": ("rsa", 2048),
+             "rsa-3072": ("rsa", 3072), "rsa-4096": ("rsa", 4096)}
+TOKEN_ENVS = ("VAULT_TOKEN", "BAO_TOKEN")
+TIMEOUT = 30  # seconds per request
+SETUP_HINT = "run 'doit vault_setup' (with a token allowed to manage mounts) to create it"
+ROLE_HINT = "if the inventory changed, update the roles with 'doit vault_setup update_roles=1'"
+
+
+class VaultError(KthwError):
+    """Vault refused or could not be reached; local files were left as they were."""
+
+
+# --- names ---------------------------------------------------------------------------
+
+
+def holds(name: str) -> bool:
+    """True for the CAs whose key lives in Vault (the root and the trust-domain intermediates)."""
+    return name == ROOT or name in INTERMEDIATES
+
+
+def mount_for(settings: CASettings, ca: str) -> str:
+    if ca == ROOT:
+        return settings.naming.root_mount
+    if ca not in INTERMEDIATES:
+        raise ValueError(f"{ca} is not a CA kept in Vault")
+    return settings.naming.intermediate_mount.format(domain=ca.replace("-", "_"))
+
+
+def role_for(settings: CASettings, cert: str) -> str:
+    return settings.naming.role.format(cert=cert)
+
+
+# --- talking to Vault ----------------------------------------------------------------
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip(" \t*") for line in str(text).splitlines() if line.strip(" \t*")]
+    lines = [line for line in lines if not line.endswith("error occurred:")]
+    return lines[0] if lines else str(text).strip()
+
+
+def _translate(err: Exception, server: str, path: str) -> VaultError:
+    """One line naming the server, the path and the fix, for any hvac/requests failure."""
+    where = f"Vault at {server}"
+    if isinstance(err, requests.exceptions.SSLError):
+        return VaultError(f"{where}: TLS verification failed ({_ssl_reason(err)}); set ca.ca_bundle in the "
+                          "inventory to the PEM of the CA that signed Vault's certificate, or fix ca.address")
+    if isinstance(err, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+        return VaultError(f"{where} is unreachable ({_connection_reason(err)}); check ca.address in the "
+                          "inventory and that Vault is running")
+    if isinstance(err, OSError):  # e.g. the ca_bundle file cannot be read
+        return VaultError(f"{where}: {err}; fix ca.ca_bundle in the inventory")
+    if not isinstance(err, hvac_errors.VaultError):
+        return VaultError(f"{where}: {path}: {err}")
+    detail = _first_line("; ".join(err.errors) if getattr(err, "errors", None) else str(err).split(", on ")[0])
+    if isinstance(err, hvac_errors.VaultDown) and "sealed" in detail.lower():
+        return VaultError(f"{where}: Vault is sealed ({path}); unseal it ('bao operator unseal' or "
+                          "'vault operator unseal') and run again")
+    if isinstance(err, hvac_errors.VaultDown):
+        return VaultError(f"{where} is not serving requests ({path}: {detail}); check its status "
+                          "('bao status') and run again")
+    if isinstance(err, hvac_errors.VaultNotInitialized):
+        return VaultError(f"{where} is not initialised ({path}); initialise and unseal it first")
+    if isinstance(err, hvac_errors.Forbidden):
+        return VaultError(f"{where}: permission denied on {path}: the token is expired or revoked, or its "
+                          f"policy does not allow this path; grant it in the policy of the identity in ca.auth")
+    if isinstance(err, hvac_errors.InvalidPath) and "no handler for route" in detail:
+        mount = path.split("/")[0] if not path.startswith("auth/") else "/".join(path.split("/")[:2])
+        if path.startswith("auth/"):
+            return VaultError(f"{where}: no auth method is enabled at {mount}; enable it or fix ca.auth.method / "
+                              "ca.auth.mount in the inventory")
+        return VaultError(f"{where}: mount '{mount}' does not exist ({path}); {SETUP_HINT}")
+    if "no default issuer" in detail:
+        return VaultError(f"{where}: mount '{path.split('/')[0]}' has no CA yet ({path}); {SETUP_HINT}")
+    if "unknown role" in detail:
+        return VaultError(f"{where}: {path}: {detail}; {SETUP_HINT}")
+    if "not allowed by this role" in detail or "not allowed by role" in detail:
+        return VaultError(f"{where}: the role refuses the request at {path}: {detail}; {ROLE_HINT}")
+    return VaultError(f"{where}: {path}: {detail}")
+
+
+def _ssl_reason(err: Exception) -> str:
+    text = str(err)
+    for known in ("CERTIFICATE_VERIFY_FAILED", "WRONG_VERSION_NUMBER", "hostname mismatch"):
+        if known in text:
+            tail = text.split(known, 1)[1].split("(_ssl")[0].strip(" ]):")
+            return f"{known}{': ' + tail if tail else ''}".replace("WRONG_VERSION_NUMBER", "the server does not "
+                                                                   "speak TLS: use http:// or enable TLS")
+    return _first_line(text)[:200]
+
+
+def _connection_reason(err: Exception) -> str:
+    text = str(err)
+    for known in ("Connection refused", "Name or service not known", "timed out", "No route to host",
+                  "Temporary failure in name resolution"):
+        if known in text:
+            return known.lower()
+    return _first_line(text)[:200]
+
+
+class Session:
+    """An hvac client for one inventory's Vault; logs in on first use."""
+
+    def __init__(self, settings: CASettings):
+        self.settings = settings
+        self.server = settings.address
+        # verify=None lets hvac fall back to $VAULT_CACERT / $VAULT_CAPATH, then the system CAs.
+        # token="" keeps hvac from picking a token up on its own (~/.vault-token).
+        self.client = hvac.Client(url=settings.address, token="", namespace=settings.namespace, timeout=TIMEOUT,
+                                  verify=str(settings.ca_bundle) if settings.ca_bundle else None)
+        self._logged_in = False
+
+    def call(self, path: str, function, /, *args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except (hvac_errors.VaultError, requests.exceptions.RequestException, OSError) as err:
+            raise _translate(err, self.server, path) from None
+
+    def login(self) -> None:
+        if self._logged_in:
+            return
+        auth = self.settings.auth
+        mount = auth.mount or auth.method
+        if auth.method == "token":
+            self.client.token = _token(auth)
+            # Check it once, here, so a bad token is reported as such, not as a denied path.
+            self.call("auth/token/lookup-self", self.client.auth.token.lookup_self)
+        elif auth.method == "userpass":
+            password = _secret("password", auth.password_env, auth.password_file)
+            path = f"auth/{mount}/login/{auth.username}"
+            self._login(path, "the user name or password", self.client.auth.userpass.login,
+                        auth.username, password, mount_point=mount)
+        else:
+            role_id = auth.role_id if auth.role_id else _read_secret_file(auth.role_id_file, "role_id_file")
+            secret_id = _secret("secret-id", auth.secret_id_env, auth.secret_id_file)
+            self._login(f"auth/{mount}/login", "the role-id or secret-id", self.client.auth.approle.login,
+                        role_id, secret_id, mount_point=mount)
+        self._logged_in = True
+
+    def _login(self, path: str, what: str, function, *args, **kwargs) -> None:
+        try:
+            function(*args, **kwargs)
+        except hvac_errors.InvalidRequest as err:
+            detail = _first_line("; ".join(err.errors or []) or str(err))
+            if "invalid" in detail.lower():
+                raise VaultError(f"Vault at {self.server}: login refused at {path} ({detail}): wrong credentials; "
+                                 f"check {what} given by ca.auth in the inventory") from None
+            raise _translate(err, self.server, path) from None
+        except (hvac_errors.VaultError, requests.exceptions.RequestException, OSError) as err:
+            raise _translate(err, self.server, path) from None
+
+    def read(self, path: str, *, missing_ok: bool = False) -> dict | None:
+        # Logged in even for public paths: without a token Vault answers "permission denied"
+        # for a mount that does not exist, which would hide the real problem.
+        self.login()
+        try:
+            response = self.client.adapter.get(f"/v1/{path}")
+        except hvac_errors.InvalidPath as err:
+            if missing_ok and "no handler for route" not in str(err):
+                return None
+            raise _translate(err, self.server, path) from None
+        except (hvac_errors.VaultError, requests.exceptions.RequestException, OSError) as err:
+            raise _translate(err, self.server, path) from None
+        return response.get("data") if isinstance(response, dict) else None
+
+    def write(self, path: str, data: dict) -> dict:
+        self.login()
+        response = self.call(path, self.client.adapter.post, f"/v1/{path}", json=data)
+        return (response.get("data") or {}) if isinstance(response, dict) else {}
+
+    def ca_pem(self, mount: str) -> bytes:
+        """The default issuer's cert of a PKI mount."""
+        data = self.read(f"{mount}/cert/ca") or {}
+        pem = (data.get("certificate") or "").strip()
+        if not pem:
+            raise VaultError(f"Vault at {self.server}: mount '{mount}' has no CA yet ({mount}/cert/ca); {SETUP_HINT}")
+        return pem.encode() + b"\n"
+
+
+def _token(auth) -> str:
+    if auth.token_file is not None:
+        return _read_secret_file(auth.token_file, "token_file")
+    for name in TOKEN_ENVS:
+        if os.environ.get(name, "").strip():
+            return os.environ[name].strip()
+    raise VaultError("no Vault token: set VAULT_TOKEN or BAO_TOKEN, or name a file with ca.auth.token_file "
+                     "in the inventory")
+
+
+def _secret(what: str, env: str, file: Path | None) -> str:
+    if file is not None:
+        return _read_secret_file(file, f"{what} file")
+    value = os.environ.get(env, "")
+    if not value:
+        raise VaultError(f"no Vault {what}: set the environment variable {env}, or name a file in the inventory's "
+                         f"ca.auth ({what.replace('-', '_')}_file)")
+    return value
+
+
+def _read_secret_file(path: Path, what: str) -> str:
+    try:
+        value = Path(path).read_text().strip()
+    except (OSError, UnicodeDecodeError) as err:
+        reason = getattr(err, "strerror", None) or "not text"
+        raise VaultError(f"{path}: cannot read the Vault {what} ({reason}); fix the path in ca.auth") from None
+    if not value:
+        raise VaultError(f"{path}: the Vault {what} is empty; write the secret into it")
+    return value
+
+
+@functools.lru_cache(maxsize=None)
+def session(settings: CASettings) -> Session:
+    """One session (one login) per process and settings: a doit run signs many certs."""
+    return Session(settings)
+
+
+# --- the CA ----------------------------------------------------------------------------
+
+
+def _csr(spec: CertSpec, key: PrivateKey) -> str:
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in spec.organizations]
+                        + [x509.NameAttribute(NameOID.COMMON_NAME, spec.common_name)])
+    builder = x509.CertificateSigningRequestBuilder().subject_name(subject)
+    sans = [x509.DNSName(n) for n in spec.dns_names] + \
+           [x509.IPAddress(ipaddress.ip_address(ip)) for ip in spec.ip_addresses]
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    digest = hashes.SHA384() if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size >= 384 \
+        else hashes.SHA256()
+    return builder.sign(key, digest).public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _seconds(delta: timedelta) -> str:
+    return f"{int(delta.total_seconds())}s"
+
+
+def _self_signed(cert: x509.Certificate) -> bool:
+    return cert.issuer == cert.subject
+
+
+@dataclass(frozen=True)
+class VaultCA:
+    """A CA whose key stays in Vault; ``certificate`` is the local copy the CA task refreshed."""
+
+    name: str
+    certificate: x509.Certificate
+    settings: CASettings
+
+    @property
+    def mount(self) -> str:
+        return mount_for(self.settings, self.name)
+
+    def issue(self, spec: CertSpec, key: PrivateKey, now: datetime) -> list[x509.Certificate]:
+        vault = session(self.settings)
+        # Vault backdates by not_before_duration (the role's, or the request's for a CA) and
+        # ends the cert ttl after now, so the lifetime is exactly the spec's. Past the issuer's
+        # own end the issuer truncates (vault_setup sets leaf_not_after_behavior), as locally.
+        ttl = _seconds(spec.lifetime - BACKDATE)
+        if spec.is_ca:
+            path = f"{self.mount}/root/sign-intermediate"
+            data = {"csr": _csr(spec, key), "common_name": spec.common_name, "ttl": ttl,
+                    "not_before_duration": _seconds(BACKDATE), "max_path_length": spec.path_length or 0,
+                    "exclude_cn_from_sans": True, "use_csr_values": False, "format": "pem"}
+            if spec.organizations:
+                data["organization"] = ",".join(spec.organizations)
+        else:
+            path = f"{self.mount}/sign/{role_for(self.settings, spec.name)}"
+            data = {"csr": _csr(spec, key), "ttl": ttl, "exclude_cn_from_sans": True, "format": "pem"}
+        response = vault.write(path, data)
+        try:
+            cert = x509.load_pem_x509_certificate(response["certificate"].encode())
+            chain = x509.load_pem_x509_certificates("\n".join(response.get("ca_chain") or [response["issuing_ca"]])
+                                                   .encode())
+        except (KeyError, ValueError, TypeError):
+            raise VaultError(f"Vault at {vault.server}: {path} answered without a readable certificate") from None
+        if not signed_by(cert, self.certificate):
+            raise VaultError(f"Vault at {vault.server}: {path} signed with another CA than the copy in "
+                             f"build/pki/ca/{self.name}.crt (was the CA replaced in Vault?); run doit again to "
+                             "refresh the copy and re-issue what it signed")
+        reason = renewal_reason(spec, cert, self.certificate, cert.not_valid_before_utc, timedelta(0))
+        if reason is not None:
+            raise VaultError(f"Vault at {vault.server}: {path} issued a cert that differs from what was asked "
+                             f"({reason.text}); nothing was written. Check the mount's max_lease_ttl "
+                             f"('bao secrets tune -max-lease-ttl=... {self.mount}'); {ROLE_HINT}")
+        return [cert] + [c for c in chain if not _self_signed(c) and c != cert]
+
+
+def open_vault_ca(settings: CASettings, name: str, paths: KeyPairPaths) -> VaultCA:
+    """The Vault CA ``name`` with its local cert copy (written by the CA task)."""
+    if not paths.cert.exists():
+        raise StateError(f"{paths.cert} is missing (the local copy of Vault's {name} CA); run 'doit pki' "
+                         "to fetch it")
+    return VaultCA(name, load_certificates(paths.cert)[0], settings)
+
+
+def refresh_ca_cert(settings: CASettings, name: str, paths: KeyPairPaths, parent: Path | None) -> str:
+    """Copy a Vault CA's cert to ``paths.cert``; unchanged bytes leave the file (and its mtime) alone."""
+    if paths.key.exists():
+        raise StateError(f"{paths.key} belongs to a local {name} CA, but the inventory's CA backend is vault. "
+                         "Switching a build to Vault replaces its whole PKI: move build/pki aside (keep it as a "
+                         "backup) and run again, or set ca.backend back to local")
+    vault = session(settings)
+    mount = mount_for(settings, name)
+    pem = vault.ca_pem(mount)
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+    except ValueError:
+        raise VaultError(f"Vault at {vault.server}: {mount}/cert/ca is not a readable certificate") from None
+    basic = cert.extensions.get_extension_for_class(x509.BasicConstraints).value \
+        if _has(cert, x509.BasicConstraints) else None
+    if basic is None or not basic.ca:
+        raise VaultError(f"Vault at {vault.server}: the cert of mount '{mount}' is not a CA certificate")
+    if parent is not None:
+        issuer = load_certificates(parent)[0]
+        if not signed_by(cert, issuer):
+            raise VaultError(f"Vault at {vault.server}: the CA of mount '{mount}' is not signed by the root of "
+                             f"mount '{settings.naming.root_mount}'; sign it with that root (vault_setup never "
+                             "replaces a CA), or fix ca.naming in the inventory")
+    elif not _self_signed(cert):
+        raise VaultError(f"Vault at {vault.server}: the CA of mount '{mount}' is not a self-signed root; "
+                         "fix ca.naming.root_mount in the inventory")
+    changed = atomic_write(paths.cert, certs_pem(cert), PUBLIC_MODE)
+    return f"CA {name}: fetched from Vault ({mount})" if changed else ""
+
+
+def _has(cert: x509.Certificate, kind) -> bool:
+    try:
+        cert.extensions.get_extension_for_class(kind)
+    except x509.ExtensionNotFound:
+        return False
+    return True
+
+
+# --- vault_setup -------------------------------------------------------------------------
+
+
+def role_settings(inv: Inventory) -> dict[tuple[str, str], dict]:
+    """(mount, role) -> the role settings each cert class of this inventory needs."""
+    settings = inv.ca
+    names: dict[str, set[str]] = {}
+    ips: dict[str, set[str]] = {}
+    rows = {row.name: row for row in LEAVES}
+    specs: dict[str, CertSpec] = {}
+    for node in inv.nodes:
+        for item in leaves_for(inv, node):
+            specs.setdefault(item.spec.name, item.spec)
+            names.setdefault(item.spec.name, set()).update({item.spec.common_name, *item.spec.dns_names})
+            ips.setdefault(item.spec.name, set()).update(item.spec.ip_addresses)
+    rsa = inv.key_algorithm.startswith("rsa")
+    result = {}
+    for cert, spec in specs.items():
+        allowed = sorted(names[cert])
+        result[(mount_for(settings, rows[cert].issuer), role_for(settings, cert))] = {
+            "allowed_domains": allowed,
+            "allow_bare_domains": True,
+            "allow_subdomains": False,
+            "allow_glob_domains": False,
+            "allow_wildcard_certificates": False,
+            "allow_localhost": "localhost" in allowed,
+            "allow_any_name": False,
+            "enforce_hostnames": False,   # common names such as system:node:<node> are not host names
+            "allow_ip_sans": bool(ips[cert]),
+            # OpenBao only: IP SANs limited to the inventory's addresses (Vault ignores the field).
+            "allowed_ip_sans_cidr": sorted(f"{ip}/{ipaddress.ip_address(ip).max_prefixlen}" for ip in ips[cert]),
+            "allowed_uri_sans": [],
+            "allowed_other_sans": [],
+            "server_flag": "server" in spec.usages,
+            "client_flag": "client" in spec.usages,
+            "code_signing_flag": False,
+            "email_protection_flag": False,
+            "key_type": "any",
+            "key_usage": ["DigitalSignature", "KeyEncipherment"] if rsa else ["DigitalSignature"],
+            "ext_key_usage": [],
+            "organization": list(spec.organizations),
+            "ou": [],
+            "use_csr_common_name": True,
+            "use_csr_sans": True,
+            "require_cn": True,
+            "basic_constraints_valid_for_non_ca": True,
+            "max_ttl": int(inv.lifetimes.leaf.total_seconds()),
+            "not_before_duration": int(BACKDATE.total_seconds()),
+        }
+    return result
+
+
+def _differences(have: dict, want: dict) -> list[str]:
+    """The managed fields whose value differs; fields this server does not know are skipped."""
+    result = []
+    for field, value in want.items():
+        if field not in have:
+            continue
+        current = have[field]
+        if isinstance(value, list):
+            same = sorted(map(str, current or [])) == sorted(map(str, value))
+        else:
+            same = current == value
+        if not same:
+            result.append(f"{field}: {current!r} -> {value!r}")
+    return result
+
+
+def setup(inv: Inventory, update_roles: bool = False) -> str:
+    """Create in Vault what is missing: mounts, the root, the intermediates, the roles."""
+    settings = inv.ca
+    if settings.backend != "vault":
+        raise KthwError(f"{inv.source}: ca.backend is '{settings.backend}'; vault_setup only applies with "
+                        "'ca: {backend: vault, ...}'")
+    vault = session(settings)
+    vault.login()
+    key_type, key_bits = KEY_TYPES[inv.key_algorithm]
+    specs = ca_specs(inv)
+    report: list[str] = []
+
+    mounts = vault.call("sys/mounts", vault.client.sys.list_mounted_secrets_engines).get("data") or {}
+    for name in (ROOT, *INTERMEDIATES):
+        mount = mount_for(settings, name)
+        lifetime = specs[name].lifetime if name == ROOT else max(specs[name].lifetime, inv.lifetimes.leaf)
+        existing = mounts.get(f"{mount}/")
+        if existing is None:
+            vault.call(f"sys/mounts/{mount}", vault.client.sys.enable_secrets_engine, "pki", path=mount,
+                       description=f"kthw {inv.name}: {name} CA", config={"max_lease_ttl": _seconds(lifetime)})
+            report.append(f"created mount {mount}")
+        elif existing.get("type") != "pki":
+            raise VaultError(f"Vault at {vault.server}: mount '{mount}' exists but is a {existing.get('type')} "
+                             "engine, not pki; choose another name in ca.naming")
+        else:
+            tune = vault.call(f"sys/mounts/{mount}/tune", vault.client.sys.read_mount_configuration, mount)
+            max_ttl = (tune.get("data") or tune).get("max_lease_ttl", 0)
+            if max_ttl < lifetime.total_seconds():
+                report.append(f"mount {mount}: max_lease_ttl {max_ttl}s is shorter than needed "
+                              f"({_seconds(lifetime)}); certs would be cut short. Left as it is: raise it with "
+                              f"'bao secrets tune -max-lease-ttl={_seconds(lifetime)} {mount}'")
+
+    root_mount = mount_for(settings, ROOT)
+    root_pem = _existing_ca(vault, root_mount)
+    if root_pem is None:
+        spec = specs[ROOT]
+        vault.write(f"{root_mount}/root/generate/internal", {
+            "common_name": spec.common_name, "ttl": _seconds(spec.lifetime), "key_type": key_type,
+            "key_bits": key_bits, "max_path_length": spec.path_length, "exclude_cn_from_sans": True})
+        _truncate_leaves(vault, root_mount)
+        root_pem = vault.ca_pem(root_mount)
+        report.append(f"generated root CA {spec.common_name} in {root_mount}")
+    root = x509.load_pem_x509_certificate(root_pem)
+
+    for name in INTERMEDIATES:
+        mount = mount_for(settings, name)
+        pem = _existing_ca(vault, mount)
+        if pem is not None:
+            if not signed_by(x509.load_pem_x509_certificate(pem), root):
+                report.append(f"warning: the CA of {mount} is not signed by the root of {root_mount}; "
+                              "left as it is (vault_setup never replaces a CA)")
+            continue
+        spec = specs[name]
+        csr = vault.write(f"{mount}/intermediate/generate/internal", {
+            "common_name": spec.common_name, "key_type": key_type, "key_bits": key_bits,
+            "exclude_cn_from_sans": True})["csr"]
+        signed = vault.write(f"{root_mount}/root/sign-intermediate", {
+            "csr": csr, "common_name": spec.common_name, "ttl": _seconds(spec.lifetime),
+            "max_path_length": spec.path_length, "exclude_cn_from_sans": True, "use_csr_values": False,
+            "format": "pem"})
+        vault.write(f"{mount}/intermediate/set-signed",
+                    {"certificate": signed["certificate"].strip() + "\n" + root_pem.decode().strip()})
+        _truncate_leaves(vault, mount)
+        report.append(f"generated intermediate CA {spec.common_name} in {mount}, signed by {root_mount}")
+
+    for (mount, role), want in sorted(role_settings(inv).items()):
+        have = vault.read(f"{mount}/roles/{role}", missing_ok=True)
+        if have is None:
+            vault.write(f"{mount}/roles/{role}", want)
+            report.append(f"created role {mount}/roles/{role}")
+            continue
+        differences = _differences(have, want)
+        if not differences:
+            continue
+        if update_roles:
+            vault.write(f"{mount}/roles/{role}", want)
+            report.append(f"updated role {mount}/roles/{role} ({'; '.join(differences)})")
+        else:
+            report.append(f"role {mount}/roles/{role} differs from what the inventory needs "
+                          f"({'; '.join(differences)}); left as it is: run 'doit vault_setup update_roles=1' "
+                          "to update it")
+    return "\n".join(report) if report else f"Vault at {vault.server}: everything in place, nothing changed"
+
+
+def _existing_ca(vault: Session, mount: str) -> bytes | None:
+    try:
+        return vault.ca_pem(mount)
+    except VaultError as err:
+        if "has no CA yet" in str(err):
+            return None
+        raise
+
+
+def _truncate_leaves(vault: Session, mount: str) -> None:
+    """Certs asked to outlive this CA end with it (as the local CA does) instead of failing."""
+    vault.write(f"{mount}/issuer/default", {"leaf_not_after_behavior": "truncate"})
