@@ -42,6 +42,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import os
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -107,9 +108,13 @@ def _first_line(text: str) -> str:
 def _translate(err: Exception, server: str, path: str) -> VaultError:
     """One line naming the server, the path and the fix, for any hvac/requests failure."""
     where = f"Vault at {server}"
+    if isinstance(err, requests.exceptions.SSLError) and "WRONG_VERSION_NUMBER" in str(err):
+        return VaultError(f"{where} does not speak TLS on this port; use http:// in ca.address, or enable TLS "
+                          "on Vault's listener")
     if isinstance(err, requests.exceptions.SSLError):
         return VaultError(f"{where}: TLS verification failed ({_ssl_reason(err)}); set ca.ca_bundle in the "
-                          "inventory to the PEM of the CA that signed Vault's certificate, or fix ca.address")
+                          "inventory to the PEM of the CA that signed Vault's certificate, or use an address "
+                          "that Vault's certificate names")
     if isinstance(err, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
         return VaultError(f"{where} is unreachable ({_connection_reason(err)}); check ca.address in the "
                           "inventory and that Vault is running")
@@ -118,6 +123,9 @@ def _translate(err: Exception, server: str, path: str) -> VaultError:
     if not isinstance(err, hvac_errors.VaultError):
         return VaultError(f"{where}: {path}: {err}")
     detail = _first_line("; ".join(err.errors) if getattr(err, "errors", None) else str(err).split(", on ")[0])
+    if "HTTP request to an HTTPS server" in detail:
+        return VaultError(f"{where} expects HTTPS; use https:// in ca.address (and ca.ca_bundle if its "
+                          "certificate is not signed by a system CA)")
     if isinstance(err, hvac_errors.VaultDown) and "sealed" in detail.lower():
         return VaultError(f"{where}: Vault is sealed ({path}); unseal it ('bao operator unseal' or "
                           "'vault operator unseal') and run again")
@@ -145,13 +153,8 @@ def _translate(err: Exception, server: str, path: str) -> VaultError:
 
 
 def _ssl_reason(err: Exception) -> str:
-    text = str(err)
-    for known in ("CERTIFICATE_VERIFY_FAILED", "WRONG_VERSION_NUMBER", "hostname mismatch"):
-        if known in text:
-            tail = text.split(known, 1)[1].split("(_ssl")[0].strip(" ]):")
-            return f"{known}{': ' + tail if tail else ''}".replace("WRONG_VERSION_NUMBER", "the server does not "
-                                                                   "speak TLS: use http:// or enable TLS")
-    return _first_line(text)[:200]
+    match = re.search(r"certificate verify failed: (.*?)(?: \(_ssl\.c|'\)|\)\)|$)", str(err))
+    return match.group(1).strip() if match else _first_line(str(err))[:200]
 
 
 def _connection_reason(err: Exception) -> str:

@@ -281,3 +281,16 @@ def test_vault_setup_refuses_the_local_backend(project):
     project.write_inventory(loopback_inventory(workers=1))
     run = project.doit("vault_setup", check=False)
     assert run.returncode != 0 and "vault_setup only applies with" in run.stdout + run.stderr
+
+
+def test_a_missing_role_points_at_vault_setup(bao, setup_runs, tmp_path):
+    _, env, _, _ = setup_runs
+    project = Project(tmp_path)
+    project.write_inventory(loopback_inventory(workers=1, extra=vault_section(
+        bao, extra="naming: {role: 'not-set-up-{cert}'}")))
+    run = project.doit("pki:cp1/etcd-peer", env=env, check=False)
+    output = run.stdout + run.stderr
+    assert run.returncode != 0 and "Traceback" not in output
+    assert (f"Vault at {bao.address}: {DOMAIN_MOUNTS['etcd']}/sign/not-set-up-etcd-peer: unknown role: "
+            "not-set-up-etcd-peer; run 'doit vault_setup'") in output, output
+    assert not (project.root / "build/pki/nodes/cp1/etcd-peer.key").exists()

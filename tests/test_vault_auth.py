@@ -144,6 +144,15 @@ def test_token_from_bao_token_and_a_bad_or_missing_token(bao, vault_project):
     assert vault_project.snapshot() == before
 
 
+def test_plain_http_to_a_tls_port_is_named_with_the_fix(tls_bao, tmp_path):
+    project = Project(tmp_path)
+    project.write_inventory(loopback_inventory(**INVENTORY_ARGS, extra=(
+        f"ca: {{backend: vault, address: '{tls_bao.address.replace('https', 'http')}', auth: token}}")))
+    run = project.doit("pki", env=no_vault_env(VAULT_TOKEN=tls_bao.root_token), check=False)
+    assert_fails_cleanly(run, f"Vault at {tls_bao.address.replace('https', 'http')} expects HTTPS; use https:// "
+                              "in ca.address")
+
+
 def test_an_unreachable_vault_is_named_with_the_fix(vault_project, bao):
     port = free_port()
     vault_project.write_inventory(loopback_inventory(**INVENTORY_ARGS, extra=(
@@ -185,8 +194,8 @@ def test_tls_verification_failure_and_the_ca_bundle_option(tls_bao, tmp_path):
     env = no_vault_env(VAULT_TOKEN=tls_bao.root_token)
     project.write_inventory(loopback_inventory(**INVENTORY_ARGS, extra=vault_section(tls_bao)))
     run = project.doit("vault_setup", env=env, check=False)
-    assert_fails_cleanly(run, f"Vault at {tls_bao.address}: TLS verification failed (CERTIFICATE_VERIFY_FAILED")
-    assert "set ca.ca_bundle in the inventory" in run.stdout + run.stderr
+    assert_fails_cleanly(run, f"Vault at {tls_bao.address}: TLS verification failed (")
+    assert "issuer certificate); set ca.ca_bundle in the inventory to the PEM" in run.stderr
     assert tls_bao.client().sys.list_mounted_secrets_engines()["data"].get("k8s_pki_root_ca/") is None
 
     project.write_inventory(loopback_inventory(**INVENTORY_ARGS, extra=vault_section(
@@ -196,3 +205,12 @@ def test_tls_verification_failure_and_the_ca_bundle_option(tls_bao, tmp_path):
     chain = x509.load_pem_x509_certificates(project.node_file("cp1", "etc/k8s/kube-apiserver/apiserver.crt")
                                             .read_bytes())
     assert chain[1].subject.rfc4514_string() == "CN=testcluster-kubernetes-ca"
+
+
+def test_https_to_a_plain_http_port_is_named_with_the_fix(bao, vault_project):
+    https = bao.address.replace("http://", "https://")
+    vault_project.write_inventory(loopback_inventory(**INVENTORY_ARGS, extra=(
+        f"ca: {{backend: vault, address: '{https}', auth: token}}")))
+    run = vault_project.doit("pki", env=no_vault_env(VAULT_TOKEN=bao.root_token), check=False)
+    assert_fails_cleanly(run, f"Vault at {https} does not speak TLS on this port; use http:// in ca.address")
+    assert only_doit_state(vault_project)
