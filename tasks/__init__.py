@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 import sys
 from pathlib import Path
 
+from doit.dependency import MD5Checker, get_file_md5
 from doit.reporter import ExecutedOnlyReporter
 
 
@@ -18,11 +20,40 @@ class ProgressOnStderr(ExecutedOnlyReporter):
         super().__init__(sys.stderr, options)
 
 
+class SharedFileChecker(MD5Checker):
+    """doit's md5 checker, hashing each changed file once per run instead of once per task
+    that depends on it: every bundle of an arch depends on the same ~300 MB of binaries."""
+
+    _md5: dict[tuple, str] = {}
+
+    def _hash(self, path: str, stat: os.stat_result) -> str:
+        key = (path, stat.st_mtime_ns, stat.st_size)
+        if key not in self._md5:
+            self._md5[key] = get_file_md5(path)
+        return self._md5[key]
+
+    def check_modified(self, file_path, file_stat, state):
+        timestamp, size, file_md5 = state
+        if file_stat.st_mtime == timestamp:
+            return False
+        if file_stat.st_size != size:
+            return True
+        return file_md5 != self._hash(file_path, file_stat)
+
+    def get_state(self, dep, current_state):
+        stat = os.stat(dep)
+        if current_state and current_state[0] == stat.st_mtime:
+            return None
+        return stat.st_mtime, stat.st_size, self._hash(dep, stat)
+
+
 DOIT_CONFIG = {
-    "default_tasks": ["pki", "secrets", "render"],
+    # `doit vendor` is left out: it is the one stage that needs the network.
+    "default_tasks": ["pki", "secrets", "render", "bundle"],
     "dep_file": "build/.doit.db",
     "backend": "sqlite3",
     "reporter": ProgressOnStderr,
+    "check_file_uptodate": SharedFileChecker,
 }
 
 

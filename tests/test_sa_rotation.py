@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
 from conftest import Project, loopback_inventory
+from test_bundle_support import stand_in_vendor
 from kthw import sa_rotation
 from kthw.errors import KthwError, StateError
 from kthw.render import unit_exec_start
@@ -35,7 +36,7 @@ CONTROLLER_MANAGER_UNIT = "/etc/systemd/system/kube-controller-manager.service"
 SA_KEY, SA_PUB = "/etc/k8s/shared/sa.key", "/etc/k8s/shared/sa.pub"
 SA_NEXT_PUB, SA_PREVIOUS_PUB = "/etc/k8s/shared/sa-next.pub", "/etc/k8s/shared/sa-previous.pub"
 NOW = datetime(2031, 1, 1, tzinfo=timezone.utc)
-CONTROL_PLANE_TASK = re.compile(r"^(secrets|render):cp[123]/")
+CONTROL_PLANE_TASK = re.compile(r"^((secrets|render):cp[123]/|bundle:cp[123]$)")
 
 
 # --- JWTs as the API server signs and checks them --------------------------------------------
@@ -137,6 +138,7 @@ def _fails_cleanly(run, *needles):
 def test_three_runs_rotate_the_key_without_a_moment_where_a_valid_token_is_refused(tmp_path):
     project = Project(tmp_path)
     project.write_inventory(loopback_inventory())
+    stand_in_vendor(project.root, project.inventory)  # as after `doit vendor`, so bundles build too
     project.doit()  # every default stage: a rebuild of anything else would show below
     old_key = _state(project, "sa.key").read_bytes()
     old_token = sign_token(old_key)
@@ -234,6 +236,7 @@ def test_rotating_before_there_is_a_key_is_refused(tmp_path):
 def in_phase_add(tmp_path) -> Project:
     project = Project(tmp_path)
     project.write_inventory(loopback_inventory(workers=1))
+    stand_in_vendor(project.root, project.inventory)
     project.doit()
     project.doit("rotate_sa_key")
     project.doit()

