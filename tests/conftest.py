@@ -93,6 +93,20 @@ class Run:
         return [line[3:].strip() for line in self.stderr.splitlines() if line.startswith(".  ")]
 
 
+def changed(before: dict, after: dict) -> set[str]:
+    """Paths whose snapshot entry differs (added, removed or rewritten)."""
+    return {path for path in before.keys() | after.keys() if before.get(path) != after.get(path)}
+
+
+def fails_cleanly(run: Run, *needles: str) -> None:
+    """A user error: non-zero exit, no traceback, and the message says each of ``needles``."""
+    output = run.stdout + run.stderr
+    assert run.returncode != 0, output
+    assert "Traceback" not in output, output
+    for needle in needles:
+        assert needle in output, output
+
+
 @dataclass
 class Project:
     """A scratch working directory with its own inventory, build/ and doit state."""

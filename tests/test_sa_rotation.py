@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
-from conftest import Project, loopback_inventory
+from conftest import Project, changed, fails_cleanly, loopback_inventory
 from test_bundle_support import stand_in_vendor
 from kthw import sa_rotation
 from kthw.errors import KthwError, StateError
@@ -120,18 +120,6 @@ def _state(project: Project, name: str):
     return project.root / "build" / "state" / name
 
 
-def _changed(before: dict, after: dict) -> set[str]:
-    return {path for path in before.keys() | after.keys() if before.get(path) != after.get(path)}
-
-
-def _fails_cleanly(run, *needles):
-    output = run.stdout + run.stderr
-    assert run.returncode != 0, output
-    assert "Traceback" not in output, output
-    for needle in needles:
-        assert needle in output, output
-
-
 # --- the three phases ---------------------------------------------------------------------
 
 
@@ -149,15 +137,15 @@ def test_three_runs_rotate_the_key_without_a_moment_where_a_valid_token_is_refus
         before = project.snapshot()
         run = project.doit("rotate_sa_key", *args)
         # The rotation only changes the precious state; the nodes' files wait for `doit`.
-        assert _changed(before, project.snapshot()) <= {
+        assert changed(before, project.snapshot()) <= {
             f"build/state/{name}" for name in ("sa.key", "sa.pub", "sa-next.key", "sa-next.pub", "sa-previous.pub",
                                                "sa-rotation.yaml")}
         before = project.snapshot()
         rebuild = project.doit()
         assert rebuild.executed and all(CONTROL_PLANE_TASK.match(t) for t in rebuild.executed), rebuild.executed
         assert {f"render:{n}/kube-apiserver.service" for n in CONTROL_PLANES} <= set(rebuild.executed)
-        changed = _changed(before, project.snapshot())
-        assert changed and all(p.startswith(tuple(f"build/nodes/{n}/" for n in CONTROL_PLANES)) for p in changed)
+        rewritten = changed(before, project.snapshot())
+        assert rewritten and all(p.startswith(tuple(f"build/nodes/{n}/" for n in CONTROL_PLANES)) for p in rewritten)
         for node in CONTROL_PLANES:
             # Every key file a unit names is in the node's tree (nothing dangles).
             for path in accepted_key_files(project, node) + [SA_KEY]:
@@ -198,7 +186,7 @@ def test_three_runs_rotate_the_key_without_a_moment_where_a_valid_token_is_refus
 
     # Dropping the old key before its tokens are gone is refused and changes nothing.
     before = project.snapshot()
-    _fails_cleanly(project.doit("rotate_sa_key", check=False), "old_tokens_gone=yes", "not dropping")
+    fails_cleanly(project.doit("rotate_sa_key", check=False), "old_tokens_gone=yes", "not dropping")
     assert project.snapshot() == before
 
     # 3. drop: one key pair again, the new one.
@@ -225,7 +213,7 @@ def test_the_rotation_task_is_explicit():
 def test_rotating_before_there_is_a_key_is_refused(tmp_path):
     project = Project(tmp_path)
     project.write_inventory(loopback_inventory(workers=1))
-    _fails_cleanly(project.doit("rotate_sa_key", check=False), "run `doit secrets` first")
+    fails_cleanly(project.doit("rotate_sa_key", check=False), "run `doit secrets` first")
     assert not _state(project, "sa.key").exists() and not _state(project, "sa-rotation.yaml").exists()
 
 
@@ -271,7 +259,7 @@ def test_a_damaged_rotation_file_stops_every_task_and_is_left_as_is(in_phase_add
     keys = {name: _state(project, name).read_bytes() for name in ("sa.key", "sa-next.key")}
     nodes = project.snapshot("build/nodes")
     for args in ((), ("secrets",), ("rotate_sa_key",), ("rotate_sa_key", "old_tokens_gone=yes")):
-        _fails_cleanly(project.doit(*args, check=False), str(path), *needles)
+        fails_cleanly(project.doit(*args, check=False), str(path), *needles)
         assert path.read_bytes() == damaged
         assert {name: _state(project, name).read_bytes() for name in keys} == keys
     assert not _state(project, "sa-previous.pub").exists()
@@ -283,14 +271,14 @@ def test_a_damaged_record_stops_the_api_server_unit_with_the_same_message(in_pha
     record = _state(project, "sa-rotation.yaml")
     record.write_text("phase: sideways\n")
     run = project.doit("render:cp1/kube-apiserver.service", check=False)
-    _fails_cleanly(run, str(record), "not a rotation record")
+    fails_cleanly(run, str(record), "not a rotation record")
 
 
 def test_a_lost_signing_key_during_a_rotation_is_not_replaced(in_phase_add):
     project = in_phase_add
     _state(project, "sa.key").unlink()
     for args in (("secrets",), ("rotate_sa_key",)):
-        _fails_cleanly(project.doit(*args, check=False), "sa.key is missing", "none is made",
+        fails_cleanly(project.doit(*args, check=False), "sa.key is missing", "none is made",
                        "Restore it from a backup")
         assert not _state(project, "sa.key").exists()
 
@@ -300,7 +288,7 @@ def test_a_left_over_next_key_without_a_record_is_refused(in_phase_add):
     project = in_phase_add
     _state(project, "sa-rotation.yaml").unlink()
     before = _state(project, "sa-next.key").read_bytes()
-    _fails_cleanly(project.doit("rotate_sa_key", check=False), "sa-next.key exists", "no rotation in progress")
+    fails_cleanly(project.doit("rotate_sa_key", check=False), "sa-next.key exists", "no rotation in progress")
     assert _state(project, "sa-next.key").read_bytes() == before
 
 

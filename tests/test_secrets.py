@@ -16,7 +16,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from conftest import Project, loopback_inventory
+from conftest import Project, changed, fails_cleanly, loopback_inventory
 from test_bundle_support import stand_in_vendor
 from kthw import encryption, tokens
 from kthw.errors import StateError
@@ -301,10 +301,6 @@ def test_a_rerun_changes_nothing_and_clean_keeps_every_precious_byte(tmp_path):
     assert _secret_outputs(project) == outputs
 
 
-def _changed(before: dict, after: dict) -> set[str]:
-    return {path for path in before.keys() | after.keys() if before.get(path) != after.get(path)}
-
-
 def test_rotation_walks_three_phases_and_each_run_between_rebuilds_only_control_planes(tmp_path):
     project = Project(tmp_path)
     _build(project)
@@ -319,13 +315,13 @@ def test_rotation_walks_three_phases_and_each_run_between_rebuilds_only_control_
         run = project.doit("rotate_encryption_key", *args)
         assert [(p, name) for p, name, _ in _encryption_keys(config)] == expect
         # The rotation task itself only records the phase; the next `doit` installs it.
-        assert _changed(before, project.snapshot()) <= {"build/state/encryption/encryption-config.yaml",
+        assert changed(before, project.snapshot()) <= {"build/state/encryption/encryption-config.yaml",
                                                         "build/state/encryption/rotation.yaml"}
         before = project.snapshot()
         rebuild = project.doit()
         assert sorted(rebuild.executed) == sorted([f"secrets:{n}/encryption-config" for n in CONTROL_PLANES]
                                                   + [f"bundle:{n}" for n in CONTROL_PLANES])
-        assert _changed(before, project.snapshot()) == set(cp_config.values())
+        assert changed(before, project.snapshot()) == set(cp_config.values())
         for node in CONTROL_PLANES:
             assert project.node_file(node, ENCRYPTION_CONFIG).read_bytes() == config.read_bytes()
         return run
@@ -412,19 +408,11 @@ def test_a_token_inside_the_renewal_window_is_replaced(tmp_path):
 # --- bad input ----------------------------------------------------------------------------
 
 
-def _fails_cleanly(run, *needles):
-    output = run.stdout + run.stderr
-    assert run.returncode != 0, output
-    assert "Traceback" not in output, output
-    for needle in needles:
-        assert needle in output, output
-
-
 def test_an_unknown_provider_in_the_inventory_is_refused(tmp_path):
     project = Project(tmp_path)
     project.write_inventory(loopback_inventory(extra="encryption_provider: aesgsm"))
     run = project.doit("secrets", check=False)
-    _fails_cleanly(run, "cluster.yaml", "encryption_provider", "did you mean 'aesgcm'")
+    fails_cleanly(run, "cluster.yaml", "encryption_provider", "did you mean 'aesgcm'")
     assert not (project.root / "build" / "state").exists()
 
 
@@ -449,7 +437,7 @@ def test_a_damaged_encryption_config_stops_the_build_and_is_left_as_is(tmp_path,
     damaged = path.read_bytes()
     installed = project.node_file("cp1", ENCRYPTION_CONFIG).read_bytes()
     for args in (("secrets",), ("rotate_encryption_key",)):
-        _fails_cleanly(project.doit(*args, check=False), *needles)
+        fails_cleanly(project.doit(*args, check=False), *needles)
         assert path.read_bytes() == damaged
     assert project.node_file("cp1", ENCRYPTION_CONFIG).read_bytes() == installed
 
@@ -461,7 +449,7 @@ def test_a_corrupt_sa_key_stops_the_build_and_is_left_as_is(tmp_path):
     path.write_bytes(path.read_bytes()[:60] + b"garbage\n")
     damaged = path.read_bytes()
     run = project.doit("secrets", check=False)
-    _fails_cleanly(run, str(path), "Restore it from a backup", "delete it")
+    fails_cleanly(run, str(path), "Restore it from a backup", "delete it")
     assert path.read_bytes() == damaged
 
 
@@ -479,7 +467,7 @@ def test_a_hand_edited_token_file_stops_the_build_and_is_left_as_is(tmp_path, ed
     path.write_text(edit(path.read_text()))
     damaged = path.read_bytes()
     run = project.doit("secrets", check=False)
-    _fails_cleanly(run, str(path), needle, "delete it")
+    fails_cleanly(run, str(path), needle, "delete it")
     assert token_secret not in run.stdout + run.stderr  # a secret is never echoed to the terminal
     assert path.read_bytes() == damaged
 
