@@ -56,12 +56,13 @@ from cryptography.x509.oid import NameOID
 from hvac import exceptions as hvac_errors
 
 from .catalogue import INTERMEDIATES, LEAVES, ROOT, ca_specs, leaves_for
-from .crypto import BACKDATE, CertSpec, PrivateKey, certs_pem, load_certificates, signed_by
+from . import clock
+from .crypto import BACKDATE, CertSpec, PrivateKey, certs_pem, load_certificates, read_facts, signed_by
 from .errors import KthwError, StateError
 from .fsutil import PUBLIC_MODE, atomic_write
 from .inventory import CASettings, Inventory
 from .layout import KeyPairPaths
-from .renewal import renewal_reason
+from .renewal import calendar_reason, renewal_reason
 
 # Inventory key algorithm -> Vault key_type and key_bits (for the CAs Vault generates).
 KEY_TYPES = {"ecdsa-p256": ("ec", 256), "ecdsa-p384": ("ec", 384), "rsa-2048": ("rsa", 2048),
@@ -118,8 +119,8 @@ def _translate(err: Exception, server: str, path: str) -> VaultError:
     if isinstance(err, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
         return VaultError(f"{where} is unreachable ({_connection_reason(err)}); check ca.address in the "
                           "inventory and that Vault is running")
-    if isinstance(err, OSError):  # e.g. the ca_bundle file cannot be read
-        return VaultError(f"{where}: {err}; fix ca.ca_bundle in the inventory")
+    if isinstance(err, requests.exceptions.RequestException):
+        return VaultError(f"{where}: request to {path} failed ({_first_line(str(err))[:200]}); check ca.address")
     if not isinstance(err, hvac_errors.VaultError):
         return VaultError(f"{where}: {path}: {err}")
     detail = _first_line("; ".join(err.errors) if getattr(err, "errors", None) else str(err).split(", on ")[0])
@@ -138,18 +139,24 @@ def _translate(err: Exception, server: str, path: str) -> VaultError:
         return VaultError(f"{where}: permission denied on {path}: the token is expired or revoked, or its "
                           f"policy does not allow this path; grant it in the policy of the identity in ca.auth")
     if isinstance(err, hvac_errors.InvalidPath) and "no handler for route" in detail:
-        mount = path.split("/")[0] if not path.startswith("auth/") else "/".join(path.split("/")[:2])
         if path.startswith("auth/"):
-            return VaultError(f"{where}: no auth method is enabled at {mount}; enable it or fix ca.auth.method / "
-                              "ca.auth.mount in the inventory")
-        return VaultError(f"{where}: mount '{mount}' does not exist ({path}); {SETUP_HINT}")
+            return VaultError(f"{where}: no auth method is enabled at {path.rsplit('/login', 1)[0]}; enable it or "
+                              "fix ca.auth.method / ca.auth.mount in the inventory")
+        return VaultError(f"{where}: mount '{_mount_of(path)}' does not exist ({path}); {SETUP_HINT}")
     if "no default issuer" in detail:
-        return VaultError(f"{where}: mount '{path.split('/')[0]}' has no CA yet ({path}); {SETUP_HINT}")
+        return VaultError(f"{where}: mount '{_mount_of(path)}' has no CA yet ({path}); {SETUP_HINT}")
     if "unknown role" in detail:
         return VaultError(f"{where}: {path}: {detail}; {SETUP_HINT}")
     if "not allowed by this role" in detail or "not allowed by role" in detail:
         return VaultError(f"{where}: the role refuses the request at {path}: {detail}; {ROLE_HINT}")
     return VaultError(f"{where}: {path}: {detail}")
+
+
+def _mount_of(path: str) -> str:
+    for marker in ("/cert/", "/sign/", "/root/", "/roles/", "/intermediate/", "/issuer/"):
+        if marker in path:
+            return path.split(marker)[0]
+    return path.split("/")[0]
 
 
 def _ssl_reason(err: Exception) -> str:
@@ -172,6 +179,9 @@ class Session:
     def __init__(self, settings: CASettings):
         self.settings = settings
         self.server = settings.address
+        if settings.ca_bundle is not None and not settings.ca_bundle.is_file():
+            raise VaultError(f"{settings.ca_bundle}: no such file (ca.ca_bundle, to verify Vault's TLS certificate); "
+                             "fix the path in the inventory")
         # verify=None lets hvac fall back to $VAULT_CACERT / $VAULT_CAPATH, then the system CAs.
         # token="" keeps hvac from picking a token up on its own (~/.vault-token).
         self.client = hvac.Client(url=settings.address, token="", namespace=settings.namespace, timeout=TIMEOUT,
@@ -368,8 +378,12 @@ def open_vault_ca(settings: CASettings, name: str, paths: KeyPairPaths) -> Vault
     return VaultCA(name, load_certificates(paths.cert)[0], settings)
 
 
-def refresh_ca_cert(settings: CASettings, name: str, paths: KeyPairPaths, parent: Path | None) -> str:
-    """Copy a Vault CA's cert to ``paths.cert``; unchanged bytes leave the file (and its mtime) alone."""
+def refresh_ca_cert(settings: CASettings, name: str, paths: KeyPairPaths, parent: Path | None,
+                    window: timedelta) -> str:
+    """Copy a Vault CA's cert to ``paths.cert``; unchanged bytes leave the file (and its mtime) alone.
+
+    A CA due for renewal is only reported: its key is in Vault and vault_setup never replaces it.
+    """
     if paths.key.exists():
         raise StateError(f"{paths.key} belongs to a local {name} CA, but the inventory's CA backend is vault. "
                          "Switching a build to Vault replaces its whole PKI: move build/pki aside (keep it as a "
@@ -381,9 +395,7 @@ def refresh_ca_cert(settings: CASettings, name: str, paths: KeyPairPaths, parent
         cert = x509.load_pem_x509_certificate(pem)
     except ValueError:
         raise VaultError(f"Vault at {vault.server}: {mount}/cert/ca is not a readable certificate") from None
-    basic = cert.extensions.get_extension_for_class(x509.BasicConstraints).value \
-        if _has(cert, x509.BasicConstraints) else None
-    if basic is None or not basic.ca:
+    if "ca" not in read_facts(cert).usages:
         raise VaultError(f"Vault at {vault.server}: the cert of mount '{mount}' is not a CA certificate")
     if parent is not None:
         issuer = load_certificates(parent)[0]
@@ -395,15 +407,12 @@ def refresh_ca_cert(settings: CASettings, name: str, paths: KeyPairPaths, parent
         raise VaultError(f"Vault at {vault.server}: the CA of mount '{mount}' is not a self-signed root; "
                          "fix ca.naming.root_mount in the inventory")
     changed = atomic_write(paths.cert, certs_pem(cert), PUBLIC_MODE)
-    return f"CA {name}: fetched from Vault ({mount})" if changed else ""
-
-
-def _has(cert: x509.Certificate, kind) -> bool:
-    try:
-        cert.extensions.get_extension_for_class(kind)
-    except x509.ExtensionNotFound:
-        return False
-    return True
+    notes = [f"CA {name}: fetched from Vault ({mount})"] if changed else []
+    due = calendar_reason(cert.not_valid_after_utc, clock.now(), window)
+    if due is not None:
+        notes.append(f"warning: CA {name} in Vault ({mount}) {due.text}; renew or replace it in Vault "
+                     "(vault_setup never replaces a CA); doit then re-issues what it signed")
+    return "\n".join(notes)
 
 
 # --- vault_setup -------------------------------------------------------------------------

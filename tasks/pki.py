@@ -76,14 +76,14 @@ def _ca_task(spec: CertSpec, layout: Layout, parent: str | None, settings: CASet
     }
 
 
-def _vault_ca_task(spec: CertSpec, layout: Layout, parent: str | None, settings: CASettings) -> dict:
+def _vault_ca_task(spec: CertSpec, layout: Layout, parent: str | None, settings: CASettings, window) -> dict:
     """A CA kept in Vault: only its cert is copied here, never a key."""
     paths = layout.ca(spec.name)
     parent_cert = layout.ca(parent).cert if parent else None
     return {
         "name": f"ca-{spec.name}",
         "doc": f"{spec.name} CA ({spec.common_name}): its cert, copied from Vault",
-        "actions": [(guarded, [vault.refresh_ca_cert, settings, spec.name, paths, parent_cert])],
+        "actions": [(guarded, [vault.refresh_ca_cert, settings, spec.name, paths, parent_cert, window])],
         "file_dep": [parent_cert] if parent_cert else [],
         "targets": [paths.cert],
         # Asked on every run: an unchanged cert is not rewritten, a changed one re-issues its leaves.
@@ -158,7 +158,7 @@ def task_pki():
     for name, spec in ca_specs(inv).items():
         parent = None if name == ROOT else ROOT
         if inv.ca.backend == "vault" and vault.holds(name):
-            yield _vault_ca_task(spec, layout, parent, inv.ca)
+            yield _vault_ca_task(spec, layout, parent, inv.ca, inv.renew_before)
         else:
             yield _ca_task(spec, layout, parent, inv.ca, inv.renew_before)
     for node in inv.nodes:

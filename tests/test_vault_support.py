@@ -183,7 +183,7 @@ cluster_addr = "http://127.0.0.1:{port + 1}"
 
 def vault_section(bao: Bao, auth: str = "token", extra: str = "") -> str:
     """The inventory's `ca:` block for this server (flow style, one line)."""
-    parts = [f"backend: vault", f"address: '{bao.address}'", f"auth: {auth}"]
+    parts = ["backend: vault", f"address: '{bao.address}'", f"auth: {auth}"]
     if extra:
         parts.append(extra)
     return "ca: {" + ", ".join(parts) + "}"
