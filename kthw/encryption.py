@@ -28,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from .catalogue import LEAVES
+from . import rotation
 from .errors import KthwError, StateError
 from .fsutil import SECRET_MODE, atomic_write
 
@@ -38,7 +39,7 @@ KEY_LENGTHS: dict[str, tuple[int, ...]] = {"secretbox": (32,), "aesgcm": (16, 24
 NEW_KEY_BYTES = 32
 _KEY_NAME = re.compile(r"^key(\d+)$")
 
-IDLE, ADDED, FIRST, REMOVED = "idle", "new-key-added", "new-key-first", "old-key-removed"
+IDLE, ADDED, FIRST, REMOVED = rotation.IDLE, "new-key-added", "new-key-first", "old-key-removed"
 NEXT_PHASE = {IDLE: ADDED, REMOVED: ADDED, ADDED: FIRST, FIRST: REMOVED}
 
 _ADMIN_KUBECONFIG = next(row.kubeconfig for row in LEAVES if row.name == "admin")
@@ -160,40 +161,21 @@ def read(path: Path) -> EncryptionConfig | None:
 # --- the rotation record -------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Rotation:
-    phase: str
-    old_key: str
-    new_key: str
-    at: str
+def read_rotation(path: Path) -> rotation.PhaseRecord:
+    return rotation.read(path, (ADDED, FIRST, REMOVED), "the encryption key rotation, `doit rotate_encryption_key`")
 
 
-def read_rotation(path: Path) -> Rotation:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_bytes())
-    except FileNotFoundError:
-        return Rotation(IDLE, "", "", "")
-    except (OSError, yaml.YAMLError) as err:
-        raise StateError(f"{path}: cannot be read ({err}). Restore it from a backup; it records the phase of "
-                         "the encryption key rotation") from None
-    if not isinstance(data, dict) or data.get("phase") not in (ADDED, FIRST, REMOVED) \
-            or set(data) != {"phase", "old_key", "new_key", "at"}:
-        raise StateError(f"{path}: not a rotation record (phase: {ADDED}|{FIRST}|{REMOVED}, old_key, new_key, "
-                         "at). Restore it from a backup")
-    return Rotation(str(data["phase"]), str(data["old_key"]), str(data["new_key"]), str(data["at"]))
-
-
-def _check_phase(config: EncryptionConfig, rotation: Rotation, config_path: Path, rotation_path: Path) -> None:
+def _check_phase(config: EncryptionConfig, record: rotation.PhaseRecord, config_path: Path,
+                 rotation_path: Path) -> None:
     """The configuration must be in the shape the recorded phase left it in."""
     names = [k.name for k in config.keys]
-    expected = {ADDED: [rotation.old_key, rotation.new_key], FIRST: [rotation.new_key, rotation.old_key],
-                REMOVED: [rotation.new_key]}.get(rotation.phase)
-    if rotation.phase == IDLE:
+    expected = {ADDED: [record.old_key, record.new_key], FIRST: [record.new_key, record.old_key],
+                REMOVED: [record.new_key]}.get(record.phase)
+    if record.phase == IDLE:
         expected = names[:1]
     if names != expected:
         raise StateError(f"{config_path} holds keys {names} but {rotation_path} records phase "
-                         f"{rotation.phase!r} (expected keys {expected}). Both were left as they are: restore "
+                         f"{record.phase!r} (expected keys {expected}). Both were left as they are: restore "
                          "the pair from a backup")
 
 
@@ -210,10 +192,10 @@ def ensure(path: Path, rotation_path: Path, provider: str) -> str:
     return provider_note(config, read_rotation(rotation_path), provider)
 
 
-def provider_note(config: EncryptionConfig, rotation: Rotation, provider: str) -> str:
+def provider_note(config: EncryptionConfig, record: rotation.PhaseRecord, provider: str) -> str:
     """A warning when the inventory asks for another provider than the one that encrypts."""
     writer = config.keys[0].provider
-    if writer == provider or rotation.phase in (ADDED, FIRST):
+    if writer == provider or record.phase in (ADDED, FIRST):
         return ""
     return (f"warning: encryption_provider is {provider} but {writer} key {config.keys[0].name} encrypts; the key "
             f"is kept. To switch, run `doit rotate_encryption_key` three times (the new key uses {provider})")
@@ -224,23 +206,23 @@ def rotate(path: Path, rotation_path: Path, provider: str, now: datetime, secret
     config = read(path)
     if config is None:
         raise KthwError(f"{path} does not exist yet; run `doit secrets` first (there is nothing to rotate)")
-    rotation = read_rotation(rotation_path)
-    _check_phase(config, rotation, path, rotation_path)
-    phase = NEXT_PHASE[rotation.phase]
+    record = read_rotation(rotation_path)
+    _check_phase(config, record, path, rotation_path)
+    phase = NEXT_PHASE[record.phase]
     if phase == ADDED:
         config = config.with_new_key(provider)
         old, new = config.keys[0].name, config.keys[1].name
         done = f"new {provider} key {new} added second; {old} still encrypts"
         then = f"then run `doit rotate_encryption_key` again to make {new} the key that encrypts"
     elif phase == FIRST:
-        old, new = rotation.old_key, rotation.new_key
+        old, new = record.old_key, record.new_key
         config = EncryptionConfig((config.keys[1], config.keys[0]))
         done = f"{new} now encrypts; {old} still decrypts"
         then = (f"then rewrite every Secret so it is encrypted with {new}, on one control-plane node:\n"
                 f"    {REWRITE_SECRETS}\n"
                 f"and run `doit rotate_encryption_key secrets_rewritten=yes` to remove {old}")
     else:
-        old, new = rotation.old_key, rotation.new_key
+        old, new = record.old_key, record.new_key
         if not secrets_rewritten:
             raise KthwError(
                 f"not removing {old} yet: Secrets still encrypted with it would become unreadable. Once every "
@@ -250,9 +232,8 @@ def rotate(path: Path, rotation_path: Path, provider: str, now: datetime, secret
         config = EncryptionConfig(config.keys[:1])
         done = f"{old} removed; {new} is the only key"
         then = "the rotation is complete"
-    record = {"phase": phase, "old_key": old, "new_key": new, "at": now.strftime("%Y-%m-%dT%H:%M:%SZ")}
     # Configuration first: a crash between the two writes is reported by _check_phase next time.
     atomic_write(path, config.dumps(), SECRET_MODE)
-    atomic_write(rotation_path, yaml.safe_dump(record, sort_keys=False).encode(), SECRET_MODE)
+    rotation.write(rotation_path, phase, old, new, now)
     step = {ADDED: 1, FIRST: 2, REMOVED: 3}[phase]
     return f"encryption key rotation, phase {step} of 3 ({phase}): {done}.\nNext: {INSTALL}; {then}."

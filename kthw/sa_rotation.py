@@ -30,15 +30,14 @@ match stops the build with its name and the fix, leaving it as it is.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import yaml
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from . import rotation
 from .catalogue import LEAVES
 from .crypto import generate_key, load_private_key, private_key_pem, public_key_pem, public_key_sha256
 from .errors import KthwError, StateError
@@ -46,7 +45,7 @@ from .fsutil import PUBLIC_MODE, SECRET_MODE, atomic_write
 from .render import PATHS
 from .secrets import SecretsState, ensure_sa_keypair, load_sa_key
 
-IDLE, ADD, PROMOTE, DROP = "idle", "add", "promote", "drop"
+IDLE, ADD, PROMOTE, DROP = rotation.IDLE, "add", "promote", "drop"
 NEXT_PHASE = {IDLE: ADD, DROP: ADD, ADD: PROMOTE, PROMOTE: DROP}
 # The public key accepted besides the signing pair's, per phase: the name of its
 # SecretsState file and of its node path in kthw.render.PATHS (the same name).
@@ -66,36 +65,9 @@ def fingerprint(key) -> str:
 # --- the record ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Record:
-    phase: str
-    old_key: str  # fingerprints
-    new_key: str
-    at: str
-
-
-def read_record(path: Path) -> Record:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_bytes())
-    except FileNotFoundError:
-        return Record(IDLE, "", "", "")
-    except OSError as err:
-        raise _bad_record(path, f"cannot be read ({err.strerror})") from None
-    except yaml.YAMLError as err:
-        raise _bad_record(path, f"not valid YAML ({err})") from None
-    if not isinstance(data, dict) or set(data) != {"phase", "old_key", "new_key", "at"} \
-            or data["phase"] not in (ADD, PROMOTE, DROP) \
-            or not all(isinstance(data[k], str) and _FINGERPRINT.match(data[k]) for k in ("old_key", "new_key")) \
-            or data["old_key"] == data["new_key"]:
-        raise _bad_record(path, f"not a rotation record (phase: {ADD}|{PROMOTE}|{DROP}, old_key and new_key: "
-                                "two different sha256:<64 hex> fingerprints, at)")
-    return Record(data["phase"], data["old_key"], data["new_key"], str(data["at"]))
-
-
-def _bad_record(path: Path, problem: str) -> StateError:
-    return StateError(f"{path}: {problem}. It was left as it is: restore it from a backup of build/state (it records "
-                      f"the phase of the service-account key rotation, `{TASK}`, and which key signs)")
+def read_record(path: Path) -> rotation.PhaseRecord:
+    return rotation.read(path, (ADD, PROMOTE, DROP), f"the service-account key rotation, `{TASK}`, and which key signs",
+                         key_ok=lambda key: bool(_FINGERPRINT.match(key)), key_form="sha256:<64 hex> fingerprints")
 
 
 def phase_of(state: SecretsState) -> str:
@@ -150,7 +122,7 @@ def _restore(record_path: Path) -> str:
             f"{record_path})")
 
 
-def _signing_key(state: SecretsState, record: Record):
+def _signing_key(state: SecretsState, record: rotation.PhaseRecord):
     if not state.sa_key.exists():
         raise StateError(f"{state.sa_key} is missing while {state.sa_rotation} records rotation phase "
                          f"{record.phase!r}; a new key would invalidate every service-account token, so none is "
@@ -159,14 +131,14 @@ def _signing_key(state: SecretsState, record: Record):
                                        f"rotation in progress ({state.sa_rotation})")
 
 
-def _expect(path: Path, key, expected: str, role: str, record: Record, record_path: Path) -> None:
+def _expect(path: Path, key, expected: str, role: str, record: rotation.PhaseRecord, record_path: Path) -> None:
     found = fingerprint(key)
     if found != expected:
         raise StateError(f"{path} holds key {found}, but {record_path} records phase {record.phase!r}, in which it "
                          f"holds the {role} key {expected}. Both were left as they are. {_restore(record_path)}")
 
 
-def check(state: SecretsState) -> tuple[Record, object | None]:
+def check(state: SecretsState) -> tuple[rotation.PhaseRecord, object | None]:
     """Read the record and check every key file against it; returns the record and the
     signing key (None when there is none yet, before the first `doit secrets`)."""
     record = read_record(state.sa_rotation)
@@ -202,7 +174,7 @@ def _lost_next_key(state: SecretsState) -> str:
             f"to the one key) and start the rotation again with `{TASK}`")
 
 
-def _derived_pubs(state: SecretsState, record: Record) -> list[tuple[Path, Path]]:
+def _derived_pubs(state: SecretsState, record: rotation.PhaseRecord) -> list[tuple[Path, Path]]:
     """(private key, public key file written from it) pairs of the phase."""
     pairs = [(state.sa_key, state.sa_pub)]
     if record.phase == ADD:
@@ -287,7 +259,6 @@ def rotate(state: SecretsState, algorithm: str, now: datetime, old_tokens_gone: 
 
 
 def _write_record(state: SecretsState, phase: str, old_fp: str, new_fp: str, now: datetime) -> None:
-    record = {"phase": phase, "old_key": old_fp, "new_key": new_fp, "at": now.strftime("%Y-%m-%dT%H:%M:%SZ")}
-    header = ("# Phase of the service-account key rotation (`doit rotate_sa_key`), made by kthw-airgap.\n"
-              "# Keys are named by the sha256 of their public key (DER). Never edit it by hand.\n")
-    atomic_write(state.sa_rotation, (header + yaml.safe_dump(record, sort_keys=False)).encode(), PUBLIC_MODE)
+    rotation.write(state.sa_rotation, phase, old_fp, new_fp, now,
+                   header="# Phase of the service-account key rotation (`doit rotate_sa_key`), made by kthw-airgap.\n"
+                          "# Keys are named by the sha256 of their public key (DER). Never edit it by hand.\n")
