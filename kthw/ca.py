@@ -13,6 +13,7 @@ from typing import Protocol
 
 from cryptography import x509
 
+from .catalogue import key_in_vault
 from .crypto import CertSpec, PrivateKey, build_certificate, load_certificates, load_private_key, \
     same_public_key
 from .errors import StateError
@@ -60,8 +61,7 @@ def open_local_ca(name: str, paths: KeyPairPaths) -> LocalCA:
 
 def open_ca(layout: Layout, name: str, settings: CASettings | None = None) -> CertificateAuthority:
     """The CA ``name`` of the inventory's backend (``settings``; None means local files)."""
-    if settings is not None and settings.backend == "vault":
+    if settings is not None and key_in_vault(name, settings.backend):
         from . import vault  # hvac is loaded only where Vault is used
-        if vault.holds(name):
-            return vault.open_vault_ca(settings, name, layout.ca(name))
+        return vault.open_vault_ca(settings, name, layout.ca(name))
     return open_local_ca(name, layout.ca(name))

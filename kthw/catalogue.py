@@ -34,6 +34,11 @@ def cluster_signer(backend: str) -> str:
     return VAULT_CLUSTER_SIGNER if backend == "vault" else CLUSTER_SIGNER
 
 
+def key_in_vault(ca: str, backend: str) -> bool:
+    """With the vault backend every CA key stays in Vault, except the cluster signer's."""
+    return backend == "vault" and ca != cluster_signer(backend)
+
+
 @dataclass(frozen=True)
 class Leaf:
     """One row of the catalogue: a kind of leaf cert."""

@@ -80,11 +80,6 @@ class VaultError(KthwError):
 # --- names ---------------------------------------------------------------------------
 
 
-def holds(name: str) -> bool:
-    """True for the CAs whose key lives in Vault (the root and the trust-domain intermediates)."""
-    return name == ROOT or name in INTERMEDIATES
-
-
 def mount_for(settings: CASettings, ca: str) -> str:
     if ca == ROOT:
         return settings.naming.root_mount

@@ -19,9 +19,8 @@ from __future__ import annotations
 from doit.tools import config_changed
 
 from kthw import clock
-from kthw import vault
 from kthw.ca import open_ca, open_local_ca
-from kthw.catalogue import ROOT, NodeCert, ca_specs, leaves_for, trust_for
+from kthw.catalogue import ROOT, NodeCert, ca_specs, key_in_vault, leaves_for, trust_for
 from kthw.crypto import CertSpec
 from kthw.fsutil import PUBLIC_MODE, SECRET_MODE, atomic_write, remove
 from kthw.inventory import CASettings, Inventory, Node
@@ -47,6 +46,11 @@ def _issue_leaf(spec: CertSpec, paths: KeyPairPaths, issuer: str, layout: Layout
     message = ensure_leaf(spec, paths, open_ca(layout, issuer, settings), clock.now(), window, rekey=rekey)
     _place_all(copies)
     return message
+
+
+def _fetch_vault_ca(settings: CASettings, name: str, paths: KeyPairPaths, parent_cert, window) -> str:
+    from kthw import vault  # hvac is loaded only when the vault backend is used
+    return vault.refresh_ca_cert(settings, name, paths, parent_cert, window)
 
 
 def _place_all(copies: list[tuple]) -> None:
@@ -83,7 +87,7 @@ def _vault_ca_task(spec: CertSpec, layout: Layout, parent: str | None, settings:
     return {
         "name": f"ca-{spec.name}",
         "doc": f"{spec.name} CA ({spec.common_name}): its cert, copied from Vault",
-        "actions": [(guarded, [vault.refresh_ca_cert, settings, spec.name, paths, parent_cert, window])],
+        "actions": [(guarded, [_fetch_vault_ca, settings, spec.name, paths, parent_cert, window])],
         "file_dep": [parent_cert] if parent_cert else [],
         "targets": [paths.cert],
         # Asked on every run: an unchanged cert is not rewritten, a changed one re-issues its leaves.
@@ -157,7 +161,7 @@ def task_pki():
     inv, layout = context()
     for name, spec in ca_specs(inv).items():
         parent = None if name == ROOT else ROOT
-        if inv.ca.backend == "vault" and vault.holds(name):
+        if key_in_vault(name, inv.ca.backend):
             yield _vault_ca_task(spec, layout, parent, inv.ca, inv.renew_before)
         else:
             yield _ca_task(spec, layout, parent, inv.ca, inv.renew_before)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from doit import get_var
 
-from kthw import vault
-
 from .common import context, guarded
 
 UPDATE_ROLES_VAR = "update_roles"
@@ -21,11 +19,16 @@ def _flag(value: str | None) -> bool:
     return str(value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _setup(inv, update_roles: bool) -> str:
+    from kthw import vault  # hvac is loaded only when Vault is used
+    return vault.setup(inv, update_roles)
+
+
 def task_vault_setup():
     """Explicit: create what is missing in Vault (root, one intermediate per trust domain, roles)."""
     inv, _ = context()
     return {
-        "actions": [(guarded, [vault.setup, inv, _flag(get_var(UPDATE_ROLES_VAR, None))])],
+        "actions": [(guarded, [_setup, inv, _flag(get_var(UPDATE_ROLES_VAR, None))])],
         "uptodate": [False],
         "verbosity": 2,
     }
