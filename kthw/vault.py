@@ -142,7 +142,7 @@ def _translate(err: Exception, server: str, path: str) -> VaultError:
         return VaultError(f"{where}: mount '{_mount_of(path)}' has no CA yet ({path}); {SETUP_HINT}")
     if "unknown role" in detail:
         return VaultError(f"{where}: {path}: {detail}; {SETUP_HINT}")
-    if "not allowed by this role" in detail or "not allowed by role" in detail:
+    if "not allowed by this role" in detail or "not allowed by role" in detail or "role requires" in detail:
         return VaultError(f"{where}: the role refuses the request at {path}: {detail}; {ROLE_HINT}")
     return VaultError(f"{where}: {path}: {detail}")
 
@@ -493,7 +493,9 @@ def setup(inv: Inventory, update_roles: bool = False) -> str:
     mounts = vault.call("sys/mounts", vault.client.sys.list_mounted_secrets_engines).get("data") or {}
     for name in (ROOT, *INTERMEDIATES):
         mount = mount_for(settings, name)
-        lifetime = specs[name].lifetime if name == ROOT else max(specs[name].lifetime, inv.lifetimes.leaf)
+        # The root mount's max_lease_ttl caps the root and every CA it signs; leaves are
+        # capped by their role's max_ttl instead.
+        lifetime = specs[name].lifetime
         existing = mounts.get(f"{mount}/")
         if existing is None:
             vault.call(f"sys/mounts/{mount}", vault.client.sys.enable_secrets_engine, "pki", path=mount,
@@ -502,13 +504,17 @@ def setup(inv: Inventory, update_roles: bool = False) -> str:
         elif existing.get("type") != "pki":
             raise VaultError(f"Vault at {vault.server}: mount '{mount}' exists but is a {existing.get('type')} "
                              "engine, not pki; choose another name in ca.naming")
-        else:
+        elif name == ROOT:
             tune = vault.call(f"sys/mounts/{mount}/tune", vault.client.sys.read_mount_configuration, mount)
             max_ttl = (tune.get("data") or tune).get("max_lease_ttl", 0)
             if max_ttl < lifetime.total_seconds():
-                report.append(f"mount {mount}: max_lease_ttl {max_ttl}s is shorter than needed "
-                              f"({_seconds(lifetime)}); certs would be cut short. Left as it is: raise it with "
-                              f"'bao secrets tune -max-lease-ttl={_seconds(lifetime)} {mount}'")
+                fix = f"raise it with 'bao secrets tune -max-lease-ttl={_seconds(lifetime)} {mount}'"
+                if _existing_ca(vault, mount) is None:
+                    raise VaultError(f"Vault at {vault.server}: mount '{mount}' allows at most {max_ttl}s "
+                                     f"(max_lease_ttl), less than the root CA's lifetime ({_seconds(lifetime)}); "
+                                     f"nothing was generated: {fix}, then run vault_setup again")
+                report.append(f"mount {mount}: max_lease_ttl {max_ttl}s is shorter than the root lifetime "
+                              f"({_seconds(lifetime)}): the CAs it signs would be cut short. Left as it is: {fix}")
 
     root_mount = mount_for(settings, ROOT)
     root_pem = _existing_ca(vault, root_mount)

@@ -294,3 +294,41 @@ def test_a_missing_role_points_at_vault_setup(bao, setup_runs, tmp_path):
     assert (f"Vault at {bao.address}: {DOMAIN_MOUNTS['etcd']}/sign/not-set-up-etcd-peer: unknown role: "
             "not-set-up-etcd-peer; run 'doit vault_setup'") in output, output
     assert not (project.root / "build/pki/nodes/cp1/etcd-peer.key").exists()
+
+
+def test_a_root_mount_that_would_cut_the_root_short_is_refused(bao, setup_runs, tmp_path):
+    # A pre-existing, empty mount (made by someone else) whose max_lease_ttl is 30 days:
+    # vault_setup generates no 30-day root in it, and says what to change.
+    _, env, _, _ = setup_runs
+    bao.client().sys.enable_secrets_engine("pki", path="short_root", config={"max_lease_ttl": "720h"})
+    project = Project(tmp_path)
+    project.write_inventory(loopback_inventory(workers=1, extra=vault_section(
+        bao, extra="naming: {root_mount: short_root, intermediate_mount: 'short_pki_{domain}'}")))
+    run = project.doit("vault_setup", env=env, check=False)
+    output = run.stdout + run.stderr
+    assert run.returncode != 0 and "Traceback" not in output
+    assert (f"Vault at {bao.address}: mount 'short_root' allows at most 2592000s (max_lease_ttl), less than the "
+            "root CA's lifetime (315360000s); nothing was generated: raise it with "
+            "'bao secrets tune -max-lease-ttl=315360000s short_root'") in output, output
+    assert "short_pki_etcd/" not in bao.client().sys.list_mounted_secrets_engines()["data"]
+
+
+def test_a_cert_vault_hands_out_shorter_than_asked_is_not_written(bao, setup_runs, tmp_path):
+    # Someone lowered a role's max_ttl in Vault: the cert would be re-issued on every run,
+    # so the build refuses it, and vault_setup names the drift.
+    _, env, _, _ = setup_runs
+    project = Project(tmp_path)
+    project.write_inventory(loopback_inventory(workers=1, extra=vault_section(
+        bao, extra="naming: {role: 'ttl-test-{cert}'}")))
+    project.doit("vault_setup", env=env)
+    role = f"{DOMAIN_MOUNTS['etcd']}/roles/ttl-test-etcd-peer"
+    client = bao.client()
+    client.write_data(role, data={**client.read(role)["data"], "max_ttl": "720h"})
+    run = project.doit("pki:cp1/etcd-peer", env=env, check=False)
+    output = run.stdout + run.stderr
+    assert run.returncode != 0 and "Traceback" not in output
+    assert (f"{DOMAIN_MOUNTS['etcd']}/sign/ttl-test-etcd-peer issued a cert that differs from what was asked "
+            "(lifetime changed); nothing was written") in output, output
+    assert not (project.root / "build/pki/nodes/cp1/etcd-peer.crt").exists()
+    report = project.doit("vault_setup", env=env)
+    assert f"role {role} differs from what the inventory needs (max_ttl: 2592000 -> 31536000)" in report.stdout
