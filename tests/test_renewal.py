@@ -16,6 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from conftest import REPO, Project, free_port, loopback_inventory
+from test_bundle_support import stand_in_vendor
 
 # The first build happened 1800 days ago, so "4 years 11 months later" (day 1795) is
 # just behind the real clock: real etcd, which reads the real clock, can then check
@@ -62,6 +63,26 @@ def test_eleven_months_later_only_leaves_and_their_kubeconfigs_are_reissued(buil
         else:
             assert pki_after[path] != digest, f"{path} should have been re-issued"
     assert built.doit("pki", env=at(335)).executed == []
+
+
+def test_eleven_months_later_a_full_doit_runs_exactly_leaves_kubeconfigs_and_bundles(project):
+    project.write_inventory(loopback_inventory(kubelet_credentials="static"))  # no bootstrap tokens to expire
+    stand_in_vendor(project.root, project.inventory)  # as after `doit vendor`
+    project.doit(env=at(0))
+    state_before = _hashes(project, "build/state")
+    ca_before = _hashes(project, "build/pki/ca")
+    bundles_before = _hashes(project, "bundles")
+
+    run = project.doit(env=at(335))
+    leaves = {f"pki:{p.parent.name}/{p.stem}" for p in (project.root / "build/pki/nodes").rglob("*.crt")}
+    kubeconfigs = {f"pki:{p.parent.name}/{p.stem}.kubeconfig" for p in (project.root / "build/pki/nodes").rglob("*.crt")
+                   if p.stem in ("admin", "controller-manager", "scheduler", "kube-proxy", "kubelet-client")}
+    bundles = {f"bundle:{node}" for node in ("cp1", "cp2", "cp3", "worker1", "worker2")}
+    assert set(run.executed) == leaves | kubeconfigs | bundles
+    assert _hashes(project, "build/state") == state_before, "SA key, encryption config, signing key"
+    assert _hashes(project, "build/pki/ca") == ca_before
+    assert all(_hashes(project, "bundles")[p] != h for p, h in bundles_before.items())
+    assert project.doit(env=at(335)).executed == []
 
 
 def test_intermediates_renew_with_the_same_key_and_old_leaves_still_verify(built, tmp_path):
