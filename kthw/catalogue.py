@@ -145,7 +145,8 @@ SAN_RULES: dict[str, Callable[[Inventory, Node], tuple[list[str], list[str]]]] =
 
 
 def ca_specs(inv: Inventory) -> dict[str, CertSpec]:
-    """The CA hierarchy: the root, then one intermediate per trust domain."""
+    """The CA hierarchy: the root, then one intermediate per trust domain (and the cluster
+    signer when the backend makes it a CA of its own)."""
     specs = {ROOT: CertSpec(ROOT, f"{inv.name}-root-ca", (), frozenset({"ca"}), (), (),
                             inv.lifetimes.root_ca, inv.key_algorithm, path_length=1)}
     for name in (*INTERMEDIATES, cluster_signer(inv.ca.backend)):
