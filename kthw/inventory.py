@@ -402,7 +402,8 @@ def _ca(top: _Reader) -> CASettings:
     def url(value: Any) -> str:
         text = _text(value).rstrip("/")
         if not re.match(r"^https?://[^/\s?#]+$", text):
-            raise _Bad(f"'{text}' is not a Vault address", "write scheme, host and port, e.g. https://vault.example.lan:8200")
+            raise _Bad(f"'{text}' is not a Vault address",
+                       "write scheme, host and port, e.g. https://vault.example.lan:8200")
         return text
 
     def file(value: Any) -> Path:

@@ -14,7 +14,7 @@ import secrets
 import pytest
 from cryptography import x509
 
-from conftest import Project, free_port, loopback_inventory
+from conftest import Project, fails_cleanly, free_port, loopback_inventory
 from test_vault_support import ISSUER_POLICY, dev_server, no_vault_env, project_files, requires_bao, \
     vault_section
 
@@ -57,13 +57,6 @@ def assert_never_leaked(project: Project, run, *values: str):
             assert value.encode() not in data, f"a secret was written to {path}"
 
 
-def assert_fails_cleanly(run, message: str):
-    output = run.stdout + run.stderr
-    assert run.returncode != 0
-    assert message in output, output
-    assert "Traceback" not in output
-
-
 def only_doit_state(project: Project) -> bool:
     return all(path.startswith("build/.doit") for path in project_files(project.root))
 
@@ -86,7 +79,7 @@ def test_userpass_with_a_wrong_password_is_refused_clearly(bao, vault_project):
     wrong = secrets.token_urlsafe(18)
     run = build(vault_project, bao, "{method: userpass, username: kthw}", no_vault_env(KTHW_VAULT_PASSWORD=wrong),
                 check=False)
-    assert_fails_cleanly(run, f"Vault at {bao.address}: login refused at auth/userpass/login/kthw (invalid "
+    fails_cleanly(run, f"Vault at {bao.address}: login refused at auth/userpass/login/kthw (invalid "
                               "username or password): wrong credentials")
     assert wrong not in run.stdout + run.stderr
     assert only_doit_state(vault_project)
@@ -109,7 +102,7 @@ def test_approle_login_with_a_secret_id_file_builds_the_certs(bao, vault_project
     other.root.mkdir()
     run = build(other, bao, f"{{method: approle, role_id: {role_id}}}", no_vault_env(KTHW_VAULT_SECRET_ID="not-it"),
                 check=False)
-    assert_fails_cleanly(run, "login refused at auth/approle/login (invalid role or secret ID): wrong credentials")
+    fails_cleanly(run, "login refused at auth/approle/login (invalid role or secret ID): wrong credentials")
     assert only_doit_state(other)
 
 
@@ -127,7 +120,7 @@ path "{KUBERNETES_MOUNT}/sign/kube-proxy" {{ capabilities = ["update"] }}
     assert vault_project.node_file("worker1", "etc/k8s/kube-proxy/kubeconfig").exists()
     before = vault_project.snapshot()
     run = build(vault_project, bao, auth, no_vault_env(), "pki:worker1/kubelet-serving", check=False)
-    assert_fails_cleanly(run, f"Vault at {bao.address}: permission denied on {KUBERNETES_MOUNT}/sign/kubelet-serving: "
+    fails_cleanly(run, f"Vault at {bao.address}: permission denied on {KUBERNETES_MOUNT}/sign/kubelet-serving: "
                               "the token is expired or revoked, or its policy does not allow this path")
     assert vault_project.snapshot() == before
     assert not (vault_project.root / "build/pki/nodes/worker1/kubelet-serving.key").exists()
@@ -138,9 +131,9 @@ def test_token_from_bao_token_and_a_bad_or_missing_token(bao, vault_project):
     assert (vault_project.root / "build/pki/ca/root.crt").exists()
     before = vault_project.snapshot()
     run = build(vault_project, bao, "token", no_vault_env(VAULT_TOKEN="s.not-a-token"), "pki:ca-root", check=False)
-    assert_fails_cleanly(run, f"Vault at {bao.address}: the token was refused")
+    fails_cleanly(run, f"Vault at {bao.address}: the token was refused")
     run = build(vault_project, bao, "token", no_vault_env(), "pki:ca-root", check=False)
-    assert_fails_cleanly(run, "no Vault token: set VAULT_TOKEN or BAO_TOKEN")
+    fails_cleanly(run, "no Vault token: set VAULT_TOKEN or BAO_TOKEN")
     assert vault_project.snapshot() == before
 
 
@@ -149,7 +142,7 @@ def test_plain_http_to_a_tls_port_is_named_with_the_fix(tls_bao, tmp_path):
     project.write_inventory(loopback_inventory(**INVENTORY_ARGS, extra=(
         f"ca: {{backend: vault, address: '{tls_bao.address.replace('https', 'http')}', auth: token}}")))
     run = project.doit("pki", env=no_vault_env(VAULT_TOKEN=tls_bao.root_token), check=False)
-    assert_fails_cleanly(run, f"Vault at {tls_bao.address.replace('https', 'http')} expects HTTPS; use https:// "
+    fails_cleanly(run, f"Vault at {tls_bao.address.replace('https', 'http')} expects HTTPS; use https:// "
                               "in ca.address")
 
 
@@ -158,7 +151,7 @@ def test_an_unreachable_vault_is_named_with_the_fix(vault_project, bao):
     vault_project.write_inventory(loopback_inventory(**INVENTORY_ARGS, extra=(
         f"ca: {{backend: vault, address: 'http://127.0.0.1:{port}', auth: token}}")))
     run = vault_project.doit("pki", env=no_vault_env(VAULT_TOKEN="anything"), check=False)
-    assert_fails_cleanly(run, f"Vault at http://127.0.0.1:{port} is unreachable (connection refused); check "
+    fails_cleanly(run, f"Vault at http://127.0.0.1:{port} is unreachable (connection refused); check "
                               "ca.address in the inventory")
     assert only_doit_state(vault_project)
 
@@ -194,7 +187,7 @@ def test_tls_verification_failure_and_the_ca_bundle_option(tls_bao, tmp_path):
     env = no_vault_env(VAULT_TOKEN=tls_bao.root_token)
     project.write_inventory(loopback_inventory(**INVENTORY_ARGS, extra=vault_section(tls_bao)))
     run = project.doit("vault_setup", env=env, check=False)
-    assert_fails_cleanly(run, f"Vault at {tls_bao.address}: TLS verification failed (")
+    fails_cleanly(run, f"Vault at {tls_bao.address}: TLS verification failed (")
     assert "issuer certificate); set ca.ca_bundle in the inventory to the PEM" in run.stderr
     assert tls_bao.client().sys.list_mounted_secrets_engines()["data"].get("k8s_pki_root_ca/") is None
 
@@ -212,5 +205,5 @@ def test_https_to_a_plain_http_port_is_named_with_the_fix(bao, vault_project):
     vault_project.write_inventory(loopback_inventory(**INVENTORY_ARGS, extra=(
         f"ca: {{backend: vault, address: '{https}', auth: token}}")))
     run = vault_project.doit("pki", env=no_vault_env(VAULT_TOKEN=bao.root_token), check=False)
-    assert_fails_cleanly(run, f"Vault at {https} does not speak TLS on this port; use http:// in ca.address")
+    fails_cleanly(run, f"Vault at {https} does not speak TLS on this port; use http:// in ca.address")
     assert only_doit_state(vault_project)
