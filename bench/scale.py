@@ -30,6 +30,9 @@ def build(scratch: Scratch) -> tuple[float, float]:
     start = time.perf_counter()
     pid = os.fork()
     if pid == 0:  # a fresh child, so that ru_maxrss is this build's own
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
         os.execv(sys.executable, [sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"),
                                   "-d", str(scratch.root), f"inventory={scratch.root / 'cluster.yaml'}"])
     _, status, usage = os.wait4(pid, 0)

@@ -108,12 +108,14 @@ class BundleSpec:
 # --- inputs ---------------------------------------------------------------------------------
 
 
-def vendored_files(node: Node, inv: Inventory, layout: Layout) -> Vendored:
+def vendored_files(node: Node, inv: Inventory, layout: Layout, items: tuple | None = None) -> Vendored:
     """The vendored files the node's arch and roles need (the vendor stage's :func:`vendor.needs`),
-    and for each image archive the image name it holds."""
-    pins = vendor.load_pins(inv)
-    needs = vendor.needs(node, inv, layout, pins)
-    image_names = {item.path: item.reference for item in vendor.plan(inv, pins, layout) if item.is_image}
+    and for each image archive the image name it holds. ``items``: the inventory's
+    :func:`vendor.plan`, when the caller bundles many nodes."""
+    if items is None:
+        items = vendor.plan(inv, vendor.load_pins(inv), layout)
+    needs = vendor.needs(node, inv, layout, items=items)
+    image_names = {item.path: item.reference for item in items if item.is_image}
     files = tuple(sorted((Placed(f.install_as, Path(f.source), f.mode) for f in needs), key=lambda p: p.path))
     images = tuple((p.path, image_names[p.source]) for p in files if p.source in image_names)
     return Vendored(files, images)

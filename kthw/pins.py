@@ -9,6 +9,7 @@ template). Every problem is an error naming the file, the line, the entry and th
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from dataclasses import dataclass
@@ -244,8 +245,22 @@ def read(path: Path) -> dict:
 
 def load(site: Path | None = None, shipped: Path = SHIPPED) -> Pins:
     """The shipped pins, extended and overridden entry by entry by the site pins file."""
-    merged: dict[str, dict] = {"url_templates": {}, "releases": {}, "checksums": {}, "images": {}}
     sources = (Path(shipped),) + ((Path(site),) if site else ())
+    return _load(tuple((path, _mtime(path)) for path in sources))
+
+
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None  # read() reports it
+
+
+@functools.lru_cache(maxsize=8)
+def _load(sources: tuple[tuple[Path, int | None], ...]) -> Pins:
+    """Cached by path and mtime: every node's tasks ask for the same pins while doit loads."""
+    merged: dict[str, dict] = {"url_templates": {}, "releases": {}, "checksums": {}, "images": {}}
+    sources = tuple(path for path, _ in sources)
     for path in sources:
         data = read(path)
         merged["url_templates"].update(data["url_templates"])

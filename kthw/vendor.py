@@ -209,14 +209,18 @@ def _write_binary(binary: Extracted, stream, item: Item) -> None:
     download.record(binary.path, f"sha256:{digest.hexdigest()}", binary.origin)
 
 
-def needs(node: Node, inv: Inventory, layout: Layout, pins: Pins | None = None) -> tuple[NodeFile, ...]:
+def needs(node: Node, inv: Inventory, layout: Layout, pins: Pins | None = None,
+          items: tuple[Item, ...] | None = None) -> tuple[NodeFile, ...]:
     """The vendored files ``node`` gets for its arch and roles, and where each goes on the node.
 
     A binary two roles need (kubectl) is listed once, from the first component that has it.
+    ``items`` is the inventory's :func:`plan` when the caller already has it (it is the same
+    for every node).
     """
-    pins = pins or load_pins(inv)
+    if items is None:
+        items = plan(inv, pins or load_pins(inv), layout)
     files: dict[str, NodeFile] = {}
-    for item in plan(inv, pins, layout):
+    for item in items:
         component = components.FILES.get(item.component) or components.IMAGES[item.component]
         if item.arch != node.arch or not component.roles & node.roles:
             continue

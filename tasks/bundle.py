@@ -21,7 +21,7 @@ from pathlib import Path
 from doit import get_var
 from doit.tools import config_changed
 
-from kthw import bundle, bundle_signing
+from kthw import bundle, bundle_signing, vendor
 from kthw.errors import KthwError
 from kthw.fsutil import remove
 
@@ -45,6 +45,7 @@ def _stage_outputs(node_roots: dict[str, Path]) -> tuple[dict[str, set[Path]], d
     """
     from . import gather
 
+    by_root = {str(root): node for node, root in node_roots.items()}
     targets: dict[str, set[Path]] = {node: set() for node in node_roots}
     groups: dict[str, list[str]] = {node: [] for node in node_roots}
     for creator_name, creator in sorted(gather().items()):
@@ -58,9 +59,11 @@ def _stage_outputs(node_roots: dict[str, Path]) -> tuple[dict[str, set[Path]], d
                 groups[name].append(f"{basename}:{name}")
             for target in task.get("targets", ()):
                 target = Path(target)
-                for node, root in node_roots.items():
-                    if target.is_relative_to(root):
-                        targets[node].add(target)
+                # A target's node: the one of its few parents that is a node root (testing every
+                # root against every target made loading quadratic in the node count).
+                node = next((by_root[str(parent)] for parent in target.parents if str(parent) in by_root), None)
+                if node is not None:
+                    targets[node].add(target)
     return targets, groups
 
 
@@ -89,10 +92,14 @@ def task_bundle():
     targets, groups = _stage_outputs(roots)
     templates = bundle.template_paths(TEMPLATES)
     signing_key = bundle_signing.key_path(layout.state)
+    try:
+        items = vendor.plan(inv, vendor.load_pins(inv), layout)
+    except KthwError:
+        items = None  # each node's task reports it below
     for node in inv.nodes:
         doc = f"bundles/{node.name}.tar.gz"
         try:
-            vendored = bundle.vendored_files(node, inv, layout)
+            vendored = bundle.vendored_files(node, inv, layout, items)
         except KthwError as err:
             yield _failing(node.name, doc, f"{node.name}: {err}")
             continue
