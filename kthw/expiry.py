@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
-from .catalogue import INTERMEDIATES, ROOT, leaves_for
+from .catalogue import ROOT, ca_specs, key_in_vault, leaves_for
 from .crypto import read_facts
 from .inventory import Inventory
 from .layout import Layout
@@ -33,8 +33,13 @@ class ExpiryRow:
 
 def collect(inv: Inventory, layout: Layout, now: datetime) -> list[ExpiryRow]:
     rows = []
-    for name in (ROOT, *INTERMEDIATES):
-        note = ROOT_DUE_HINT if name == ROOT else "renewed by doit with the same key"
+    for name in ca_specs(inv):  # the root, the intermediates, and Vault's local kubelet signer
+        if key_in_vault(name, inv.ca.backend):
+            note = "its key is in Vault: renew it there; the next doit picks up the new cert"
+        elif name == ROOT:
+            note = ROOT_DUE_HINT
+        else:
+            note = "renewed by doit with the same key"
         rows.append(_row("-", name, layout.ca(name).cert, now, inv, note))
     for node in inv.nodes:
         for item in leaves_for(inv, node):

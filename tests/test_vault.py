@@ -10,6 +10,7 @@ imported here, so they run with this module's `built_loopback`: the Vault build.
 from __future__ import annotations
 
 import base64
+import json
 import stat
 from datetime import datetime, timedelta, timezone
 
@@ -193,6 +194,19 @@ def test_a_rerun_asks_vault_for_the_ca_certs_and_changes_no_file(setup_runs, bui
     assert sorted(again.executed) == ["pki:ca-etcd", "pki:ca-front-proxy", "pki:ca-kubernetes", "pki:ca-root"]
     assert again.stdout.strip() == ""
     assert built_loopback.snapshot() == before
+
+
+def test_the_expiry_report_lists_the_kubelet_signer_and_says_where_vault_cas_renew(setup_runs, built_loopback):
+    _, env, _, _ = setup_runs
+    rows = {(r["node"], r["cert"]): r for r in json.loads(built_loopback.doit("expiry", "--json", env=env).stdout)}
+    assert {("-", name) for name in ("root", "kubernetes", "etcd", "front-proxy", "kubelet-signer")} <= set(rows)
+    assert all(row["state"] == "ok" for row in rows.values())
+    # 4 years and 11 months on, the CAs are due; each note says who renews it.
+    late = (datetime.now(timezone.utc) + timedelta(days=1795)).isoformat(timespec="seconds")
+    due = {(r["node"], r["cert"]): r for r in json.loads(
+        built_loopback.doit("expiry", "--json", env={**env, "KTHW_NOW": late}, check=False).stdout)}
+    assert due[("-", "kubernetes")]["state"] == "renew soon" and "in Vault" in due[("-", "kubernetes")]["note"]
+    assert "renewed by doit" in due[("-", "kubelet-signer")]["note"]
 
 
 def test_renewal_asks_vault_again_and_keeps_the_keys(bao, setup_runs, tmp_path):
