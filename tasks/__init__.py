@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import pkgutil
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 from doit.dependency import MD5Checker, get_file_md5
+from doit.loader import flat_generator
 from doit.reporter import ExecutedOnlyReporter
 
 
@@ -57,8 +59,9 @@ DOIT_CONFIG = {
 }
 
 
+@functools.lru_cache(maxsize=None)
 def gather() -> dict:
-    """Every ``task_*`` creator of every module in this package."""
+    """Every ``task_*`` creator of every module in this package, each run at most once."""
     # doit opens its state database under build/ before any task runs.
     Path(DOIT_CONFIG["dep_file"]).parent.mkdir(exist_ok=True)
     creators = {}
@@ -66,5 +69,27 @@ def gather() -> dict:
         if module_info.name == "common":
             continue
         module = importlib.import_module(f"{__name__}.{module_info.name}")
-        creators.update({name: value for name, value in vars(module).items() if name.startswith("task_")})
+        creators.update({name: _run_once(value) for name, value in vars(module).items()
+                         if name.startswith("task_")})
     return creators
+
+
+def _run_once(creator):
+    """The creator's tasks, made on the first call and copied on later ones.
+
+    doit calls every creator, and the bundle creator asks the other stages for their
+    targets as well: without this every task of the graph was made twice. Copies,
+    because doit rewrites the dicts it is given.
+    """
+    made = []
+
+    @functools.wraps(creator)
+    def once():
+        if not made:
+            result = creator()
+            made.append(result if isinstance(result, dict) else [task for task, _ in flat_generator(result or ())])
+        if isinstance(made[0], dict):
+            return dict(made[0])
+        return (dict(task) for task in made[0])
+
+    return once
