@@ -16,7 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Project
+from kthw import bundle
+from kthw.inventory import load
+from kthw.layout import Layout
+
+from conftest import REPO, Project
 from test_bundle import example_project, fingerprint, install, tree_state, unpack
 
 
@@ -194,6 +198,65 @@ def test_a_directory_in_the_way_is_refused_before_anything_is_written(tmp_path):
     assert tree_state(root) == before
 
 
+def _bundle_without(project: Project, node_name: str, path: str, where: Path) -> Path:
+    """The node's bundle built again through the library from its tree less ``path``, unpacked."""
+    inv, layout = load(project.inventory), Layout(project.root)
+    node = next(n for n in inv.nodes if n.name == node_name)
+    (layout.node_root(node_name) / path.lstrip("/")).unlink()
+    bundle.build(bundle.spec_for(inv, layout, node, bundle.vendored_files(node, inv, layout), REPO / "templates"))
+    directory = unpack(project, node_name, where)
+    assert not (directory / "files" / path.lstrip("/")).exists()
+    return directory
+
+def _without_pod_cidrs(text: str) -> str:
+    """The example inventory with the workers' own pod CIDRs dropped (the controller manager
+    hands them out instead), so a worker's bundle no longer carries a bridge CNI config."""
+    text = text.replace(", pod_cidr: 10.244.1.0/24}", "}").replace(", pod_cidr: 10.244.2.0/24}", "}")
+    return text.replace("    pod_cidr: 10.244.3.0/24\n", "")
+
+
+def test_an_update_removes_what_the_new_bundle_no_longer_carries_into_the_backup(tmp_path):
+    project = example_project(tmp_path / "project")
+    project.doit("bundle:worker-az1-a")
+    old = unpack(project, "worker-az1-a", tmp_path / "v1")
+    project.write_inventory(_without_pod_cidrs(project.inventory.read_text()))
+    project.doit("bundle:worker-az1-a")
+    new = unpack(project, "worker-az1-a", tmp_path / "v2")
+    gone = "/etc/cni/net.d/10-bridge.conflist"
+    assert (old / "files" / gone.lstrip("/")).is_file() and not (new / "files" / gone.lstrip("/")).exists()
+    root = tmp_path / "root"
+    root.mkdir()
+    args = ["--root", str(root), "--no-start", "--any-hostname", "--fingerprint", fingerprint(project)]
+    install(old, *args, check=True)
+    # Files the bundles never listed stay, even beside the removed one.
+    (root / "etc/cni/net.d/50-mine.conflist").write_text("{}")
+    (root / "etc/k8s/kubelet/notes").write_text("mine")
+
+    check = install(new, "--check", *args, check=True)
+    assert f"  remove: {gone}\n" in check.stdout and (root / gone.lstrip("/")).is_file()
+    result = install(new, *args, check=True)
+    assert f"  remove: {gone}\n" in result.stdout
+    assert not (root / gone.lstrip("/")).exists()
+    assert (root / "etc/cni/net.d/99-loopback.conf").is_file()
+    assert (root / "etc/cni/net.d/50-mine.conflist").read_text() == "{}"
+    assert (root / "etc/k8s/kubelet/notes").read_text() == "mine"
+    backups = list((root / "var/backups/kthw").iterdir())
+    assert len(backups) == 1
+    kept = backups[0] / gone.lstrip("/")
+    assert kept.read_bytes() == (old / "files" / gone.lstrip("/")).read_bytes()
+    assert kept.stat().st_mode & 0o777 == 0o644
+    assert (root / "var/lib/kthw/installed.MANIFEST").read_bytes() == (new / "MANIFEST").read_bytes()
+    assert f"removed {gone}\n" in (root / "var/lib/kthw/last-install").read_text()
+
+    before = tree_state(root)
+    again = install(new, *args, check=True)
+    assert "nothing changed" in again.stdout and "remove:" not in again.stdout
+    assert tree_state(root) == before
+    # A recorded file that is gone already is only dropped: an older record names the removed file.
+    (root / "var/lib/kthw/installed.MANIFEST").write_bytes((old / "MANIFEST").read_bytes())
+    assert "nothing changed" in install(new, *args, check=True).stdout
+
+
 @needs_namespaces
 def test_a_failure_half_way_undoes_every_change(tmp_path):
     """A disk that fills up while the new files are copied: the root is left as it was."""
@@ -204,7 +267,10 @@ def test_a_failure_half_way_undoes_every_change(tmp_path):
     stand_in_vendor(project.root, project.inventory, tag="v2",
                     size=lambda name: 6_000_000 if name == "kubelet" else 20_000)
     project.doit("bundle:worker-az1-a")
-    new = unpack(project, "worker-az1-a", tmp_path / "v2")
+    # The new bundle also drops a file, so the run removes a file before it fails.
+    gone = "/etc/k8s/kubelet/kubelet-serving.crt"
+    new = _bundle_without(project, "worker-az1-a", gone, tmp_path / "v2")
+    assert not (new / "files" / gone.lstrip("/")).exists()
     fp = fingerprint(project)
     root = tmp_path / "root"
     root.mkdir()
@@ -214,6 +280,7 @@ def test_a_failure_half_way_undoes_every_change(tmp_path):
         mount -t tmpfs -o size=4m tmpfs {root}
         bash {old}/install.sh --root {root} --no-start --any-hostname --fingerprint {fp} >/dev/null || exit 10
         (cd {root} && {listing}) >{tmp_path}/before
+        bash {new}/install.sh --check --root {root} --no-start --any-hostname --fingerprint {fp} >{tmp_path}/check
         bash {new}/install.sh --root {root} --no-start --any-hostname --fingerprint {fp} \
             >{tmp_path}/out 2>{tmp_path}/err && exit 11
         (cd {root} && {listing}) >{tmp_path}/after
@@ -226,6 +293,8 @@ def test_a_failure_half_way_undoes_every_change(tmp_path):
     assert "every change this run made was undone" in error
     assert (tmp_path / "after").read_text() == (tmp_path / "before").read_text()
     assert "var/backups" not in (tmp_path / "after").read_text()
+    assert "etc/k8s/kubelet/kubelet-serving.crt" in (tmp_path / "after").read_text()
+    assert f"  remove: {gone}\n" in (tmp_path / "check").read_text()
 
 
 # --- on a node: hostname, systemd, images -----------------------------------------------------
@@ -295,3 +364,24 @@ def test_on_a_control_plane_etcd_starts_first_in_the_background_and_restarts_wai
     assert [call for call in calls if call.startswith(("systemctl restart", "systemctl start"))] == \
         ["systemctl restart etcd"]
     assert "etcd: healthy again" in update[0]
+
+
+@needs_namespaces
+def test_a_removed_file_that_a_service_reads_restarts_that_service_only(tmp_path):
+    project = stubbed_project(tmp_path / "project")
+    project.doit("bundle:worker-az1-a")
+    v1 = unpack(project, "worker-az1-a", tmp_path / "v1")
+    # The kubelet's config names the serving cert; nothing else changes.
+    gone = "/etc/k8s/kubelet/kubelet-serving.crt"
+    v2 = _bundle_without(project, "worker-az1-a", gone, tmp_path / "v2")
+    fp = fingerprint(project)
+    first, update, driver = on_node(tmp_path, tmp_path / "b", "worker-az1-a", f"{v1} --fingerprint {fp}",
+                                    f"{v2} --fingerprint {fp}")
+    assert driver[2] == ["0"], driver[1] + first[1] + update[1]
+    assert f"  remove: {gone}\n" in update[0]
+    assert "services whose files changed: kubelet\n" in update[0]
+    assert f"kubelet: restarting, changed: {gone}\n" in update[0]
+    assert [call for call in update[2] if call.startswith(("systemctl restart", "systemctl start"))] == \
+        ["systemctl restart kubelet"]
+    assert "systemctl daemon-reload" not in update[2]
+    assert not (tmp_path / "b/out/node" / gone.lstrip("/")).exists()
