@@ -15,6 +15,10 @@ from .crypto import CertSpec
 from .inventory import Inventory, Node
 
 CONTROL_PLANE, ETCD, WORKER = "control-plane", "etcd", "worker"
+# kube-apiserver's secure port on every control-plane node, and how that node's own
+# components (server="local" kubeconfigs, apply.sh) reach it.
+APISERVER_PORT = 6443
+LOCAL_APISERVER_URL = f"https://127.0.0.1:{APISERVER_PORT}"
 SERVER, CLIENT = frozenset({"server"}), frozenset({"client"})
 SERVER_CLIENT = SERVER | CLIENT
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import yaml
 
-from .catalogue import LEAVES
+from .catalogue import LEAVES, LOCAL_APISERVER_URL
 from .errors import StateError
 from .fsutil import PUBLIC_MODE, SECRET_MODE, atomic_write
 from .inventory import Inventory
-from .render import APISERVER_PORT, NodeFile, render
+from .render import NodeFile, render
 from .tokens import BootstrapToken, kubelet_nodes, read as read_token
 
 BOOTSTRAP_DIR = "/etc/k8s/bootstrap"
@@ -30,7 +30,6 @@ APPLY_SCRIPT = "apply.sh"
 APPLY_TEMPLATE = "bootstrap/apply.sh.j2"
 SCRIPT_MODE = 0o755
 ADMIN_KUBECONFIG = next(row.kubeconfig for row in LEAVES if row.name == "admin")
-LOCAL_APISERVER = f"https://127.0.0.1:{APISERVER_PORT}"  # this control-plane node's own API server
 
 RBAC = "rbac.authorization.k8s.io"
 BOOTSTRAPPERS = "system:bootstrappers"
@@ -153,7 +152,7 @@ def manifests(inv: Inventory, tokens: list[BootstrapToken], ca_pem: bytes) -> di
 
 def apply_script(names: list[str], templates: Path) -> bytes:
     nf = NodeFile("control-plane", f"{BOOTSTRAP_DIR}/{APPLY_SCRIPT}", APPLY_TEMPLATE,
-                  {"manifests": names, "admin_kubeconfig": ADMIN_KUBECONFIG, "server": LOCAL_APISERVER},
+                  {"manifests": names, "admin_kubeconfig": ADMIN_KUBECONFIG, "server": LOCAL_APISERVER_URL},
                   mode=SCRIPT_MODE)
     return render(nf, templates)
 

@@ -26,7 +26,7 @@ import jinja2
 import jinja2.meta
 
 from . import components, vendor, versions
-from .catalogue import CLUSTER_SIGNER, CONTROL_PLANE, ETCD, LEAVES, TRUST, WORKER
+from .catalogue import APISERVER_PORT, CLUSTER_SIGNER, CONTROL_PLANE, ETCD, LEAVES, TRUST, WORKER
 from .errors import KthwError
 from .fsutil import PUBLIC_MODE, atomic_write
 from .inventory import Inventory, Node
@@ -35,7 +35,6 @@ from .pins import Pins
 BIN_DIR = components.BIN_DIR
 UNIT_DIR = "/etc/systemd/system"
 ETCD_CLIENT_PORT, ETCD_PEER_PORT = 2379, 2380
-APISERVER_PORT = 6443  # CONVENTIONS: the secure port on every control-plane node
 CONTAINERD_SOCKET = "unix:///run/containerd/containerd.sock"
 
 # --- what each role installs from the vendor stage --------------------------------

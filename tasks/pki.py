@@ -20,7 +20,7 @@ from doit.tools import config_changed
 
 from kthw import clock
 from kthw.ca import open_ca, open_local_ca
-from kthw.catalogue import ROOT, NodeCert, ca_specs, key_in_vault, leaves_for, trust_for
+from kthw.catalogue import LOCAL_APISERVER_URL, ROOT, NodeCert, ca_specs, key_in_vault, leaves_for, trust_for
 from kthw.crypto import CertSpec
 from kthw.fsutil import PUBLIC_MODE, SECRET_MODE, atomic_write, remove
 from kthw.inventory import CASettings, Inventory, Node
@@ -28,9 +28,6 @@ from kthw.layout import KeyPairPaths, Layout
 from kthw.pki import ensure_ca, ensure_leaf, pending_reason, place, write_cert_kubeconfig
 
 from .common import checked, context, guarded
-
-APISERVER_LOCAL_URL = "https://127.0.0.1:6443"
-
 
 def _current(spec: CertSpec, paths: KeyPairPaths, issuer_cert, window, is_root=False) -> bool:
     return pending_reason(spec, paths, issuer_cert, clock.now(), window, is_root=is_root) is None
@@ -120,7 +117,7 @@ def _leaf_tasks(inv: Inventory, layout: Layout, node: Node, item: NodeCert):
         "clean": [(remove, [[copy[1] for copy in copies]])],
     }
     if row.kubeconfig:
-        server = inv.api_endpoint.url if row.server == "endpoint" else APISERVER_LOCAL_URL
+        server = inv.api_endpoint.url if row.server == "endpoint" else LOCAL_APISERVER_URL
         # Clients verify the API server's cert: trust its issuer, the kubernetes intermediate.
         ca_cert = layout.ca("kubernetes").cert
         destination = layout.on_node(node.name, row.kubeconfig)
