@@ -24,6 +24,15 @@ from conftest import REPO, Project
 from test_bundle import example_project, fingerprint, install, tree_state, unpack
 
 
+def two_versions(project: Project, node: str, cert: str, where: Path) -> tuple[Path, Path]:
+    """The node's bundle unpacked before (where/v1) and after (where/v2) a new key for ``cert``."""
+    project.doit(f"bundle:{node}")
+    v1 = unpack(project, node, where / "v1")
+    project.doit(f"rekey:{node}/{cert}")
+    project.doit(f"bundle:{node}")
+    return v1, unpack(project, node, where / "v2")
+
+
 def _can_unshare() -> bool:
     if shutil.which("unshare") is None:
         return False
@@ -155,11 +164,7 @@ def _index(calls: list[str], wanted: str) -> int:
 
 def test_an_update_replaces_only_what_changed_keeps_a_backup_and_names_the_services(tmp_path):
     project = example_project(tmp_path / "project")
-    project.doit("bundle:worker-az1-a")
-    old = unpack(project, "worker-az1-a", tmp_path / "v1")
-    project.doit("rekey:worker-az1-a/kubelet-serving")
-    project.doit("bundle:worker-az1-a")
-    new = unpack(project, "worker-az1-a", tmp_path / "v2")
+    old, new = two_versions(project, "worker-az1-a", "kubelet-serving", tmp_path)
     root = tmp_path / "root"
     root.mkdir()
     args = ["--root", str(root), "--no-start", "--any-hostname", "--fingerprint", fingerprint(project)]
@@ -303,11 +308,7 @@ def test_a_failure_half_way_undoes_every_change(tmp_path):
 @needs_namespaces
 def test_on_a_worker_services_start_in_order_images_are_imported_and_a_rerun_changes_nothing(tmp_path):
     project = stubbed_project(tmp_path / "project")
-    project.doit("bundle:worker-az1-a")
-    v1 = unpack(project, "worker-az1-a", tmp_path / "v1")
-    project.doit("rekey:worker-az1-a/kubelet-serving")
-    project.doit("bundle:worker-az1-a")
-    v2 = unpack(project, "worker-az1-a", tmp_path / "v2")
+    v1, v2 = two_versions(project, "worker-az1-a", "kubelet-serving", tmp_path)
     fp = fingerprint(project)
 
     wrong_name, = on_node(tmp_path, tmp_path / "a", "worker-az3-a", f"{v1} --fingerprint {fp}")[:1]
@@ -344,11 +345,7 @@ def test_on_a_worker_services_start_in_order_images_are_imported_and_a_rerun_cha
 @needs_namespaces
 def test_on_a_control_plane_etcd_starts_first_in_the_background_and_restarts_wait_for_health(tmp_path):
     project = stubbed_project(tmp_path / "project")
-    project.doit("bundle:node-az1")
-    v1 = unpack(project, "node-az1", tmp_path / "v1")
-    project.doit("rekey:node-az1/etcd-server")
-    project.doit("bundle:node-az1")
-    v2 = unpack(project, "node-az1", tmp_path / "v2")
+    v1, v2 = two_versions(project, "node-az1", "etcd-server", tmp_path)
     fp = fingerprint(project)
     first, update, driver = on_node(tmp_path, tmp_path / "b", "node-az1", f"{v1} --fingerprint {fp}", f"{v2} --fingerprint {fp}")
     assert driver[2] == ["0"], driver[1] + first[1] + update[1]
