@@ -7,6 +7,7 @@ the one switch between the backends: local files here, Vault in :mod:`kthw.vault
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -49,8 +50,17 @@ class LocalCA:
 
 def open_local_ca(name: str, paths: KeyPairPaths) -> LocalCA:
     """Load a CA from its files, refusing a key that does not match its cert."""
-    if not paths.cert.exists() or not paths.key.exists():
-        raise StateError(f"CA '{name}' is missing ({paths.cert} or {paths.key}); run 'doit pki' to create it")
+    try:
+        stamps = tuple((st.st_ino, st.st_mtime_ns, st.st_size) for st in (paths.cert.stat(), paths.key.stat()))
+    except FileNotFoundError:
+        raise StateError(f"CA '{name}' is missing ({paths.cert} or {paths.key}); run 'doit pki' to create it") from None
+    return _load_local_ca(name, paths, stamps)
+
+
+@functools.lru_cache(maxsize=16)
+def _load_local_ca(name: str, paths: KeyPairPaths, stamps: tuple) -> LocalCA:
+    # Keyed by the files' inode, mtime and size: a run issues hundreds of leaves from the
+    # same few CAs, and a replaced CA file (always a new inode, see fsutil) is read afresh.
     cert = load_certificates(paths.cert)[0]
     key = load_private_key(paths.key)
     if not same_public_key(key, cert.public_key()):

@@ -12,6 +12,7 @@ Only ``build/nodes`` and ``bundles`` are derived; ``doit clean`` never touches `
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -26,11 +27,12 @@ class KeyPairPaths:
 class Layout:
     root: Path
 
-    @property
+    # Cached: a 200-node graph asks for these paths tens of thousands of times while loading.
+    @functools.cached_property
     def build(self) -> Path:
         return self.root / "build"
 
-    @property
+    @functools.cached_property
     def pki(self) -> Path:
         return self.build / "pki"
 
@@ -47,14 +49,23 @@ class Layout:
         """Precious non-cert state (secrets stage): never cleaned."""
         return self.build / "state"
 
+    @functools.cached_property
+    def _ca_dir(self) -> Path:
+        return self.pki / "ca"
+
+    @functools.cached_property
+    def _nodes_dir(self) -> Path:
+        return self.build / "nodes"
+
     def ca(self, name: str) -> KeyPairPaths:
-        return KeyPairPaths(self.pki / "ca" / f"{name}.crt", self.pki / "ca" / f"{name}.key")
+        return KeyPairPaths(self._ca_dir / f"{name}.crt", self._ca_dir / f"{name}.key")
 
     def leaf(self, node: str, cert: str) -> KeyPairPaths:
-        return KeyPairPaths(self.pki / "nodes" / node / f"{cert}.crt", self.pki / "nodes" / node / f"{cert}.key")
+        directory = self.pki / "nodes" / node
+        return KeyPairPaths(directory / f"{cert}.crt", directory / f"{cert}.key")
 
     def node_root(self, node: str) -> Path:
-        return self.build / "nodes" / node
+        return self._nodes_dir / node
 
     def on_node(self, node: str, path: str | PurePosixPath) -> Path:
         """The workstation file that becomes ``path`` (absolute, as on the node) on ``node``."""

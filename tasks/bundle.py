@@ -2,7 +2,8 @@
 
     bundle_signing_key ─────────────┐   build/state/bundle-signing.key (precious, made once)
     pki:<node>, secrets:<node>,     ├─► bundle:<node>   bundles/<node>.tar.gz
-    render:<node>, vendor files ────┘   bundle = every node
+    render (every node; made on     │                   bundle = every node
+    demand), vendor files ──────────┘
     fingerprint                  print the signing key's fingerprint (install.sh --fingerprint)
     verify_bundle [path=FILE]    check bundle files against this workstation's key
     rotate_bundle_signing_key    explicit, never a default task: a new signing key
@@ -18,10 +19,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from doit import get_var
+from doit import create_after, get_var
 from doit.tools import config_changed
 
-from kthw import bundle, bundle_signing, vendor
+from kthw import bundle_signing, vendor
 from kthw.errors import KthwError
 from kthw.fsutil import remove
 
@@ -38,10 +39,12 @@ def _failing(name: str, doc: str, message: str) -> dict:
 
 
 def _stage_outputs(node_roots: dict[str, Path]) -> tuple[dict[str, set[Path]], dict[str, list[str]]]:
-    """What the other stages write into each node's tree, and their per-node group tasks.
+    """What the other stages write into each node's tree, and the tasks a bundle waits for.
 
     Read from their own task creators, so a new stage that writes under build/nodes is
-    packed and waited for without being named here.
+    packed and waited for without being named here. A stage whose tasks doit makes only
+    when they run (``create_after``) may not be in the graph yet when bundles are made, so
+    a bundle waits for that stage's whole group, not for its node's part.
     """
     from . import gather
 
@@ -56,7 +59,8 @@ def _stage_outputs(node_roots: dict[str, Path]) -> tuple[dict[str, set[Path]], d
         for task in [made] if isinstance(made, dict) else list(made or ()):
             name = task.get("name")
             if name in node_roots:
-                groups[name].append(f"{basename}:{name}")
+                whole_stage = getattr(creator, "doit_create_after", None) is not None
+                groups[name].append(basename if whole_stage else f"{basename}:{name}")
             for target in task.get("targets", ()):
                 target = Path(target)
                 # A target's node: the one of its few parents that is a node root (testing every
@@ -79,8 +83,12 @@ def task_bundle_signing_key():
     }
 
 
+# Made when a bundle is about to be built, not whenever doit loads (see tasks/render.py).
+@create_after()
 def task_bundle():
     """Per-node tarballs: bundles/<node>.tar.gz with install.sh, MANIFEST and its signature."""
+    from kthw import bundle  # loaded only where bundles are made or checked, like the tasks
+
     inv, layout = context()
     try:
         epoch = bundle.source_date_epoch()
@@ -148,6 +156,8 @@ def task_fingerprint():
 
 
 def _verify(paths: list[Path], state: Path, nodes: list[str | None]) -> str:
+    from kthw import bundle
+
     expected = bundle_signing.fingerprint(bundle_signing.load_key(bundle_signing.key_path(state)))
     lines = []
     for path, node in zip(paths, nodes):

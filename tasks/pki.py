@@ -16,6 +16,7 @@ and the cluster signer is a CA of its own whose key is made here (see kthw.vault
 
 from __future__ import annotations
 
+from doit import create_after
 from doit.tools import config_changed
 
 from kthw import clock
@@ -175,6 +176,7 @@ def task_pki():
                "actions": None, "task_dep": names}
 
 
+@create_after()  # explicit only: its tasks are made when it is asked for
 def task_rekey():
     """Explicit: a new key and cert for one leaf, e.g. `doit rekey:node-az2/apiserver`.
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path, PurePosixPath
 
+from doit import create_after
 from doit.tools import config_changed
 
 from kthw.errors import KthwError
@@ -32,6 +33,9 @@ def _refuse(message: str) -> None:
     raise KthwError(message)
 
 
+# Made when a render task is about to run, not whenever doit loads: `doit pki` then skips
+# some 700 tasks. Bundles wait for this whole group for that reason (tasks/bundle.py).
+@create_after()
 def task_render():
     """Systemd units and component configs for every node, only for its roles."""
     inv, layout = context()
