@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -224,7 +224,3 @@ def signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     except InvalidSignature:
         return False
     return True
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)

@@ -182,11 +182,6 @@ class Inventory:
         """First address of the service range: the ``kubernetes`` Service's ClusterIP."""
         return self.service_cidr.network_address + 1
 
-    @property
-    def kubernetes_minor(self) -> tuple[int, int]:
-        major, minor, _ = self.kubernetes_version.split(".")
-        return int(major), int(minor)
-
 
 # --- field parsers --------------------------------------------------------------
 

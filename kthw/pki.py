@@ -44,8 +44,11 @@ def read_cert(path: Path) -> x509.Certificate | None:
 
 
 def pending_reason(spec: CertSpec, paths: KeyPairPaths, issuer_cert: Path | None, now: datetime,
-                   window: timedelta, *, is_root: bool = False) -> Reason | None:
-    """Why this cert must be (re)issued now, or None. Reads certs only, so it is cheap."""
+                   window: timedelta) -> Reason | None:
+    """Why this cert must be (re)issued now, or None. Reads certs only, so it is cheap.
+
+    ``issuer_cert`` is None for the root, which is never renewed for a ``due`` reason.
+    """
     if not paths.key.exists():
         return Reason("key missing")
     issuer = read_cert(issuer_cert) if issuer_cert is not None else None
@@ -56,7 +59,7 @@ def pending_reason(spec: CertSpec, paths: KeyPairPaths, issuer_cert: Path | None
         # Let the CA task run: it reports the mismatch and stops the build.
         return Reason("key does not match cert")
     reason = renewal_reason(spec, cert, issuer, now, window)
-    if is_root and reason is not None and reason.due and paths.cert.exists():
+    if issuer_cert is None and reason is not None and reason.due:
         return None
     return reason
 
@@ -121,9 +124,11 @@ def ensure_leaf(spec: CertSpec, paths: KeyPairPaths, ca: CertificateAuthority, n
     return f"{spec.name}: {'issued' if cert is None else 'renewed'} ({reason.text if reason else 'missing'})"
 
 
-def place(source: Path, destination: Path, mode: int) -> None:
-    """Copy a store file into a node's tree (atomic, mode set before the rename)."""
-    atomic_write(destination, Path(source).read_bytes(), mode)
+def place_all(copies: list[tuple[Path, Path, int]]) -> None:
+    """Copy store files into nodes' trees: (source, destination, mode) each, atomic, the
+    mode set before the rename."""
+    for source, destination, mode in copies:
+        atomic_write(destination, Path(source).read_bytes(), mode)
 
 
 def write_cert_kubeconfig(destination: Path, cluster: str, server: str, ca_cert: Path, user: str,

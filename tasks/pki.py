@@ -26,12 +26,12 @@ from kthw.crypto import CertSpec
 from kthw.fsutil import PUBLIC_MODE, SECRET_MODE, atomic_write, remove
 from kthw.inventory import CASettings, Inventory, Node
 from kthw.layout import KeyPairPaths, Layout
-from kthw.pki import ensure_ca, ensure_leaf, pending_reason, place, write_cert_kubeconfig
+from kthw.pki import ensure_ca, ensure_leaf, pending_reason, place_all, write_cert_kubeconfig
 
 from .common import checked, context, guarded
 
-def _current(spec: CertSpec, paths: KeyPairPaths, issuer_cert, window, is_root=False) -> bool:
-    return pending_reason(spec, paths, issuer_cert, clock.now(), window, is_root=is_root) is None
+def _current(spec: CertSpec, paths: KeyPairPaths, issuer_cert, window) -> bool:
+    return pending_reason(spec, paths, issuer_cert, clock.now(), window) is None
 
 
 def _issue_ca(spec: CertSpec, layout: Layout, parent: str | None, settings: CASettings, window) -> str:
@@ -42,18 +42,13 @@ def _issue_ca(spec: CertSpec, layout: Layout, parent: str | None, settings: CASe
 def _issue_leaf(spec: CertSpec, paths: KeyPairPaths, issuer: str, layout: Layout, settings: CASettings, window,
                 copies: list[tuple], rekey: bool = False) -> str:
     message = ensure_leaf(spec, paths, open_ca(layout, issuer, settings), clock.now(), window, rekey=rekey)
-    _place_all(copies)
+    place_all(copies)
     return message
 
 
 def _fetch_vault_ca(settings: CASettings, name: str, paths: KeyPairPaths, parent_cert, window) -> str:
     from kthw import vault  # hvac is loaded only when the vault backend is used
     return vault.refresh_ca_cert(settings, name, paths, parent_cert, window)
-
-
-def _place_all(copies: list[tuple]) -> None:
-    for source, destination, mode in copies:
-        place(source, destination, mode)
 
 
 def _place_trust(layout: Layout, copies: list[tuple], signer: str | None) -> None:
@@ -73,7 +68,7 @@ def _ca_task(spec: CertSpec, layout: Layout, parent: str | None, settings: CASet
         "actions": [(guarded, [_issue_ca, spec, layout, parent, settings, window])],
         "file_dep": [issuer_cert] if issuer_cert else [],
         "targets": [paths.cert, paths.key],
-        "uptodate": [(checked, [_current, spec, paths, issuer_cert, window, parent is None])],
+        "uptodate": [(checked, [_current, spec, paths, issuer_cert, window])],
         "clean": [],  # precious: never removed
     }
 

@@ -29,17 +29,12 @@ from kthw.fsutil import SECRET_MODE
 from kthw.inventory import Inventory, Node
 from kthw.layout import Layout
 from kthw.manifests import APPLY_TEMPLATE, BOOTSTRAP_DIR, bootstrap_targets, write_bootstrap_dir
-from kthw.pki import place
+from kthw.pki import place_all
 from kthw.render import PATHS, template_files
 from kthw.secrets import SecretsState, remove_stale, stale_outputs, state_of
 
 from .common import checked, context, guarded
 from .render import TEMPLATES
-
-
-def _place_all(copies: list[tuple]) -> None:
-    for source, destination, mode in copies:
-        place(source, destination, mode)
 
 
 def _ensure_encryption(config: Path, rotation: Path, provider: str) -> str:
@@ -124,7 +119,7 @@ def _state_tasks(inv: Inventory, state: SecretsState):
 
 
 def _copy_task(name: str, doc: str, copies: list[tuple]) -> dict:
-    return {"name": name, "doc": doc, "actions": [(guarded, [_place_all, copies])],
+    return {"name": name, "doc": doc, "actions": [(guarded, [place_all, copies])],
             "file_dep": [copy[0] for copy in copies], "targets": [copy[1] for copy in copies], "clean": True}
 
 
