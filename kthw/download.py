@@ -180,9 +180,13 @@ _opener = urllib.request.build_opener()  # ProxyHandler reads the proxy variable
 @dataclass(frozen=True)
 class Response:
     status: int
-    headers: dict
+    headers: dict     # names lower-cased: HTTP header names are case-insensitive
     body: bytes
     url: str
+
+
+def _header_dict(message: http.client.HTTPMessage) -> dict:
+    return {name.lower(): value for name, value in message.items()}
 
 
 def _request(url: str, headers: dict | None, method: str = "GET") -> urllib.request.Request:
@@ -250,10 +254,10 @@ def get(url: str, headers: dict | None = None, *, method: str = "GET", allow: tu
                 if len(body) > limit:
                     raise DownloadError(f"{url}: the answer is larger than {limit} bytes; this is not the "
                                         "small document expected here")
-                return Response(answer.status, dict(answer.headers.items()), body, answer.url)
+                return Response(answer.status, _header_dict(answer.headers), body, answer.url)
         except urllib.error.HTTPError as err:
             if err.code in allow:
-                return Response(err.code, dict(err.headers.items()), err.read(limit), url)
+                return Response(err.code, _header_dict(err.headers), err.read(limit), url)
             if not (err.code >= 500 or err.code in _RETRY_STATUS):
                 raise _http_error(url, err, hint) from None
             why = f"the server answered {err.code} {err.reason}"

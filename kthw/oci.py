@@ -107,7 +107,7 @@ class Client:
         return answer
 
     def _login(self, headers: dict, url: str) -> None:
-        challenge = next((value for name, value in headers.items() if name.lower() == "www-authenticate"), "")
+        challenge = headers.get("www-authenticate", "")
         if not challenge.lower().startswith("bearer "):
             raise OciError(f"{url}: the registry wants credentials ({challenge or 'no challenge given'})\n  fix: "
                            "only anonymous pulls are supported; use a registry mirror that serves the image anonymously")
@@ -141,7 +141,7 @@ class Client:
         except ValueError:
             raise OciError(f"{url}: {what} is not JSON") from None
         media_type = document.get("mediaType") if isinstance(document, dict) else None
-        header_type = next((v for k, v in answer.headers.items() if k.lower() == "content-type"), "")
+        header_type = answer.headers.get("content-type", "")
         return answer.body, media_type or header_type.split(";")[0].strip()
 
     def resolve(self, tag: str) -> str:
@@ -149,7 +149,7 @@ class Client:
         url = self.repository.api("manifests", tag)
         answer = self.get(url, ACCEPT, hint="check the image version and the registry mirror or override")
         digest = _sha256(answer.body)
-        claimed = next((v for k, v in answer.headers.items() if k.lower() == "docker-content-digest"), digest)
+        claimed = answer.headers.get("docker-content-digest", digest)
         if claimed != digest:
             raise OciError(f"{url}: the registry says the manifest is {claimed} but its bytes are {digest}")
         return digest
