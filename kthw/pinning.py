@@ -28,17 +28,13 @@ _KUBERNETES_VERSION = re.compile(r"^v?(\d+\.\d+\.\d+)$")
 _VERSION = re.compile(r"^v?(\d+\.\d+(?:\.\d+)?)$")
 
 
-def _key(version: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in version.split("."))
-
-
 def base_release(pins: pins_table.Pins, version: str) -> str | None:
     """The pinned release a new one starts from: same minor first, else the closest older one."""
-    pinned = sorted(pins.releases, key=_key)
+    pinned = sorted(pins.releases, key=pins_table.version_key)
     if version in pinned:
         return version
     same_minor = [v for v in pinned if v.split(".")[:2] == version.split(".")[:2]]
-    older = [v for v in pinned if _key(v) < _key(version)]
+    older = [v for v in pinned if pins_table.version_key(v) < pins_table.version_key(version)]
     choice = same_minor or older or pinned
     return choice[-1] if choice else None
 
@@ -116,7 +112,7 @@ def pin(inv: Inventory, version: str, chosen: dict[str, str], target: Path | Non
     entries: list[tuple[tuple[str, ...], object]] = []
     if pins.releases.get(version) != release:
         entries.append((("releases", version), release))
-    full = {**release, **{name: version for name in components.KUBERNETES_FILES}}
+    full = pins_table.with_kubernetes_files(release, version)
     for name in components.FILES:
         for arch in ARCHES:
             if arch in pins.checksums.get(name, {}).get(full[name], {}):

@@ -64,16 +64,13 @@ class Pins:
     def release(self, kubernetes_version: str) -> dict[str, str]:
         """Component -> version for this Kubernetes version (the two tarballs included)."""
         if kubernetes_version not in self.releases:
-            pinned = ", ".join(sorted(self.releases, key=_version_key)) or "none"
+            pinned = ", ".join(sorted(self.releases, key=version_key)) or "none"
             raise UnpinnedError(
                 f"Kubernetes {kubernetes_version} is not pinned (pinned versions: {pinned}; pins read from "
                 f"{', '.join(map(str, self.sources))})\n  fix: on the connected workstation run "
                 f"'{self.pin_command(kubernetes_version)}' to fetch its published checksums into the pins "
                 "(the site pins file when the inventory names one), or set kubernetes_version to a pinned version")
-        release = dict(self.releases[kubernetes_version])
-        for name in components.KUBERNETES_FILES:
-            release[name] = kubernetes_version
-        return release
+        return with_kubernetes_files(self.releases[kubernetes_version], kubernetes_version)
 
     def url(self, component: str, version: str, arch: str) -> str:
         if component not in self.url_templates:
@@ -103,7 +100,7 @@ class Pins:
     def gaps(self) -> list[str]:
         """What a pinned release lacks: a URL template, a checksum of one arch, an image digest."""
         missing = []
-        for kubernetes_version in sorted(self.releases, key=_version_key):
+        for kubernetes_version in sorted(self.releases, key=version_key):
             release = self.release(kubernetes_version)
             for name in components.FILES:
                 if name not in self.url_templates:
@@ -117,8 +114,14 @@ class Pins:
         return list(dict.fromkeys(missing))
 
 
-def _version_key(version: str) -> tuple[int, ...]:
+def version_key(version: str) -> tuple[int, ...]:
+    """Sorts versions numerically: 1.9.0 before 1.10.0."""
     return tuple(int(part) for part in version.split("."))
+
+
+def with_kubernetes_files(release: dict[str, str], kubernetes_version: str) -> dict[str, str]:
+    """A release's component versions plus the two Kubernetes tarballs, which carry the Kubernetes version."""
+    return {**release, **dict.fromkeys(components.KUBERNETES_FILES, kubernetes_version)}
 
 
 # --- reading one file ------------------------------------------------------------------
