@@ -46,7 +46,6 @@ class Item:
     version: str
     arch: str
     source: str       # URL or file (release files); [http://]registry/repository (images)
-    upstream: str     # the upstream URL or image reference, for messages
     path: Path
     pin: str          # "<algo>:<hex>" of the file, or the image's index digest
     origin: str
@@ -132,17 +131,15 @@ def plan(inv: Inventory, pins: Pins, layout: Layout) -> tuple[Item, ...]:
                 Extracted(binary.name, binary.member.format(version=version, arch=arch), bin_dir / binary.name,
                           f"{binary.install_dir}/{binary.name}", f"{checksum} {binary.member or binary.name}")
                 for binary in component.binaries)
-            items.append(Item(component.name, version, arch, source, upstream, path, checksum, checksum,
-                              extracted, hint=hint))
+            items.append(Item(component.name, version, arch, source, path, checksum, checksum, extracted, hint=hint))
     for component in components.IMAGE_COMPONENTS:
         version = release[component.name]
         for arch in _arches(inv, component.roles):
             image = pins.image(component.name, version, k8s)
             repository = image_source(inv, image)
             path = layout.vendor / "images" / arch / f"{component.name}-{version}.tar"
-            items.append(Item(component.name, version, arch, str(repository), f"{image.reference}@{image.digest}",
-                              path, image.digest, f"{image.reference}@{image.digest} {arch}",
-                              reference=image.reference, tag=image.tag))
+            items.append(Item(component.name, version, arch, str(repository), path, image.digest,
+                              f"{image.reference}@{image.digest} {arch}", reference=image.reference, tag=image.tag))
     return tuple(items)
 
 
