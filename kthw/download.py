@@ -276,8 +276,11 @@ class _Truncated(Exception):
 
 
 class _WriteFailed(Exception):
+    """Writing the local file failed: not an OSError, so the read loop does not retry it as a network failure."""
+
     def __init__(self, err: OSError):
-        self.err = err
+        super().__init__(err)
+        self.strerror = err.strerror
 
 
 def _write(out: BinaryIO, chunk: bytes) -> None:
@@ -394,10 +397,7 @@ def fetch(source: str, dest: Path, checksum: str, *, origin: str | None = None, 
                 got = _fetch_http(source, out, expected, headers, meter, hint)
             else:
                 got = _copy_local(source, out, expected, meter, hint)
-            try:
-                out.flush()
-            except OSError as err:
-                raise _WriteFailed(err) from None
+            out.flush()
         if got != expected.hex:
             raise DownloadError(f"{source}: checksum mismatch\n  expected {expected}\n  got      "
                                 f"{expected.algorithm}:{got}\n  the downloaded file was deleted."
@@ -407,11 +407,7 @@ def fetch(source: str, dest: Path, checksum: str, *, origin: str | None = None, 
         tmp = None
         record(dest, str(expected), origin or str(expected))
         meter.finish()
-    except _WriteFailed as failed:
-        raise DownloadError(f"{dest.parent}: cannot write {dest.name} ({failed.err.strerror}); nothing was "
-                            "kept\n  fix: free some disk space (or fix the directory's permissions), then run "
-                            "again") from None
-    except OSError as err:
+    except (_WriteFailed, OSError) as err:
         raise DownloadError(f"{dest.parent}: cannot write {dest.name} ({err.strerror}); nothing was kept"
                             "\n  fix: free some disk space (or fix the directory's permissions), then run "
                             "again") from None
