@@ -185,11 +185,17 @@ def _check_phase(config: EncryptionConfig, record: rotation.PhaseRecord, config_
 def ensure(path: Path, rotation_path: Path, provider: str) -> str:
     """Create the configuration when there is none; otherwise only check it."""
     config = read(path)
+    record = read_rotation(rotation_path)
+    if config is None and record.phase != IDLE:
+        # A recorded rotation proves keys existed: new ones would leave every Secret unreadable.
+        raise StateError(f"{path} is missing while {rotation_path} records rotation phase {record.phase!r}; a new "
+                         "key would leave every Secret encrypted with the recorded keys unreadable, so none is "
+                         "made. Restore it from a backup of build/state")
     if config is None:
         config = EncryptionConfig((new_key(provider, "key1"),))
         atomic_write(path, config.dumps(), SECRET_MODE)
         return f"encryption config: new {provider} key {config.keys[0].name}"
-    return provider_note(config, read_rotation(rotation_path), provider)
+    return provider_note(config, record, provider)
 
 
 def provider_note(config: EncryptionConfig, record: rotation.PhaseRecord, provider: str) -> str:

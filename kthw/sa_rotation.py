@@ -148,9 +148,10 @@ def check(state: SecretsState) -> tuple[rotation.PhaseRecord, object | None]:
         recorded = "no rotation in progress" if record.phase == IDLE else f"rotation phase {record.phase!r}"
         raise StateError(f"{present[0]} exists, but {state.sa_rotation} records {recorded}, which has no such file. "
                          f"Both were left as they are. {_restore(state.sa_rotation)}")
-    if record.phase in (IDLE, DROP):
+    if record.phase == IDLE:
         key = load_sa_key(state.sa_key) if state.sa_key.exists() else None
         return record, key
+    # A recorded rotation proves a signing key existed: a lost one is never replaced.
     key = _signing_key(state, record)
     if record.phase == ADD:
         _expect(state.sa_key, key, record.old_key, "old (still signing)", record, state.sa_rotation)
@@ -159,8 +160,9 @@ def check(state: SecretsState) -> tuple[rotation.PhaseRecord, object | None]:
                              + _lost_next_key(state))
         new = load_sa_key(state.sa_next_key, "Restore it from a backup of build/state, or: " + _lost_next_key(state))
         _expect(state.sa_next_key, new, record.new_key, "new", record, state.sa_rotation)
-    else:
+    else:  # promote or drop: the new key signs
         _expect(state.sa_key, key, record.new_key, "new (signing)", record, state.sa_rotation)
+    if record.phase == PROMOTE:
         old = _load_public(state.sa_previous_pub, f"Restore it from a backup of build/state or copy it back from "
                                                   f"{PATHS['sa_previous_pub']} on a control-plane node: it is the "
                                                   f"public half of the retired key {record.old_key}")

@@ -283,6 +283,21 @@ def test_a_lost_signing_key_during_a_rotation_is_not_replaced(in_phase_add):
         assert not _state(project, "sa.key").exists()
 
 
+def test_a_lost_signing_key_after_a_finished_rotation_is_not_replaced(tmp_path):
+    """The record of a finished rotation names the signing key: losing it is an error, not a new key."""
+    project = Project(tmp_path)
+    project.write_inventory(loopback_inventory(workers=1))
+    project.doit("pki", "secrets")
+    project.doit("rotate_sa_key")
+    project.doit("rotate_sa_key")
+    project.doit("rotate_sa_key", "old_tokens_gone=yes")
+    assert yaml.safe_load(_state(project, "sa-rotation.yaml").read_text())["phase"] == "drop"
+    _state(project, "sa.key").unlink()
+    fails_cleanly(project.doit("secrets", check=False), "sa.key is missing", "phase 'drop'", "none is made",
+                  "Restore it from a backup")
+    assert not _state(project, "sa.key").exists()
+
+
 def test_a_left_over_next_key_without_a_record_is_refused(in_phase_add):
     """E.g. the record was deleted by hand: the extra key is not silently ignored or reused."""
     project = in_phase_add

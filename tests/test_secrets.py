@@ -301,6 +301,19 @@ def test_a_rerun_changes_nothing_and_clean_keeps_every_precious_byte(tmp_path):
     assert _secret_outputs(project) == outputs
 
 
+def test_a_lost_encryption_config_after_a_rotation_is_not_replaced(tmp_path):
+    """The rotation record proves keys existed: new ones would leave every Secret unreadable."""
+    project = Project(tmp_path)
+    _build(project)
+    for args in ((), (), ("secrets_rewritten=yes",)):
+        project.doit("rotate_encryption_key", *args)
+    config = _state(project, "encryption", "encryption-config.yaml")
+    config.unlink()
+    fails_cleanly(project.doit("secrets", check=False), "encryption-config.yaml is missing",
+                  "old-key-removed", "none is made", "Restore it from a backup")
+    assert not config.exists()
+
+
 def test_rotation_walks_three_phases_and_each_run_between_rebuilds_only_control_planes(tmp_path):
     project = Project(tmp_path)
     _build(project)
