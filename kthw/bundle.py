@@ -499,6 +499,38 @@ def sha256_hex(data: bytes) -> str:
 # --- checking a bundle on the workstation -----------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Member:
+    """What :func:`verify_tarball` keeps of one archive member, from a single pass."""
+
+    mode: int
+    is_file: bool
+    sha256: str | None   # of a file's bytes
+    data: bytes | None   # the bytes themselves, only for MANIFEST, MANIFEST.sig and the public key
+
+
+def _read_members(archive: tarfile.TarFile, path: Path) -> dict[str, _Member]:
+    """Every member by name (a later one of the same name wins, as tar unpacks it), the
+    archive decompressed once: each file hashed in chunks as it streams past."""
+    kept = {f"{TOP}/{name}" for name in (MANIFEST, SIGNATURE, PUBLIC_KEY)}
+    members = {}
+    try:
+        for member in archive:
+            digest = data = None
+            if member.isfile():
+                handle, sha256, chunks = archive.extractfile(member), hashlib.sha256(), []
+                while chunk := handle.read(tarball.CHUNK):
+                    sha256.update(chunk)
+                    if member.name in kept:
+                        chunks.append(chunk)
+                digest = sha256.hexdigest()
+                data = b"".join(chunks) if member.name in kept else None
+            members[member.name] = _Member(member.mode, member.isfile(), digest, data)
+    except (OSError, tarfile.TarError, EOFError, ValueError) as err:
+        raise KthwError(f"{path}: damaged archive ({err}); copy the bundle again") from None
+    return members
+
+
 def verify_tarball(path: Path, expected_fingerprint: str, node: str | None = None) -> str:
     """Check a bundle file as install.sh would (signature, fingerprint, every file's sha256
     and mode), plus that it holds nothing the MANIFEST does not list."""
@@ -508,44 +540,41 @@ def verify_tarball(path: Path, expected_fingerprint: str, node: str | None = Non
     except (OSError, tarfile.TarError, EOFError) as err:
         raise KthwError(f"{path}: not a readable .tar.gz ({err}); copy the bundle again") from None
     with archive:
-        try:
-            members = {m.name: m for m in archive.getmembers()}
-        except (OSError, tarfile.TarError, EOFError, ValueError) as err:
-            raise KthwError(f"{path}: damaged archive ({err}); copy the bundle again") from None
+        members = _read_members(archive, path)
 
-        def read(name: str) -> bytes:
-            member = members.get(f"{TOP}/{name}")
-            if member is None or not member.isfile():
-                raise KthwError(f"{path}: {TOP}/{name} is missing; this is not a complete kthw-airgap bundle")
-            return archive.extractfile(member).read()
+    def read(name: str) -> bytes:
+        member = members.get(f"{TOP}/{name}")
+        if member is None or not member.is_file:
+            raise KthwError(f"{path}: {TOP}/{name} is missing; this is not a complete kthw-airgap bundle")
+        return member.data
 
-        public = read(PUBLIC_KEY)
-        found = bundle_signing.fingerprint_of_pem(public)
-        if found != expected_fingerprint:
-            raise KthwError(f"{path}: signed by key {found}, not by this workstation's {expected_fingerprint}")
-        manifest = read(MANIFEST)
-        if not bundle_signing.verify(bundle_signing.load_public(public), read(SIGNATURE), manifest):
-            raise KthwError(f"{path}: {MANIFEST}: the signature does not verify: the MANIFEST or its signature "
-                            "was altered")
-        header, lines = parse_manifest(manifest.decode("utf-8", "replace"))
-        if node is not None and header.get("node") != node:
-            raise KthwError(f"{path}: this is the bundle of {header.get('node')}, not of {node}")
-        listed = {f"{TOP}/{MANIFEST}", f"{TOP}/{SIGNATURE}", f"{TOP}/{PUBLIC_KEY}"}
-        for line in lines:
-            if line.sha256 == DIRECTORY:
-                continue
-            name = f"{TOP}/{line.member}"
-            listed.add(name)
-            member = members.get(name)
-            if member is None or not member.isfile():
-                raise KthwError(f"{path}: {name} is listed in the MANIFEST but missing")
-            if sha256_hex(archive.extractfile(member).read()) != line.sha256:
-                raise KthwError(f"{path}: {name}: sha256 differs from the MANIFEST (altered or damaged)")
-            if member.mode != line.mode:
-                raise KthwError(f"{path}: {name}: mode {member.mode:04o}, the MANIFEST says {line.mode:04o}")
-        extra = sorted(set(members) - listed)
-        if extra:
-            raise KthwError(f"{path}: holds files the MANIFEST does not list: {', '.join(extra[:5])}")
+    public = read(PUBLIC_KEY)
+    found = bundle_signing.fingerprint_of_pem(public)
+    if found != expected_fingerprint:
+        raise KthwError(f"{path}: signed by key {found}, not by this workstation's {expected_fingerprint}")
+    manifest = read(MANIFEST)
+    if not bundle_signing.verify(bundle_signing.load_public(public), read(SIGNATURE), manifest):
+        raise KthwError(f"{path}: {MANIFEST}: the signature does not verify: the MANIFEST or its signature "
+                        "was altered")
+    header, lines = parse_manifest(manifest.decode("utf-8", "replace"))
+    if node is not None and header.get("node") != node:
+        raise KthwError(f"{path}: this is the bundle of {header.get('node')}, not of {node}")
+    listed = {f"{TOP}/{MANIFEST}", f"{TOP}/{SIGNATURE}", f"{TOP}/{PUBLIC_KEY}"}
+    for line in lines:
+        if line.sha256 == DIRECTORY:
+            continue
+        name = f"{TOP}/{line.member}"
+        listed.add(name)
+        member = members.get(name)
+        if member is None or not member.is_file:
+            raise KthwError(f"{path}: {name} is listed in the MANIFEST but missing")
+        if member.sha256 != line.sha256:
+            raise KthwError(f"{path}: {name}: sha256 differs from the MANIFEST (altered or damaged)")
+        if member.mode != line.mode:
+            raise KthwError(f"{path}: {name}: mode {member.mode:04o}, the MANIFEST says {line.mode:04o}")
+    extra = sorted(set(members) - listed)
+    if extra:
+        raise KthwError(f"{path}: holds files the MANIFEST does not list: {', '.join(extra[:5])}")
     return (f"{path}: OK, bundle of {header.get('node')} ({header.get('arch')}), "
             f"{sum(1 for line in lines if line.path.startswith('/') and line.sha256 != DIRECTORY)} files, "
             f"signed by {found}")
