@@ -40,7 +40,7 @@ import jinja2
 
 from . import bundle_signing, tarball, vendor
 from .errors import KthwError
-from .fsutil import SECRET_MODE
+from .fsutil import SECRET_MODE, atomic_write
 from .inventory import ARCH_ALIASES, Inventory, Node
 from .layout import Layout
 from .render import ETCD_CLIENT_PORT, PATHS, UNIT_DIR
@@ -424,10 +424,8 @@ def shared_part(spec: BundleSpec) -> SharedPart:
                             "`doit bundle` again")
         os.replace(tmp, member)
     shared = SharedPart(member, part.crc, part.size, {e["path"]: digests[e["name"]] for e in wanted["entries"]})
-    index_tmp = index.with_name(f".{index.name}.tmp")
-    index_tmp.write_text(json.dumps({**wanted, "part_size": part_size, "crc": shared.crc, "size": shared.size,
-                                     "sha256": shared.sha256}, indent=1) + "\n")
-    os.replace(index_tmp, index)
+    atomic_write(index, (json.dumps({**wanted, "part_size": part_size, "crc": shared.crc, "size": shared.size,
+                                     "sha256": shared.sha256}, indent=1) + "\n").encode())
     return shared
 
 
