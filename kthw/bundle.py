@@ -43,7 +43,7 @@ from .errors import KthwError
 from .fsutil import SECRET_MODE, atomic_write
 from .inventory import ARCH_ALIASES, Inventory, Node
 from .layout import Layout
-from .render import ETCD_CLIENT_PORT, PATHS, UNIT_DIR
+from .render import ETCD_CLIENT_PORT, PATHS, UNIT_DIR, _host
 
 TOP = "kthw-bundle"
 FILES = "files"
@@ -357,8 +357,7 @@ def _script_context(spec: BundleSpec, files: list[tuple[str, bytes, int]], insta
     texts = {path: data for path, data, _ in files}
     etcd = None
     if "etcd" in units:
-        etcd = {"endpoint": f"https://{spec.node_ip}:{ETCD_CLIENT_PORT}" if ":" not in spec.node_ip
-                else f"https://[{spec.node_ip}]:{ETCD_CLIENT_PORT}",
+        etcd = {"endpoint": f"https://{_host(spec.node_ip)}:{ETCD_CLIENT_PORT}",
                 "ca": PATHS["etcd_ca"], "cert": PATHS["etcd_healthcheck_client_cert"],
                 "key": PATHS["etcd_healthcheck_client_key"], "etcdctl": f"{PATHS['bin']}/etcdctl"}
     return {"node": spec.node, "arch": spec.arch, "machines": machines_of(spec.arch), "roles": list(spec.roles),
