@@ -103,6 +103,12 @@ def ensure_sa_keypair(key_path: Path, pub_path: Path, algorithm: str) -> str:
             message = (f"note: {key_path} is {key_algorithm(key)}, the inventory says {algorithm}; the key is "
                        "kept (a new one would invalidate every service-account token); to switch without "
                        "invalidating any, run `doit rotate_sa_key` three times")
+    elif pub_path.exists():
+        # sa.pub is written only from sa.key: the key existed and is lost, and a new one
+        # would invalidate every service-account token.
+        raise StateError(f"{key_path} is missing but {pub_path}, written from it, is there; no new key is made "
+                         f"(it would invalidate every service-account token). Restore {key_path.name} from a "
+                         f"backup of build/state; to start over with a new key anyway, delete {pub_path}")
     else:
         key = generate_key(algorithm)
         atomic_write(key_path, private_key_pem(key), SECRET_MODE)

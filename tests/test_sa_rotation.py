@@ -283,6 +283,20 @@ def test_a_lost_signing_key_during_a_rotation_is_not_replaced(in_phase_add):
         assert not _state(project, "sa.key").exists()
 
 
+def test_a_lost_signing_key_before_any_rotation_is_not_replaced(tmp_path):
+    """sa.pub is written only from sa.key: with it still there, the key was lost, not never made."""
+    project = Project(tmp_path)
+    project.write_inventory(loopback_inventory(workers=1))
+    project.doit("pki", "secrets")
+    _state(project, "sa.key").unlink()
+    fails_cleanly(project.doit("secrets", check=False), "sa.key is missing", "sa.pub", "no new key is made",
+                  "Restore sa.key from a backup")
+    assert not _state(project, "sa.key").exists()
+    _state(project, "sa.pub").unlink()  # the named way to start over
+    project.doit("secrets")
+    assert _state(project, "sa.key").exists()
+
+
 def test_a_lost_signing_key_after_a_finished_rotation_is_not_replaced(tmp_path):
     """The record of a finished rotation names the signing key: losing it is an error, not a new key."""
     project = Project(tmp_path)
