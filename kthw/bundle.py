@@ -414,18 +414,30 @@ def shared_part(spec: BundleSpec) -> SharedPart:
         # copy from offset 0 to offset 0: page-aligned, as fast as cp.
         handle.write(tarball.GZIP_HEADER)
         part = tarball.DeflatePart(handle, final=False)
-        digests = tarball.write_entries(part, entries, spec.epoch, end=False)
+        try:
+            digests = tarball.write_entries(part, entries, spec.epoch, end=False)
+        except OSError as err:
+            # tarball's "changed size while it was packed" carries no errno, a disk error does;
+            # a source whose size or mtime moved changed too. Neither is a full disk.
+            if err.errno is None or _vendored_entries(spec) != wanted["entries"]:
+                raise _vendor_changed(spec, f" ({err})") from None
+            raise
         part.close()
         handle.flush()
         part_size = handle.tell()
         if _vendored_entries(spec) != wanted["entries"]:  # a source changed while it was read
-            raise KthwError(f"vendored files of {spec.node} changed while the bundle was built; run "
-                            "`doit bundle` again")
+            raise _vendor_changed(spec)
         os.replace(tmp, member)
     shared = SharedPart(member, part.crc, part.size, {e["path"]: digests[e["name"]] for e in wanted["entries"]})
     atomic_write(index, (json.dumps({**wanted, "part_size": part_size, "crc": shared.crc, "size": shared.size,
                                      "sha256": shared.sha256}, indent=1) + "\n").encode())
     return shared
+
+
+def _vendor_changed(spec: BundleSpec, detail: str = "") -> KthwError:
+    return KthwError(f"vendored files of {spec.node} changed while the bundle was built{detail}: something "
+                     "wrote to vendor/ meanwhile; do not modify vendor/ during a build, run `doit vendor` again "
+                     "(it checks every vendored file), then `doit bundle`")
 
 
 @contextlib.contextmanager
