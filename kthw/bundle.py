@@ -365,7 +365,8 @@ def _script_context(spec: BundleSpec, files: list[tuple[str, bytes, int]], insta
             "images": list(spec.vendored.images), "manifest_format": MANIFEST_FORMAT, "directory": DIRECTORY,
             "unit_dir": UNIT_DIR, "etcd": etcd, "top": TOP, "ctr": f"{PATHS['bin']}/ctr",
             "files": FILES, "manifest": MANIFEST, "signature": SIGNATURE, "public_key": PUBLIC_KEY,
-            "check_signature": CHECK_SIGNATURE, "check_files": CHECK_FILES, "check_fingerprint": CHECK_FINGERPRINT}
+            "check_signature": CHECK_SIGNATURE, "check_files": CHECK_FILES, "check_fingerprint": CHECK_FINGERPRINT,
+            "safe_path": _SAFE_PATH.pattern}
 
 
 # --- the vendored part: one gzip member per arch and role set, cached -----------------------------
