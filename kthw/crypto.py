@@ -132,8 +132,7 @@ def load_certificates(path: Path) -> list[x509.Certificate]:
 def build_certificate(spec: CertSpec, public_key: PublicKey, now: datetime,
                       issuer_cert: x509.Certificate | None, issuer_key: PrivateKey) -> x509.Certificate:
     """Sign ``public_key`` per ``spec``; with no ``issuer_cert`` the cert is self-signed."""
-    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in spec.organizations]
-                        + [x509.NameAttribute(NameOID.COMMON_NAME, spec.common_name)])
+    subject = _subject(spec)
     not_before = now.replace(microsecond=0) - BACKDATE
     not_after = not_before + spec.lifetime
     if issuer_cert is not None:
@@ -163,11 +162,27 @@ def build_certificate(spec: CertSpec, public_key: PublicKey, now: datetime,
     eku = [_EKU[u] for u in sorted(spec.usages) if u in _EKU]
     if eku:
         builder = builder.add_extension(x509.ExtendedKeyUsage(eku), critical=False)
-    sans = [x509.DNSName(n) for n in spec.dns_names] + \
-           [x509.IPAddress(ipaddress.ip_address(ip)) for ip in spec.ip_addresses]
-    if sans:
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    if spec.dns_names or spec.ip_addresses:
+        builder = builder.add_extension(_alt_names(spec), critical=False)
     return builder.sign(issuer_key, _signature_hash(issuer_key))
+
+
+def build_csr(spec: CertSpec, key: PrivateKey) -> x509.CertificateSigningRequest:
+    """A request for ``spec``'s subject and names, for a CA that signs elsewhere (Vault)."""
+    builder = x509.CertificateSigningRequestBuilder().subject_name(_subject(spec))
+    if spec.dns_names or spec.ip_addresses:
+        builder = builder.add_extension(_alt_names(spec), critical=False)
+    return builder.sign(key, _signature_hash(key))
+
+
+def _subject(spec: CertSpec) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in spec.organizations]
+                     + [x509.NameAttribute(NameOID.COMMON_NAME, spec.common_name)])
+
+
+def _alt_names(spec: CertSpec) -> x509.SubjectAlternativeName:
+    return x509.SubjectAlternativeName([x509.DNSName(n) for n in spec.dns_names]
+                                       + [x509.IPAddress(ipaddress.ip_address(ip)) for ip in spec.ip_addresses])
 
 
 def _signature_hash(key) -> hashes.HashAlgorithm:

@@ -50,14 +50,12 @@ from pathlib import Path
 import hvac
 import requests
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 from hvac import exceptions as hvac_errors
 
 from .catalogue import INTERMEDIATES, LEAVES, ROOT, ca_specs, leaves_for
 from . import clock
-from .crypto import BACKDATE, CertSpec, PrivateKey, certs_pem, load_certificates, read_facts, signed_by
+from .crypto import BACKDATE, CertSpec, PrivateKey, build_csr, certs_pem, load_certificates, read_facts, signed_by
 from .errors import KthwError, StateError
 from .fsutil import PUBLIC_MODE, atomic_write
 from .inventory import CASettings, Inventory
@@ -298,16 +296,7 @@ def session(settings: CASettings) -> Session:
 
 
 def _csr(spec: CertSpec, key: PrivateKey) -> str:
-    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in spec.organizations]
-                        + [x509.NameAttribute(NameOID.COMMON_NAME, spec.common_name)])
-    builder = x509.CertificateSigningRequestBuilder().subject_name(subject)
-    sans = [x509.DNSName(n) for n in spec.dns_names] + \
-           [x509.IPAddress(ipaddress.ip_address(ip)) for ip in spec.ip_addresses]
-    if sans:
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    digest = hashes.SHA384() if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size >= 384 \
-        else hashes.SHA256()
-    return builder.sign(key, digest).public_bytes(serialization.Encoding.PEM).decode()
+    return build_csr(spec, key).public_bytes(serialization.Encoding.PEM).decode()
 
 
 def _seconds(delta: timedelta) -> str:
