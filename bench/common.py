@@ -19,7 +19,9 @@ from typing import Callable
 REPO = Path(__file__).resolve().parent.parent
 
 
-def inventory(workers: int, control_planes: int = 3, key_algorithm: str = "ecdsa-p256") -> str:
+def inventory(workers: int, control_planes: int = 3, key_algorithm: str = "ecdsa-p256",
+              arch: str | None = None) -> str:
+    """Control planes are amd64; workers are ``arch``, or when None arm64 and amd64 in turn."""
     lines = ["name: bench", 'kubernetes_version: "%s"' % _example_version(),
              "api_endpoint: {dns: k8s.bench.lan, ip: 10.0.0.10, port: 6443}",
              "service_cidr: 10.96.0.0/12", "pod_cidr: 10.128.0.0/9", f"key_algorithm: {key_algorithm}",
@@ -28,8 +30,8 @@ def inventory(workers: int, control_planes: int = 3, key_algorithm: str = "ecdsa
         lines.append(f"  - {{name: cp{i}, roles: [control-plane, etcd], arch: amd64, zone: az{(i - 1) % 3 + 1}, "
                      f"ip: 10.0.0.{10 + i}}}")
     for i in range(1, workers + 1):
-        arch = "arm64" if i % 2 else "amd64"
-        lines.append(f"  - {{name: w{i}, roles: [worker], arch: {arch}, zone: az{i % 3 + 1}, "
+        worker_arch = arch or ("arm64" if i % 2 else "amd64")
+        lines.append(f"  - {{name: w{i}, roles: [worker], arch: {worker_arch}, zone: az{i % 3 + 1}, "
                      f"ip: 10.1.{i // 250}.{i % 250 + 1}, pod_cidr: 10.{128 + i // 256}.{i % 256}.0/24}}")
     return "\n".join(lines) + "\n"
 
