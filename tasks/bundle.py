@@ -26,16 +26,8 @@ from kthw import bundle_signing, vendor
 from kthw.errors import KthwError
 from kthw.fsutil import remove
 
-from .common import checked, context, guarded
+from .common import checked, context, failing, guarded
 from .render import TEMPLATES
-
-
-def _refuse(message: str) -> None:
-    raise KthwError(message)
-
-
-def _failing(name: str, doc: str, message: str) -> dict:
-    return {"name": name, "doc": doc, "actions": [(guarded, [_refuse, message])], "uptodate": [False]}
 
 
 def _stage_outputs(node_roots: dict[str, Path]) -> tuple[dict[str, set[Path]], dict[str, list[str]]]:
@@ -94,7 +86,7 @@ def task_bundle():
         epoch = bundle.source_date_epoch()
     except KthwError as err:
         for node in inv.nodes:
-            yield _failing(node.name, f"bundle of {node.name}", str(err))
+            yield failing(node.name, f"bundle of {node.name}", str(err))
         return
     roots = {node.name: layout.node_root(node.name) for node in inv.nodes}
     targets, groups = _stage_outputs(roots)
@@ -109,11 +101,11 @@ def task_bundle():
         try:
             vendored = bundle.vendored_files(node, inv, layout, items)
         except KthwError as err:
-            yield _failing(node.name, doc, f"{node.name}: {err}")
+            yield failing(node.name, doc, f"{node.name}: {err}")
             continue
         missing = bundle.missing_vendored(vendored)
         if missing:
-            yield _failing(node.name, doc, (
+            yield failing(node.name, doc, (
                 f"{node.name}: {len(missing)} vendored file(s) are missing, e.g. {missing[0]}; run `doit vendor` "
                 "first (on a workstation that reaches the release sites or the mirror), then `doit bundle`"))
             continue

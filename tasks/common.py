@@ -50,3 +50,13 @@ def checked(function, *args, **kwargs) -> bool:
         return function(*args, **kwargs)
     except KthwError:
         return False
+
+
+def _fail(message: str) -> TaskFailed:
+    return TaskFailed(message)
+
+
+def failing(name: str, doc: str, message: str) -> dict:
+    """A task that fails with ``message`` when it runs: a stage that cannot plan says why
+    when it is asked for, and the other stages still load."""
+    return {"name": name, "doc": doc, "actions": [(_fail, [message])], "uptodate": [False]}

@@ -24,13 +24,9 @@ from kthw.render import plan, remove_stale, stale_files, template_files, write_n
 from kthw.sa_rotation import public_key_files
 from kthw.secrets import state_of
 
-from .common import checked, context, guarded
+from .common import checked, context, failing, guarded
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
-
-
-def _refuse(message: str) -> None:
-    raise KthwError(message)
 
 
 # Made when a render task is about to run, not whenever doit loads: `doit pki` then skips
@@ -44,8 +40,7 @@ def task_render():
         files = plan(inv, service_account_keys=functools.partial(public_key_files, state_of(layout)))
     except KthwError as err:
         # e.g. a Kubernetes minor outside the version table: nothing can be rendered.
-        yield {"name": "versions", "doc": "the inventory's Kubernetes version is not supported",
-               "actions": [(guarded, [_refuse, str(err)])], "uptodate": [False]}
+        yield failing("versions", "the inventory's Kubernetes version is not supported", str(err))
         return
     for node in inv.nodes:
         names = []

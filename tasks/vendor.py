@@ -17,16 +17,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from doit import get_var
-from doit.exceptions import TaskFailed
 
 from kthw import components, pinning, vendor
 from kthw.errors import KthwError
 
-from .common import checked, context, guarded
-
-
-def _fail(message: str) -> TaskFailed:
-    return TaskFailed(message)
+from .common import checked, context, failing, guarded
 
 
 def task_vendor():
@@ -36,8 +31,7 @@ def task_vendor():
         items = vendor.plan(inv, vendor.load_pins(inv), layout)
     except KthwError as err:
         # Only `doit vendor` fails on an unpinned version or a bad pins file; other stages still load.
-        yield {"name": "pins", "doc": "the pins table does not cover the inventory",
-               "actions": [(_fail, [str(err)])], "uptodate": [False]}
+        yield failing("pins", "the pins table does not cover the inventory", str(err))
         return
     for item in items:
         what = f"image {item.reference}" if item.is_image else f"{item.component} {item.version}"
