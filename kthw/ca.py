@@ -63,10 +63,15 @@ def _load_local_ca(name: str, paths: KeyPairPaths, stamps: tuple) -> LocalCA:
     # same few CAs, and a replaced CA file (always a new inode, see fsutil) is read afresh.
     cert = load_certificates(paths.cert)[0]
     key = load_private_key(paths.key)
+    require_matching_pair(paths, key, cert)
+    return LocalCA(name, cert, key)
+
+
+def require_matching_pair(paths: KeyPairPaths, key: PrivateKey, cert: x509.Certificate) -> None:
+    """A CA key that does not match its cert stops the build; neither file is touched."""
     if not same_public_key(key, cert.public_key()):
         raise StateError(f"{paths.key} does not match {paths.cert}; both were left as they are. "
                          "Restore the matching pair from a backup")
-    return LocalCA(name, cert, key)
 
 
 def open_ca(layout: Layout, name: str, settings: CASettings | None = None) -> CertificateAuthority:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from .ca import CertificateAuthority
+from .ca import CertificateAuthority, require_matching_pair
 from .crypto import CertSpec, build_certificate, certs_pem, generate_key, key_algorithm, load_certificates, \
     load_private_key, private_key_pem, same_public_key
 from .errors import StateError
@@ -82,9 +82,8 @@ def ensure_ca(spec: CertSpec, paths: KeyPairPaths, parent: CertificateAuthority 
     if key is None and cert is not None:
         raise StateError(f"{paths.cert} exists but its key {paths.key} is missing. Restore the key from "
                          "a backup; a CA is never re-created silently")
-    if key is not None and cert is not None and not same_public_key(key, cert.public_key()):
-        raise StateError(f"{paths.key} does not match {paths.cert}; both were left as they are. "
-                         "Restore the matching pair from a backup")
+    if key is not None and cert is not None:
+        require_matching_pair(paths, key, cert)
     reason = renewal_reason(spec, cert, parent.certificate if parent else None, now, window)
     if reason is None:
         return f"CA {spec.name}: current"
