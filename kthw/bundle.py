@@ -39,6 +39,7 @@ from pathlib import Path, PurePosixPath
 import jinja2
 
 from . import bundle_signing, tarball, vendor
+from .crypto import public_key_pem
 from .errors import KthwError
 from .fsutil import SECRET_MODE, atomic_write
 from .inventory import ARCH_ALIASES, Inventory, Node
@@ -484,7 +485,7 @@ def build(spec: BundleSpec) -> str:
         tarball.Entry(f"{TOP}/{README}", 0o644, data=readme),
         tarball.Entry(f"{TOP}/{MANIFEST}", 0o644, data=manifest),
         tarball.Entry(f"{TOP}/{SIGNATURE}", 0o644, data=bundle_signing.sign(key, manifest)),
-        tarball.Entry(f"{TOP}/{PUBLIC_KEY}", 0o644, data=bundle_signing.public_pem(key)),
+        tarball.Entry(f"{TOP}/{PUBLIC_KEY}", 0o644, data=public_key_pem(key)),
     ]
     node_entries.sort(key=lambda entry: entry.name)
 

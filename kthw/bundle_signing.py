@@ -22,7 +22,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .crypto import public_key_sha256
+from .crypto import private_key_pem, public_key_pem, public_key_sha256
 from .errors import KthwError, StateError
 from .fsutil import PUBLIC_MODE, SECRET_MODE, atomic_write
 
@@ -58,11 +58,6 @@ def load_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
-def public_pem(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
-    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
-    return public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
 def fingerprint(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
     return "SHA256:" + public_key_sha256(key)
 
@@ -84,7 +79,7 @@ def fingerprint_of_pem(pem: bytes) -> str:
 def is_current(state: Path) -> bool:
     """The key is readable and the .pub beside it is its public half."""
     try:
-        return pub_path(state).read_bytes() == public_pem(load_key(key_path(state)))
+        return pub_path(state).read_bytes() == public_key_pem(load_key(key_path(state)))
     except (OSError, StateError):
         return False
 
@@ -97,9 +92,9 @@ def ensure(state: Path) -> str:
         message = ""
     else:
         key = Ed25519PrivateKey.generate()
-        atomic_write(path, _private_pem(key), SECRET_MODE)
+        atomic_write(path, private_key_pem(key), SECRET_MODE)
         message = f"new bundle-signing key {path}\n{announce(key)}"
-    atomic_write(pub_path(state), public_pem(key), PUBLIC_MODE)
+    atomic_write(pub_path(state), public_key_pem(key), PUBLIC_MODE)
     return message
 
 
@@ -116,8 +111,8 @@ def rotate(state: Path) -> str:
             if current.exists():
                 os.replace(current, current.with_name(current.name + ".old"))
     key = Ed25519PrivateKey.generate()
-    atomic_write(path, _private_pem(key), SECRET_MODE)
-    atomic_write(pub_path(state), public_pem(key), PUBLIC_MODE)
+    atomic_write(path, private_key_pem(key), SECRET_MODE)
+    atomic_write(pub_path(state), public_key_pem(key), PUBLIC_MODE)
     note = f"replaced the bundle-signing key {old} (kept as {path.name}.old)\n" if old else ""
     return (note + announce(key) + "\nRebuild the bundles (`doit bundle`); bundles signed with the old key now "
             "fail the new fingerprint check.")
@@ -139,8 +134,3 @@ def verify(public: Ed25519PublicKey, signature: bytes, data: bytes) -> bool:
     except InvalidSignature:
         return False
     return True
-
-
-def _private_pem(key: Ed25519PrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
