@@ -172,18 +172,16 @@ def read_tokens(token_paths: dict[str, Path]) -> list[BootstrapToken]:
 
 
 def write_bootstrap_dir(directory: Path, inv: Inventory, token_paths: dict[str, Path], ca_cert: Path,
-                        templates: Path) -> str:
-    """Write the manifests and apply.sh into one control-plane node's bootstrap directory."""
+                        templates: Path) -> None:
+    """Write the manifests and apply.sh into one control-plane node's bootstrap directory.
+
+    Files an earlier inventory put there (a removed node's token Secret) are the secrets
+    stage's per-node stale task's to remove, like every other file this stage wrote.
+    """
     files = manifests(inv, read_tokens(token_paths), Path(ca_cert).read_bytes())
     files[APPLY_SCRIPT] = (apply_script(list(files), templates), SCRIPT_MODE)
     for name, (data, mode) in files.items():
         atomic_write(directory / name, data, mode)
-    removed = []
-    for path in sorted(directory.iterdir()):
-        if path.is_file() and path.name not in files and not path.name.startswith("."):
-            path.unlink()
-            removed.append(path.name)
-    return f"removed {', '.join(removed)} from {directory}" if removed else ""
 
 
 def bootstrap_targets(inv: Inventory, directory: Path) -> list[Path]:

@@ -178,8 +178,9 @@ def task_secrets():
             "doc": f"remove secret files {node.name} no longer gets (a changed role or credential mode)",
             "actions": [(guarded, [remove_stale, node_root, NODE_PATHS, keep])],
             "uptodate": [(checked, [_nothing_stale, node_root, keep])],
-            # What to keep follows the key rotation's phase: never prune while its state is unreadable.
-            "task_dep": ["secrets:sa-keypair"],
+            # What to keep follows the key rotation's phase: never prune while its state is unreadable;
+            # and after the node's writers, whose temp files (doit -n 2) are not stale.
+            "task_dep": ["secrets:sa-keypair", *names],
         }
         names.append(f"secrets:{node.name}/stale")
         yield {"name": node.name, "doc": f"every secret file of {node.name}", "actions": None, "task_dep": names}
