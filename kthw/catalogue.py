@@ -92,6 +92,12 @@ LEAVES: tuple[Leaf, ...] = (
     Leaf("kubelet-serving", frozenset({WORKER}), "kubernetes", "system:node:{node}", ("system:nodes",), SERVER,
          "node", installed_as="/etc/k8s/kubelet/kubelet-serving"),
 )
+_LEAF_BY_NAME = {row.name: row for row in LEAVES}
+
+
+def leaf(name: str) -> Leaf:
+    """The catalogue row called ``name``."""
+    return _LEAF_BY_NAME[name]
 
 
 @dataclass(frozen=True)

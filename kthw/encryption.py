@@ -27,10 +27,10 @@ from pathlib import Path
 
 import yaml
 
-from .catalogue import LEAVES
 from . import rotation
 from .errors import KthwError, StateError
 from .fsutil import SECRET_MODE, atomic_write
+from .render import PATHS
 
 API_VERSION = "apiserver.config.k8s.io/v1"
 KIND = "EncryptionConfiguration"
@@ -42,12 +42,10 @@ _KEY_NAME = re.compile(r"^key(\d+)$")
 IDLE, ADDED, FIRST, REMOVED = rotation.IDLE, "new-key-added", "new-key-first", "old-key-removed"
 NEXT_PHASE = {IDLE: ADDED, REMOVED: ADDED, ADDED: FIRST, FIRST: REMOVED}
 
-_ADMIN_KUBECONFIG = next(row.kubeconfig for row in LEAVES if row.name == "admin")
-REWRITE_SECRETS = (f"kubectl --kubeconfig {_ADMIN_KUBECONFIG} get secrets --all-namespaces -o json"
-                   f" | kubectl --kubeconfig {_ADMIN_KUBECONFIG} replace -f -")
+REWRITE_SECRETS = (f"kubectl --kubeconfig {PATHS['admin_kubeconfig']} get secrets --all-namespaces -o json"
+                   f" | kubectl --kubeconfig {PATHS['admin_kubeconfig']} replace -f -")
 INSTALL = ("run `doit` (it rebuilds the control-plane nodes' files only), install "
-           "/etc/k8s/kube-apiserver/encryption-config.yaml on every control-plane node and restart every "
-           "kube-apiserver")
+           f"{PATHS['encryption_config']} on every control-plane node and restart every kube-apiserver")
 
 
 @dataclass(frozen=True)

@@ -18,23 +18,23 @@ from pathlib import Path
 
 import yaml
 
-from .catalogue import LEAVES, LOCAL_APISERVER_URL
+from .catalogue import LOCAL_APISERVER_URL, leaf
 from .errors import StateError
 from .fsutil import PUBLIC_MODE, SECRET_MODE, atomic_write
 from .inventory import Inventory
-from .render import NodeFile, render
+from .render import PATHS, NodeFile, render
 from .tokens import BootstrapToken, kubelet_nodes, read as read_token
 
 BOOTSTRAP_DIR = "/etc/k8s/bootstrap"
 APPLY_SCRIPT = "apply.sh"
 APPLY_TEMPLATE = "bootstrap/apply.sh.j2"
 SCRIPT_MODE = 0o755
-ADMIN_KUBECONFIG = next(row.kubeconfig for row in LEAVES if row.name == "admin")
+ADMIN_KUBECONFIG = PATHS["admin_kubeconfig"]
 
 RBAC = "rbac.authorization.k8s.io"
 BOOTSTRAPPERS = "system:bootstrappers"
 # The user kube-apiserver presents to kubelets: the CN of its kubelet-client cert.
-APISERVER_KUBELET_CLIENT = next(row.common_name for row in LEAVES if row.name == "apiserver-kubelet-client")
+APISERVER_KUBELET_CLIENT = leaf("apiserver-kubelet-client").common_name
 
 
 def _cluster_role_binding(name: str, role: str, kind: str, subject: str) -> dict:

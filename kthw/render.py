@@ -26,7 +26,7 @@ import jinja2
 import jinja2.meta
 
 from . import components, vendor, versions
-from .catalogue import APISERVER_PORT, CLUSTER_SIGNER, CONTROL_PLANE, ETCD, LEAVES, TRUST, WORKER
+from .catalogue import APISERVER_PORT, CLUSTER_SIGNER, CONTROL_PLANE, ETCD, TRUST, WORKER, leaf
 from .errors import KthwError
 from .fsutil import PUBLIC_MODE, atomic_write
 from .inventory import Inventory, Node
@@ -59,7 +59,7 @@ def binaries_for(node: Node) -> dict[str, str]:
 
 
 def _leaf(name: str) -> str:
-    row = next(row for row in LEAVES if row.name == name)
+    row = leaf(name)
     return row.installed_as or row.kubeconfig
 
 
@@ -86,6 +86,7 @@ PATHS: dict[str, str] = {
     "scheduler_kubeconfig": _leaf("scheduler"),
     "kube_proxy_kubeconfig": _leaf("kube-proxy"),
     "kubelet_static_kubeconfig": _leaf("kubelet-client"),
+    "admin_kubeconfig": _leaf("admin"),
     # secrets stage (CONVENTIONS.md, issue 4)
     "sa_key": "/etc/k8s/shared/sa.key",
     "sa_pub": "/etc/k8s/shared/sa.pub",
@@ -187,7 +188,7 @@ def _apiserver_unit(i: _Inputs, node: Node) -> dict:
         "service_account_key_files": i.service_account_keys(),
         "port": APISERVER_PORT,
         # Only the aggregation proxy's own cert may assert a user through request headers.
-        "front_proxy_client_cn": next(row.common_name for row in LEAVES if row.name == "front-proxy-client"),
+        "front_proxy_client_cn": leaf("front-proxy-client").common_name,
         "paths": PATHS,
     }
 

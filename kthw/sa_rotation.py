@@ -38,7 +38,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from . import rotation
-from .catalogue import LEAVES
 from .crypto import generate_key, load_private_key, private_key_pem, public_key_pem, public_key_sha256
 from .errors import KthwError, StateError
 from .fsutil import PUBLIC_MODE, SECRET_MODE, atomic_write
@@ -53,8 +52,7 @@ EXTRA_PUBLIC_KEY = {ADD: "sa_next_pub", PROMOTE: "sa_previous_pub"}
 TASK = "doit rotate_sa_key"
 CONFIRM = "old_tokens_gone=yes"
 _FINGERPRINT = re.compile(r"^sha256:[0-9a-f]{64}$")
-_ADMIN_KUBECONFIG = next(row.kubeconfig for row in LEAVES if row.name == "admin")
-LEGACY_TOKEN_SECRETS = (f"kubectl --kubeconfig {_ADMIN_KUBECONFIG} get secrets --all-namespaces "
+LEGACY_TOKEN_SECRETS = (f"kubectl --kubeconfig {PATHS['admin_kubeconfig']} get secrets --all-namespaces "
                         "--field-selector type=kubernetes.io/service-account-token")
 
 
