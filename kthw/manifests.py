@@ -23,7 +23,7 @@ from .errors import StateError
 from .fsutil import PUBLIC_MODE, SECRET_MODE, atomic_write
 from .inventory import Inventory
 from .render import PATHS, NodeFile, render
-from .tokens import BootstrapToken, kubelet_nodes, read as read_token
+from .tokens import BootstrapToken, kubelet_nodes, require as require_token
 
 BOOTSTRAP_DIR = "/etc/k8s/bootstrap"
 APPLY_SCRIPT = "apply.sh"
@@ -160,9 +160,7 @@ def apply_script(names: list[str], templates: Path) -> bytes:
 def read_tokens(token_paths: dict[str, Path]) -> list[BootstrapToken]:
     tokens = []
     for node, path in token_paths.items():
-        token = read_token(path, node)
-        if token is None:
-            raise StateError(f"{path} is missing; run `doit secrets` to issue the bootstrap token of {node}")
+        token = require_token(path, node)
         for other in tokens:
             if other.token_id == token.token_id:
                 raise StateError(f"{path} and the token file of {other.node} hold the same token id "

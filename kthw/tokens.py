@@ -121,6 +121,14 @@ def _bad(path: Path, problem: str) -> StateError:
                       "issue a new token (the node's bootstrap kubeconfig and Secret then change too)")
 
 
+def require(path: Path, node: str) -> BootstrapToken:
+    """The node's token, for files that embed it: a missing one names the stage that issues it."""
+    token = read(path, node)
+    if token is None:
+        raise StateError(f"{path} is missing; run `doit secrets` to issue the bootstrap token of {node}")
+    return token
+
+
 def pending_reason(path: Path, node: str, now: datetime, window: timedelta) -> str | None:
     """Why the node needs a new token now (missing, expired, inside the window), or None."""
     token = read(path, node)
@@ -143,8 +151,6 @@ def ensure(path: Path, node: str, now: datetime, ttl: timedelta, window: timedel
 def write_bootstrap_kubeconfig(destination: Path, cluster: str, server: str, ca_cert: Path, token_path: Path,
                                node: str) -> None:
     """The kubelet's --bootstrap-kubeconfig: the API endpoint, its CA and the node's token."""
-    token = read(token_path, node)
-    if token is None:
-        raise StateError(f"{token_path} is missing; run `doit secrets` to issue the bootstrap token of {node}")
+    token = require(token_path, node)
     document = kubeconfig(cluster, server, Path(ca_cert).read_bytes(), "kubelet-bootstrap", token=token.token)
     atomic_write(destination, document, SECRET_MODE)
