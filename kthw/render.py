@@ -167,11 +167,18 @@ class _Inputs:
         return [{"name": n.name, "host": _host(n.ip)} for n in self.inv.etcd_nodes]
 
 
+def _systemd_dir(path: str, base: str) -> str:
+    """The name systemd's StateDirectory= or LogsDirectory= takes for ``path`` (under ``base``),
+    so the directory the unit creates and locks down is the one its flags name."""
+    return str(PurePosixPath(path).relative_to(base))
+
+
 def _etcd_unit(i: _Inputs, node: Node) -> dict:
     line = versions.etcd_line(i.pinned("etcd"))
     return {"name": node.name, "host": _host(node.ip), "members": i.etcd_members(), "token": i.inv.name,
             "client_port": ETCD_CLIENT_PORT, "peer_port": ETCD_PEER_PORT,
-            "extra_flags": [f"{flag}={value}" for flag, value in line.extra_flags], "paths": PATHS}
+            "extra_flags": [f"{flag}={value}" for flag, value in line.extra_flags], "paths": PATHS,
+            "state_directory": _systemd_dir(PATHS["etcd_data"], "/var/lib")}
 
 
 def _apiserver_unit(i: _Inputs, node: Node) -> dict:
@@ -189,6 +196,7 @@ def _apiserver_unit(i: _Inputs, node: Node) -> dict:
         "port": APISERVER_PORT,
         # Only the aggregation proxy's own cert may assert a user through request headers.
         "front_proxy_client_cn": leaf("front-proxy-client").common_name,
+        "logs_directory": _systemd_dir(str(PurePosixPath(PATHS["audit_log"]).parent), "/var/log"),
         "paths": PATHS,
     }
 
