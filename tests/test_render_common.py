@@ -1,7 +1,7 @@
 """Shared pieces of the render-stage tests: a site pins file made for the test (the render
 stage reads the same pins the vendor stage does, so a test release is written with the vendor
-tests' helper), and a loopback cluster built by the real doit graph (pki, secrets when that
-stage exists, render). This module holds no tests of its own."""
+tests' helper), and a loopback cluster built by the real doit graph (pki, secrets, render).
+This module holds no tests of its own."""
 
 from __future__ import annotations
 
@@ -51,18 +51,6 @@ def pinned_inventory(pins: Path, kubernetes_version: str = TEST_VERSION, **kwarg
                               extra=f"vendor: {{site_pins: {json.dumps(str(pins))}}}", **kwargs)
 
 
-def secrets_stage_available(project: Project) -> bool:
-    listing = project.doit("list", check=False)
-    return any(line.split()[:1] == ["secrets"] for line in listing.stdout.splitlines())
-
-
-def build(project: Project) -> list[str]:
-    """pki, secrets (when another stage provides it) and render; returns the stages run."""
-    stages = ["pki"] + (["secrets"] if secrets_stage_available(project) else []) + ["render"]
-    project.doit(*stages)
-    return stages
-
-
 def rendered_paths(project: Project) -> dict[str, list[str]]:
     """Node -> node paths of the files the render stage writes for it."""
     inv = inventory.load(project.inventory)
@@ -76,8 +64,8 @@ def rendered_cluster(tmp_path_factory):
     project = Project(root)
     pins = write_pins(root / "site-pins.yaml", [release()])
     project.write_inventory(pinned_inventory(pins))
-    stages = build(project)
-    return project, pins, stages
+    project.doit("pki", "secrets", "render")
+    return project, pins
 
 
 ABSOLUTE_PATH = re.compile(r"(?<![\w.:/-])(/(?:etc|usr|opt|var|run)/[\w.@/-]*[\w])")

@@ -13,12 +13,6 @@ from kthw.render import binaries_for, unit_exec_start
 
 # Created on the node by the services themselves (data, logs, sockets), never installed.
 RUNTIME_DIRS = ("/var/lib/", "/var/log/", "/run/")
-# Agreed in CONVENTIONS.md for the secrets stage; used only while that stage is not in the tree.
-SECRETS_STAGE_FILES = {
-    "control-plane": {"/etc/k8s/shared/sa.key", "/etc/k8s/shared/sa.pub",
-                      "/etc/k8s/kube-apiserver/encryption-config.yaml"},
-    "worker": {"/etc/k8s/kubelet/bootstrap-kubeconfig"},
-}
 CONTROL_PLANE_DIRS = ("etc/k8s/kube-apiserver", "etc/k8s/kube-controller-manager", "etc/k8s/kube-scheduler",
                       "etc/k8s/etcd")
 CONTROL_PLANE_UNITS = {"etcd.service", "kube-apiserver.service", "kube-controller-manager.service",
@@ -26,20 +20,12 @@ CONTROL_PLANE_UNITS = {"etcd.service", "kube-apiserver.service", "kube-controlle
 WORKER_UNITS = {"containerd.service", "kubelet.service", "kube-proxy.service"}
 
 
-def files_under(project: Project, node: str) -> set[str]:
-    root = project.root / "build" / "nodes" / node
-    return {"/" + str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
-
-
 def test_every_path_a_rendered_file_names_is_installed_on_that_node(rendered_cluster):
-    project, pins, stages = rendered_cluster
+    project, pins = rendered_cluster
     inv = inventory.load(project.inventory)
     for node_name, paths in rendered_paths(project).items():
         node = inv.node(node_name)
-        installed = files_under(project, node_name) | set(binaries_for(node))
-        if "secrets" not in stages:
-            # The secrets stage is another helper's; until it is in the tree its agreed paths count.
-            installed |= set().union(*(SECRETS_STAGE_FILES[r] for r in node.roles if r in SECRETS_STAGE_FILES))
+        installed = project.node_files(node_name) | set(binaries_for(node))
         directories = {parent for path in installed for parent in _parents(path)}
         for path in paths:
             text = project.node_file(node_name, path).read_text()
@@ -57,20 +43,20 @@ def _parents(path: str):
 
 
 def test_workers_get_no_control_plane_file_and_control_planes_no_worker_file(rendered_cluster):
-    project, pins, _ = rendered_cluster
+    project, pins = rendered_cluster
     for node in ("worker1", "worker2"):
-        files = files_under(project, node)
+        files = project.node_files(node)
         assert {p.rsplit("/", 1)[1] for p in files if p.startswith("/etc/systemd/system/")} == WORKER_UNITS
         assert not [p for p in files if p.lstrip("/").startswith(CONTROL_PLANE_DIRS)], node
     for node in ("cp1", "cp2", "cp3"):
-        files = files_under(project, node)
+        files = project.node_files(node)
         assert {p.rsplit("/", 1)[1] for p in files if p.startswith("/etc/systemd/system/")} == CONTROL_PLANE_UNITS
         assert not [p for p in files if p.startswith(("/etc/cni/", "/etc/k8s/kubelet/", "/etc/k8s/kube-proxy/",
                                                       "/etc/k8s/containerd/", "/etc/crictl.yaml"))], node
 
 
 def test_no_secret_is_written_on_a_command_line(rendered_cluster):
-    project, pins, _ = rendered_cluster
+    project, pins = rendered_cluster
     for node in ("cp1", "cp2", "cp3", "worker1", "worker2"):
         root = project.root / "build" / "nodes" / node
         secrets = [p.read_text() for p in root.rglob("*") if p.is_file() and (

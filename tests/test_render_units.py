@@ -16,14 +16,20 @@ from pathlib import Path
 
 import pytest
 
+from conftest import PROVIDERS, require
 from test_render_common import rendered_cluster, rendered_paths  # noqa: F401
 from kthw import inventory
 from kthw.render import UNIT_DIR, binaries_for
 
-SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 SYSTEM_UNITS = Path("/usr/lib/systemd/system")
-pytestmark = pytest.mark.skipif(SYSTEMD_ANALYZE is None or not SYSTEM_UNITS.is_dir(),
-                                reason="systemd-analyze needs Debian's systemd package (CI installs it)")
+
+
+@pytest.fixture(scope="module")
+def systemd_analyze() -> str:
+    binary = require("systemd-analyze")
+    if not SYSTEM_UNITS.is_dir():
+        pytest.fail(f"{SYSTEM_UNITS} is missing; it comes from {PROVIDERS['systemd-analyze']}", pytrace=False)
+    return binary
 
 
 def node_root(project, node, dest: Path) -> Path:
@@ -38,8 +44,8 @@ def node_root(project, node, dest: Path) -> Path:
     return dest
 
 
-def verify(root: Path, unit: str) -> subprocess.CompletedProcess:
-    return subprocess.run([SYSTEMD_ANALYZE, "verify", "--man=no", f"--root={root}", unit],
+def verify(systemd_analyze: str, root: Path, unit: str) -> subprocess.CompletedProcess:
+    return subprocess.run([systemd_analyze, "verify", "--man=no", f"--root={root}", unit],
                           capture_output=True, text=True, timeout=120)
 
 
@@ -48,8 +54,8 @@ def complaints(result: subprocess.CompletedProcess, unit: str) -> list[str]:
     return [line for line in result.stderr.splitlines() if unit in line]
 
 
-def test_systemd_accepts_every_rendered_unit(rendered_cluster, tmp_path):
-    project, pins, _ = rendered_cluster
+def test_systemd_accepts_every_rendered_unit(rendered_cluster, systemd_analyze, tmp_path):
+    project, pins = rendered_cluster
     checked = []
     for node, paths in rendered_paths(project).items():
         root = node_root(project, node, tmp_path / node)
@@ -57,23 +63,23 @@ def test_systemd_accepts_every_rendered_unit(rendered_cluster, tmp_path):
             if not path.startswith(UNIT_DIR + "/"):
                 continue
             unit = path.rsplit("/", 1)[1]
-            result = verify(root, unit)
+            result = verify(systemd_analyze, root, unit)
             assert result.returncode == 0 and not complaints(result, unit), \
                 f"{node}: {unit}:\n{result.stderr}"
             checked.append(f"{node}/{unit}")
     assert len(checked) == 3 * 4 + 2 * 3, checked
 
 
-def test_verify_catches_a_broken_unit_and_a_missing_binary(rendered_cluster, tmp_path):
+def test_verify_catches_a_broken_unit_and_a_missing_binary(rendered_cluster, systemd_analyze, tmp_path):
     """The check above can fail: a typo and a binary the node does not get are both reported."""
-    project, _, _ = rendered_cluster
+    project, _ = rendered_cluster
     root = node_root(project, "worker1", tmp_path / "worker1")
     unit = root / "etc/systemd/system/kubelet.service"
     unit.write_text(unit.read_text().replace("Restart=on-failure", "Restart=on-failur\nLimitNOFILES=1"))
-    result = verify(root, "kubelet.service")
+    result = verify(systemd_analyze, root, "kubelet.service")
     assert any("LimitNOFILES" in line for line in complaints(result, "kubelet.service")), result.stderr
     assert any("on-failur" in line for line in complaints(result, "kubelet.service")), result.stderr
 
     (root / "usr/local/bin/kube-proxy").unlink()
-    result = verify(root, "kube-proxy.service")
+    result = verify(systemd_analyze, root, "kube-proxy.service")
     assert result.returncode != 0 and "/usr/local/bin/kube-proxy" in result.stderr
