@@ -35,9 +35,7 @@ from test_pki import test_each_node_gets_exactly_what_its_roles_need  # noqa: F4
 from test_pki import test_kubeconfigs_embed_identity_and_server  # noqa: F401
 from test_pki import test_private_keys_are_0600_and_never_left_half_written  # noqa: F401
 from test_pki import test_service_cert_fields  # noqa: F401
-from test_vault_support import dev_server, no_vault_env, requires_bao, vault_section
-
-pytestmark = requires_bao
+from test_vault_support import dev_server, no_vault_env, vault_section
 
 DOMAIN_MOUNTS = {"kubernetes": "k8s_pki_intermediate_ca_for_service_kubernetes",
                  "etcd": "k8s_pki_intermediate_ca_for_service_etcd",

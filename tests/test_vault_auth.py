@@ -15,10 +15,8 @@ import pytest
 from cryptography import x509
 
 from conftest import Project, fails_cleanly, free_port, loopback_inventory
-from test_vault_support import ISSUER_POLICY, dev_server, no_vault_env, project_files, requires_bao, \
+from test_vault_support import ISSUER_POLICY, dev_server, no_vault_env, project_files, \
     vault_section
-
-pytestmark = requires_bao
 
 INVENTORY_ARGS = {"workers": 1}
 KUBERNETES_MOUNT = "k8s_pki_intermediate_ca_for_service_kubernetes"
@@ -42,11 +40,6 @@ def build(project: Project, bao, auth: str, env: dict, *tasks: str, check: bool 
     return project.doit(*(tasks or ("pki",)), env=env, check=check)
 
 
-@pytest.fixture
-def vault_project(tmp_path):
-    return Project(tmp_path)
-
-
 def assert_never_leaked(project: Project, run, *values: str):
     everything = run.stdout + run.stderr
     files = project_files(project.root)
@@ -61,44 +54,44 @@ def only_doit_state(project: Project) -> bool:
     return all(path.startswith("build/.doit") for path in project_files(project.root))
 
 
-def test_userpass_login_builds_the_certs_and_the_password_never_leaks(bao, vault_project):
+def test_userpass_login_builds_the_certs_and_the_password_never_leaks(bao, project):
     client = bao.client()
     if "userpass/" not in client.sys.list_auth_methods()["data"]:
         client.sys.enable_auth_method("userpass")
     password = secrets.token_urlsafe(18)
     client.write_data("auth/userpass/users/kthw", data={"password": password, "token_policies": "kthw-issuer"})
-    run = build(vault_project, bao, "{method: userpass, username: kthw}",
+    run = build(project, bao, "{method: userpass, username: kthw}",
                 no_vault_env(KTHW_VAULT_PASSWORD=password))
     cert = x509.load_pem_x509_certificates(
-        vault_project.node_file("cp2", "etc/k8s/etcd/server.crt").read_bytes())
+        project.node_file("cp2", "etc/k8s/etcd/server.crt").read_bytes())
     assert cert[0].issuer.rfc4514_string() == "CN=testcluster-etcd-ca"
-    assert_never_leaked(vault_project, run, password, bao.root_token)
+    assert_never_leaked(project, run, password, bao.root_token)
 
 
-def test_userpass_with_a_wrong_password_is_refused_clearly(bao, vault_project):
+def test_userpass_with_a_wrong_password_is_refused_clearly(bao, project):
     wrong = secrets.token_urlsafe(18)
-    run = build(vault_project, bao, "{method: userpass, username: kthw}", no_vault_env(KTHW_VAULT_PASSWORD=wrong),
+    run = build(project, bao, "{method: userpass, username: kthw}", no_vault_env(KTHW_VAULT_PASSWORD=wrong),
                 check=False)
     fails_cleanly(run, f"Vault at {bao.address}: login refused at auth/userpass/login/kthw (invalid "
                               "username or password): wrong credentials")
     assert wrong not in run.stdout + run.stderr
-    assert only_doit_state(vault_project)
+    assert only_doit_state(project)
 
 
-def test_approle_login_with_a_secret_id_file_builds_the_certs(bao, vault_project):
+def test_approle_login_with_a_secret_id_file_builds_the_certs(bao, project):
     client = bao.client()
     if "approle/" not in client.sys.list_auth_methods()["data"]:
         client.sys.enable_auth_method("approle")
     client.write_data("auth/approle/role/kthw", data={"token_policies": "kthw-issuer"})
     role_id = client.read("auth/approle/role/kthw/role-id")["data"]["role_id"]
     secret_id = client.write_data("auth/approle/role/kthw/secret-id")["data"]["secret_id"]
-    (vault_project.root / "secret-id").write_text(secret_id + "\n")
-    run = build(vault_project, bao, f"{{method: approle, role_id: {role_id}, secret_id_file: secret-id}}",
+    (project.root / "secret-id").write_text(secret_id + "\n")
+    run = build(project, bao, f"{{method: approle, role_id: {role_id}, secret_id_file: secret-id}}",
                 no_vault_env())
-    assert vault_project.node_file("worker1", "etc/k8s/kubelet/kubelet-serving.crt").exists()
-    assert_never_leaked(vault_project, run, secret_id, bao.root_token)
+    assert project.node_file("worker1", "etc/k8s/kubelet/kubelet-serving.crt").exists()
+    assert_never_leaked(project, run, secret_id, bao.root_token)
 
-    other = Project(vault_project.root / "wrong")
+    other = Project(project.root / "wrong")
     other.root.mkdir()
     run = build(other, bao, f"{{method: approle, role_id: {role_id}}}", no_vault_env(KTHW_VAULT_SECRET_ID="not-it"),
                 check=False)
@@ -106,7 +99,7 @@ def test_approle_login_with_a_secret_id_file_builds_the_certs(bao, vault_project
     assert only_doit_state(other)
 
 
-def test_a_token_limited_to_one_role_is_refused_on_another(bao, vault_project):
+def test_a_token_limited_to_one_role_is_refused_on_another(bao, project):
     client = bao.client()
     client.sys.create_or_update_policy("kube-proxy-only", f"""
 path "k8s_pki_root_ca/cert/ca" {{ capabilities = ["read"] }}
@@ -114,27 +107,27 @@ path "{KUBERNETES_MOUNT}/cert/ca" {{ capabilities = ["read"] }}
 path "{KUBERNETES_MOUNT}/sign/kube-proxy" {{ capabilities = ["update"] }}
 """)
     token = client.auth.token.create(policies=["kube-proxy-only"], ttl="1h")["auth"]["client_token"]
-    (vault_project.root / "token").write_text(token)
+    (project.root / "token").write_text(token)
     auth = "{method: token, token_file: token}"
-    build(vault_project, bao, auth, no_vault_env(), "pki:worker1/kube-proxy.kubeconfig")
-    assert vault_project.node_file("worker1", "etc/k8s/kube-proxy/kubeconfig").exists()
-    before = vault_project.snapshot()
-    run = build(vault_project, bao, auth, no_vault_env(), "pki:worker1/kubelet-serving", check=False)
+    build(project, bao, auth, no_vault_env(), "pki:worker1/kube-proxy.kubeconfig")
+    assert project.node_file("worker1", "etc/k8s/kube-proxy/kubeconfig").exists()
+    before = project.snapshot()
+    run = build(project, bao, auth, no_vault_env(), "pki:worker1/kubelet-serving", check=False)
     fails_cleanly(run, f"Vault at {bao.address}: permission denied on {KUBERNETES_MOUNT}/sign/kubelet-serving: "
                               "the token is expired or revoked, or its policy does not allow this path")
-    assert vault_project.snapshot() == before
-    assert not (vault_project.root / "build/pki/nodes/worker1/kubelet-serving.key").exists()
+    assert project.snapshot() == before
+    assert not (project.root / "build/pki/nodes/worker1/kubelet-serving.key").exists()
 
 
-def test_token_from_bao_token_and_a_bad_or_missing_token(bao, vault_project):
-    build(vault_project, bao, "token", no_vault_env(BAO_TOKEN=bao.root_token), "pki:ca-root")
-    assert (vault_project.root / "build/pki/ca/root.crt").exists()
-    before = vault_project.snapshot()
-    run = build(vault_project, bao, "token", no_vault_env(VAULT_TOKEN="s.not-a-token"), "pki:ca-root", check=False)
+def test_token_from_bao_token_and_a_bad_or_missing_token(bao, project):
+    build(project, bao, "token", no_vault_env(BAO_TOKEN=bao.root_token), "pki:ca-root")
+    assert (project.root / "build/pki/ca/root.crt").exists()
+    before = project.snapshot()
+    run = build(project, bao, "token", no_vault_env(VAULT_TOKEN="s.not-a-token"), "pki:ca-root", check=False)
     fails_cleanly(run, f"Vault at {bao.address}: the token was refused")
-    run = build(vault_project, bao, "token", no_vault_env(), "pki:ca-root", check=False)
+    run = build(project, bao, "token", no_vault_env(), "pki:ca-root", check=False)
     fails_cleanly(run, "no Vault token: set VAULT_TOKEN or BAO_TOKEN")
-    assert vault_project.snapshot() == before
+    assert project.snapshot() == before
 
 
 def test_plain_http_to_a_tls_port_is_named_with_the_fix(tls_bao, tmp_path):
@@ -146,32 +139,32 @@ def test_plain_http_to_a_tls_port_is_named_with_the_fix(tls_bao, tmp_path):
                               "in ca.address")
 
 
-def test_an_unreachable_vault_is_named_with_the_fix(vault_project, bao):
+def test_an_unreachable_vault_is_named_with_the_fix(project, bao):
     port = free_port()
-    vault_project.write_inventory(loopback_inventory(**INVENTORY_ARGS, extra=(
+    project.write_inventory(loopback_inventory(**INVENTORY_ARGS, extra=(
         f"ca: {{backend: vault, address: 'http://127.0.0.1:{port}', auth: token}}")))
-    run = vault_project.doit("pki", env=no_vault_env(VAULT_TOKEN="anything"), check=False)
+    run = project.doit("pki", env=no_vault_env(VAULT_TOKEN="anything"), check=False)
     fails_cleanly(run, f"Vault at http://127.0.0.1:{port} is unreachable (connection refused); check "
                               "ca.address in the inventory")
-    assert only_doit_state(vault_project)
+    assert only_doit_state(project)
 
 
-def test_namespace_keeps_the_pki_inside_it(bao, vault_project):
+def test_namespace_keeps_the_pki_inside_it(bao, project):
     client = bao.client()
     client.sys.create_namespace("team-k8s")
     env = no_vault_env(VAULT_TOKEN=bao.root_token)
-    vault_project.write_inventory(loopback_inventory(**INVENTORY_ARGS, extra=vault_section(
+    project.write_inventory(loopback_inventory(**INVENTORY_ARGS, extra=vault_section(
         bao, extra="namespace: team-k8s")))
-    setup = vault_project.doit("vault_setup", env=env)
+    setup = project.doit("vault_setup", env=env)
     assert "created mount k8s_pki_root_ca" in setup.stdout
-    vault_project.doit("pki:cp1/etcd-peer", env=env)
+    project.doit("pki:cp1/etcd-peer", env=env)
     inside = bao.client(namespace="team-k8s")
     etcd_ca = x509.load_pem_x509_certificate(
         inside.read("k8s_pki_intermediate_ca_for_service_etcd/cert/ca")["data"]["certificate"].encode())
     outside = x509.load_pem_x509_certificate(
         client.read("k8s_pki_intermediate_ca_for_service_etcd/cert/ca")["data"]["certificate"].encode())
     assert etcd_ca != outside
-    peer = x509.load_pem_x509_certificates(vault_project.node_file("cp1", "etc/k8s/etcd/peer.crt").read_bytes())
+    peer = x509.load_pem_x509_certificates(project.node_file("cp1", "etc/k8s/etcd/peer.crt").read_bytes())
     peer[0].verify_directly_issued_by(etcd_ca)
     assert peer[1] == etcd_ca
 
@@ -200,10 +193,10 @@ def test_tls_verification_failure_and_the_ca_bundle_option(tls_bao, tmp_path):
     assert chain[1].subject.rfc4514_string() == "CN=testcluster-kubernetes-ca"
 
 
-def test_https_to_a_plain_http_port_is_named_with_the_fix(bao, vault_project):
+def test_https_to_a_plain_http_port_is_named_with_the_fix(bao, project):
     https = bao.address.replace("http://", "https://")
-    vault_project.write_inventory(loopback_inventory(**INVENTORY_ARGS, extra=(
+    project.write_inventory(loopback_inventory(**INVENTORY_ARGS, extra=(
         f"ca: {{backend: vault, address: '{https}', auth: token}}")))
-    run = vault_project.doit("pki", env=no_vault_env(VAULT_TOKEN=bao.root_token), check=False)
+    run = project.doit("pki", env=no_vault_env(VAULT_TOKEN=bao.root_token), check=False)
     fails_cleanly(run, f"Vault at {https} does not speak TLS on this port; use http:// in ca.address")
-    assert only_doit_state(vault_project)
+    assert only_doit_state(project)

@@ -7,9 +7,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import Project, fails_cleanly, loopback_inventory
-from test_vault_support import file_storage_server, no_vault_env, requires_bao, vault_section
-
-pytestmark = requires_bao
+from test_vault_support import file_storage_server, no_vault_env, vault_section
 
 
 @pytest.fixture(scope="module")

