@@ -26,7 +26,7 @@ from kthw import bundle, vendor
 from kthw.inventory import load
 from kthw.layout import Layout
 
-from conftest import REPO, Project
+from conftest import REPO, Project, require
 from test_bundle_support import stand_in_vendor
 
 CONTROL_PLANES = ("node-az1", "node-az2", "node-az3")
@@ -308,13 +308,13 @@ def test_one_bundles_install_sh_refuses_another_bundles_manifest(example, tmp_pa
     assert result.returncode != 0 and "made for 'node worker-az3-a" in result.stderr
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed (Debian: shellcheck)")
 def test_every_install_sh_is_shellcheck_clean(example, tmp_path):
+    shellcheck = require("shellcheck")
     for node in NODES:
         script = unpack(example, node, tmp_path / node) / "install.sh"
         assert script.read_text().startswith("#!/usr/bin/env bash\n")
         assert "set -euo pipefail" in script.read_text()
-        result = subprocess.run(["shellcheck", "--severity=style", str(script)], capture_output=True, text=True)
+        result = subprocess.run([shellcheck, "--severity=style", str(script)], capture_output=True, text=True)
         assert result.returncode == 0, f"{node}:\n{result.stdout}"
 
 

@@ -11,7 +11,7 @@ import yaml
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from conftest import Project, loopback_inventory
+from conftest import loopback_inventory
 
 CP_SERVICE_CERTS = {"kube-apiserver/apiserver", "kube-apiserver/apiserver-kubelet-client",
                     "kube-apiserver/apiserver-etcd-client", "kube-apiserver/front-proxy-client"}
@@ -39,27 +39,22 @@ def _eku(cert):
     return set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
 
 
-def _files(project: Project, node: str) -> set[str]:
-    base = project.root / "build" / "nodes" / node
-    return {str(p.relative_to(base)) for p in base.rglob("*") if p.is_file()}
-
-
 def test_each_node_gets_exactly_what_its_roles_need(built_loopback):
-    cp = _files(built_loopback, "cp1")
-    expected_cp = {f"etc/k8s/{c}.{ext}" for c in CP_SERVICE_CERTS | ETCD_CERTS for ext in ("crt", "key")} | {
-        "etc/k8s/shared/kubernetes-ca.crt", "etc/k8s/shared/etcd-ca.crt", "etc/k8s/shared/front-proxy-ca.crt",
-        "etc/k8s/kube-controller-manager/cluster-signing-ca.crt",
-        "etc/k8s/kube-controller-manager/cluster-signing-ca.key",
-        "etc/k8s/kube-controller-manager/kubeconfig", "etc/k8s/kube-scheduler/kubeconfig",
-        "etc/k8s/shared/admin.kubeconfig"}
+    cp = built_loopback.node_files("cp1")
+    expected_cp = {f"/etc/k8s/{c}.{ext}" for c in CP_SERVICE_CERTS | ETCD_CERTS for ext in ("crt", "key")} | {
+        "/etc/k8s/shared/kubernetes-ca.crt", "/etc/k8s/shared/etcd-ca.crt", "/etc/k8s/shared/front-proxy-ca.crt",
+        "/etc/k8s/kube-controller-manager/cluster-signing-ca.crt",
+        "/etc/k8s/kube-controller-manager/cluster-signing-ca.key",
+        "/etc/k8s/kube-controller-manager/kubeconfig", "/etc/k8s/kube-scheduler/kubeconfig",
+        "/etc/k8s/shared/admin.kubeconfig"}
     assert expected_cp <= cp
-    worker = _files(built_loopback, "worker1")
-    expected_worker = {"etc/k8s/shared/kubernetes-ca.crt", "etc/k8s/kubelet/kubelet-serving.crt",
-                       "etc/k8s/kubelet/kubelet-serving.key", "etc/k8s/kube-proxy/kubeconfig",
-                       "etc/k8s/kubelet/kubeconfig"}  # static kubelet credentials in this inventory
+    worker = built_loopback.node_files("worker1")
+    expected_worker = {"/etc/k8s/shared/kubernetes-ca.crt", "/etc/k8s/kubelet/kubelet-serving.crt",
+                       "/etc/k8s/kubelet/kubelet-serving.key", "/etc/k8s/kube-proxy/kubeconfig",
+                       "/etc/k8s/kubelet/kubeconfig"}  # static kubelet credentials in this inventory
     assert expected_worker <= worker
     keys = {f for f in worker if f.endswith(".key")}
-    assert keys == {"etc/k8s/kubelet/kubelet-serving.key"}, "a worker holds no CA key and no other node's key"
+    assert keys == {"/etc/k8s/kubelet/kubelet-serving.key"}, "a worker holds no CA key and no other node's key"
     assert not any("etcd" in f or "apiserver" in f or "front-proxy" in f for f in worker)
 
 

@@ -10,7 +10,6 @@ files the rendered unit lists, read from the node's tree."""
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import stat
@@ -21,9 +20,9 @@ import yaml
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from conftest import Project, changed, fails_cleanly, loopback_inventory
+from conftest import Project, changed, fails_cleanly, loopback_inventory, sign_jwt, unb64url
 from test_bundle_support import stand_in_vendor
 from kthw import sa_rotation
 from kthw.errors import KthwError, StateError
@@ -42,34 +41,17 @@ CONTROL_PLANE_TASK = re.compile(r"^((secrets|render):cp[123]/|bundle:cp[123]$)")
 # --- JWTs as the API server signs and checks them --------------------------------------------
 
 
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64url(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
 def sign_token(key_pem: bytes, subject: str = "system:serviceaccount:default:app") -> str:
-    key = serialization.load_pem_private_key(key_pem, None)
-    alg = "ES256" if isinstance(key, ec.EllipticCurvePrivateKey) else "RS256"
     claims = {"iss": "https://kubernetes.default.svc.cluster.local", "sub": subject,
               "aud": ["https://kubernetes.default.svc.cluster.local"], "iat": 1900000000, "exp": 1900003600}
-    signing_input = f"{_b64url(json.dumps({'alg': alg, 'typ': 'JWT'}).encode())}." \
-                    f"{_b64url(json.dumps(claims).encode())}".encode()
-    if alg == "ES256":
-        r, s = decode_dss_signature(key.sign(signing_input, ec.ECDSA(hashes.SHA256())))
-        signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
-    else:
-        signature = key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
-    return f"{signing_input.decode()}.{_b64url(signature)}"
+    return sign_jwt(serialization.load_pem_private_key(key_pem, None), claims)
 
 
 def verifies(token: str, pub_pem: bytes) -> bool:
     header, payload, signature = token.split(".")
-    alg = json.loads(_unb64url(header))["alg"]
+    alg = json.loads(unb64url(header))["alg"]
     key, signing_input, raw = serialization.load_pem_public_key(pub_pem), f"{header}.{payload}".encode(), \
-        _unb64url(signature)
+        unb64url(signature)
     try:
         if alg == "ES256" and isinstance(key, ec.EllipticCurvePublicKey):
             key.verify(encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big")),

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import re
-import shutil
 import stat
 import subprocess
 from datetime import datetime, timedelta, timezone
@@ -16,7 +15,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from conftest import Project, changed, fails_cleanly, loopback_inventory
+from conftest import Project, changed, fails_cleanly, loopback_inventory, require, require_module
 from test_bundle_support import stand_in_vendor
 from kthw import encryption, tokens
 from kthw.errors import StateError
@@ -200,7 +199,7 @@ def test_every_manifest_validates_strictly_against_the_kubernetes_schemas(built)
     # The schemas published for the inventory's Kubernetes minor (kubernetes-validate ships
     # them); strict: an unknown or misplaced field fails. kubectl's own check needs an API
     # server and runs in test_secrets_kubectl.py against a stand-in.
-    kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="PyPI kubernetes-validate not installed")
+    kubernetes_validate = require_module("kubernetes_validate")
     version = ".".join(yaml.safe_load(built.inventory.read_text())["kubernetes_version"].split(".")[:2])
     count = 0
     for name, objects in _manifest_objects(built).items():
@@ -224,9 +223,7 @@ def test_apply_script_is_strict_bash_and_shellcheck_clean(built):
     assert text.startswith("#!/usr/bin/env bash\n") and "set -euo pipefail" in text
     assert "/etc/k8s/shared/admin.kubeconfig" in text and "https://127.0.0.1:6443" in text
     subprocess.run(["bash", "-n", str(script)], check=True)
-    if shutil.which("shellcheck") is None:
-        pytest.skip("shellcheck is not installed (Debian package shellcheck)")
-    result = subprocess.run(["shellcheck", "--severity=style", str(script)], capture_output=True, text=True)
+    result = subprocess.run([require("shellcheck"), "--severity=style", str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
 
 

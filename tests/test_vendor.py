@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -23,7 +22,7 @@ import pytest
 
 from kthw import download
 
-from conftest import REPO, Project, loopback_inventory
+from conftest import REPO, Project, loopback_inventory, require
 from test_vendor_support import K8S, RELEASE, Registry, Upstream, binary_text, release, site_pins
 
 NO_PROXY_ENV = {name: "" for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy",
@@ -488,8 +487,7 @@ def test_real_containerd_imports_the_archives_under_their_names(vendored, tmp_pa
     """`ctr -n k8s.io images import` (Debian's containerd, run here on a private socket) takes
     every vendored archive, unpacks it and lists it under the name the kubelet asks for."""
     project, _, _, _ = vendored
-    containerd, ctr = shutil.which("containerd"), shutil.which("ctr")
-    assert containerd and ctr, "the tests need Debian's containerd: apt-get install -y containerd"
+    containerd, ctr = require("containerd"), require("ctr")
     socket_path = tmp_path / "containerd.sock"
     (tmp_path / "config.toml").write_text(
         f'version = 2\nroot = "{tmp_path}/root"\nstate = "{tmp_path}/state"\n'

@@ -18,7 +18,6 @@ import hashlib
 import io
 import json
 import random
-import shutil
 import socket
 import subprocess
 import tarfile
@@ -34,12 +33,11 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
 from kthw import components
 
-from conftest import free_port
+from conftest import free_port, require, sign_jwt
 
 K8S = "1.99.0"
 RELEASE = {"etcd": "9.5.1", "containerd": "9.2.1", "runc": "9.3.4", "cni-plugins": "9.8.0", "crictl": "1.99.0",
@@ -228,10 +226,6 @@ class Upstream:
 # --- a real registry with the anonymous token flow ---------------------------------------------
 
 
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 class TokenServer:
     """Issues ES256 tokens the registry verifies against our self-signed cert (x5c header)."""
 
@@ -281,13 +275,10 @@ class TokenServer:
             kind, name, actions = scope.split(":")
             access.append({"type": kind, "name": name, "actions": actions.split(",")})
         now = int(time.time())
-        header = {"typ": "JWT", "alg": "ES256",
-                  "x5c": [base64.b64encode(self.cert.public_bytes(serialization.Encoding.DER)).decode()]}
         claims = {"iss": self.ISSUER, "sub": "", "aud": self.SERVICE, "exp": now + 600, "nbf": now - 60,
                   "iat": now, "jti": str(random.random()), "access": access}
-        signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
-        r, s = decode_dss_signature(self.key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
-        return f"{signing_input}.{_b64url(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+        return sign_jwt(self.key, claims,
+                        x5c=[base64.b64encode(self.cert.public_bytes(serialization.Encoding.DER)).decode()])
 
     def close(self):
         self.server.shutdown()
@@ -298,8 +289,7 @@ class Registry:
     """Debian's docker-registry on 127.0.0.1, storage in a temp dir, token auth; stopped by close()."""
 
     def __init__(self, directory: Path):
-        binary = shutil.which("docker-registry")
-        assert binary, "the tests need Debian's registry: apt-get update && apt-get install -y docker-registry"
+        binary = require("docker-registry")
         self.tokens = TokenServer(directory)
         self.port = free_port()
         config = {
