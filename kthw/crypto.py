@@ -29,6 +29,8 @@ BACKDATE = timedelta(minutes=5)
 
 _CURVES = {"ecdsa-p256": ec.SECP256R1, "ecdsa-p384": ec.SECP384R1}
 _RSA_BITS = {"rsa-2048": 2048, "rsa-3072": 3072, "rsa-4096": 4096}
+_CURVE_NAMES = {curve.name: name for name, curve in _CURVES.items()}  # "secp256r1" -> "ecdsa-p256"
+KEY_ALGORITHMS = (*_CURVES, *_RSA_BITS)  # the names the inventory's key_algorithm accepts
 _EKU = {"server": ExtendedKeyUsageOID.SERVER_AUTH, "client": ExtendedKeyUsageOID.CLIENT_AUTH}
 
 
@@ -74,10 +76,17 @@ def generate_key(algorithm: str) -> PrivateKey:
     raise ValueError(f"unknown key algorithm {algorithm!r}")
 
 
+def key_kind_and_size(algorithm: str) -> tuple[str, int]:
+    """("ec", curve bits) or ("rsa", modulus bits): Vault's key_type and key_bits."""
+    if algorithm in _CURVES:
+        return "ec", _CURVES[algorithm].key_size
+    return "rsa", _RSA_BITS[algorithm]
+
+
 def key_algorithm(key) -> str:
     """The inventory name of a private or public key's algorithm."""
     if isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)):
-        return {"secp256r1": "ecdsa-p256", "secp384r1": "ecdsa-p384"}.get(key.curve.name, key.curve.name)
+        return _CURVE_NAMES.get(key.curve.name, key.curve.name)
     if isinstance(key, (rsa.RSAPrivateKey, rsa.RSAPublicKey)):
         return f"rsa-{key.key_size}"
     if isinstance(key, (ed25519.Ed25519PrivateKey, ed25519.Ed25519PublicKey)):

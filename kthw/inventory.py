@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import components
+from .crypto import KEY_ALGORITHMS
 from .oci import Repository
 from .yamldoc import Bad as _Bad, Reader as _Reader, kind as _kind, parse, read_text
 
 ROLES = ("control-plane", "etcd", "worker")
 ARCHES = ("amd64", "arm64")
 ARCH_ALIASES = {"amd64": "amd64", "x86_64": "amd64", "arm64": "arm64", "aarch64": "arm64"}
-KEY_ALGORITHMS = ("ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-3072", "rsa-4096")
 CA_BACKENDS = ("local", "vault")
 VAULT_AUTH_METHODS = ("token", "userpass", "approle")
 KUBELET_CREDENTIALS = ("tls-bootstrap", "static")

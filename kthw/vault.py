@@ -55,7 +55,8 @@ from hvac import exceptions as hvac_errors
 
 from .catalogue import INTERMEDIATES, LEAVES, ROOT, ca_specs, leaves_for
 from . import clock
-from .crypto import BACKDATE, CertSpec, PrivateKey, build_csr, certs_pem, load_certificates, read_facts, signed_by
+from .crypto import BACKDATE, CertSpec, PrivateKey, build_csr, certs_pem, key_kind_and_size, load_certificates, \
+    read_facts, signed_by
 from .errors import KthwError, StateError
 from .fsutil import PUBLIC_MODE, atomic_write
 from .inventory import CASettings, Inventory
@@ -63,8 +64,6 @@ from .layout import KeyPairPaths
 from .renewal import calendar_reason, renewal_reason
 
 # Inventory key algorithm -> Vault key_type and key_bits (for the CAs Vault generates).
-KEY_TYPES = {"ecdsa-p256": ("ec", 256), "ecdsa-p384": ("ec", 384), "rsa-2048": ("rsa", 2048),
-             "rsa-3072": ("rsa", 3072), "rsa-4096": ("rsa", 4096)}
 TOKEN_ENVS = ("VAULT_TOKEN", "BAO_TOKEN")
 TIMEOUT = 30  # seconds per request
 SETUP_HINT = "run 'doit vault_setup' (with a token allowed to manage mounts) to create it"
@@ -475,7 +474,7 @@ def setup(inv: Inventory, update_roles: bool = False) -> str:
                         "'ca: {backend: vault, ...}'")
     vault = session(settings)
     vault.login()
-    key_type, key_bits = KEY_TYPES[inv.key_algorithm]
+    key_type, key_bits = key_kind_and_size(inv.key_algorithm)
     specs = ca_specs(inv)
     report: list[str] = []
 
