@@ -20,6 +20,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+import yaml
 from cryptography.hazmat.primitives import serialization
 
 from kthw import bundle, vendor
@@ -392,6 +393,8 @@ def _spki(key) -> bytes:
 
 
 def _known_keys(project: Project) -> dict[bytes, str]:
+    """The public key (SPKI) of every private key the build made -> its name; and the secret
+    part of every kubelet bootstrap token (build/state/tokens/<node>.yaml) -> token/<node>."""
     known = {}
     for path in (project.root / "build" / "pki").rglob("*.key"):
         key = serialization.load_pem_private_key(path.read_bytes(), None)
@@ -400,6 +403,10 @@ def _known_keys(project: Project) -> dict[bytes, str]:
     for path, name in ((project.root / "build/state/sa.key", "sa"),
                        (project.root / "build/state/bundle-signing.key", "bundle-signing")):
         known[_spki(serialization.load_pem_private_key(path.read_bytes(), None))] = name
+    for path in (project.root / "build/state/tokens").glob("*.yaml"):
+        recorded = yaml.safe_load(path.read_text())
+        assert recorded["node"] == path.stem, path
+        known[recorded["token"].split(".")[1].encode()] = f"token/{path.stem}"
     return known
 
 
@@ -414,31 +421,38 @@ def _secrets_in(project: Project, node: str, known: dict[bytes, str]) -> set[str
                 found.add(known.get(spki, f"unknown key in {member.name}"))
             if b"kind: EncryptionConfiguration" in data:
                 found.add("encryption-config")
+            # A token's secret part, in a bootstrap kubeconfig (id.secret) or a Secret (token-secret).
+            found |= {name for secret, name in known.items() if name.startswith("token/") and secret in data}
     return found
 
 
-def _needed(node, static_kubelet: bool) -> set[str]:
+def _needed(node, inv, static_kubelet: bool) -> set[str]:
     name = node.name
     needed = set()
     if node.is_control_plane:
         needed |= {f"{name}/{cert}" for cert in ("apiserver", "apiserver-kubelet-client", "apiserver-etcd-client",
                                                  "front-proxy-client", "admin", "controller-manager", "scheduler")}
         needed |= {"ca/kubernetes", "sa", "encryption-config"}  # the cluster signer: the intermediate
+        if not static_kubelet:
+            # The bootstrap-token Secrets of every kubelet, for apply.sh to create in the cluster.
+            needed |= {f"token/{worker.name}" for worker in inv.nodes if worker.is_worker}
     if node.is_etcd:
         needed |= {f"{name}/etcd-server", f"{name}/etcd-peer", f"{name}/etcd-healthcheck-client"}
     if node.is_worker:
         needed |= {f"{name}/kubelet-serving", f"{name}/kube-proxy"}
-        if static_kubelet:
-            needed.add(f"{name}/kubelet-client")
+        # Its own bootstrap token (bootstrap-kubeconfig), or its own client cert.
+        needed.add(f"{name}/kubelet-client" if static_kubelet else f"token/{name}")
     return needed
 
 
-def test_each_bundle_holds_exactly_the_private_keys_its_roles_need(example):
+def test_each_bundle_holds_exactly_the_private_keys_and_tokens_its_roles_need(example):
     known = _known_keys(example)
     inv = load(example.inventory)
+    # One token per kubelet node, each found by its own secret.
+    assert {name for name in known.values() if name.startswith("token/")} == {f"token/{n}" for n in WORKERS}
     for node in inv.nodes:
         found = _secrets_in(example, node.name, known)
-        assert found == _needed(node, static_kubelet=False), node.name
+        assert found == _needed(node, inv, static_kubelet=False), node.name
         assert "ca/root" not in found and "bundle-signing" not in found
 
 
@@ -449,7 +463,7 @@ def test_with_static_kubelet_certs_a_worker_also_holds_its_kubelet_client_key(tm
     known = _known_keys(project)
     inv = load(project.inventory)
     for name in ("worker-az1-a", "node-az3"):
-        assert _secrets_in(project, name, known) == _needed(inv.node(name), static_kubelet=True), name
+        assert _secrets_in(project, name, known) == _needed(inv.node(name), inv, static_kubelet=True), name
 
 
 # --- the task graph ----------------------------------------------------------------------------
