@@ -23,6 +23,11 @@ def now() -> datetime:
     except ValueError:
         raise KthwError(f"{ENV}={text!r} is not an ISO 8601 date or time; use e.g. 2027-10-01 "
                         "or 2027-10-01T12:00:00+00:00, or unset it") from None
+    return in_utc(moment)
+
+
+def in_utc(moment: datetime) -> datetime:
+    """``moment`` in UTC to the second; a time without a zone is taken as UTC."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.astimezone(timezone.utc).replace(microsecond=0)

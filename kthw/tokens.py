@@ -13,11 +13,12 @@ import re
 import secrets
 import string
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import yaml
 
+from .clock import in_utc
 from .errors import StateError
 from .fsutil import SECRET_MODE, atomic_write
 from .inventory import Inventory, Node
@@ -65,7 +66,7 @@ def generate(node: str, now: datetime, ttl: timedelta) -> BootstrapToken:
     def random_text(length: int) -> str:
         return "".join(secrets.choice(_ALPHABET) for _ in range(length))
 
-    expiration = (now + ttl).astimezone(timezone.utc).replace(microsecond=0)
+    expiration = in_utc(now + ttl)
     return BootstrapToken(node, random_text(6), random_text(16), expiration)
 
 
@@ -110,9 +111,7 @@ def _timestamp(value) -> datetime | None:
             moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
         except ValueError:
             return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).replace(microsecond=0)
+    return in_utc(moment)
 
 
 def _bad(path: Path, problem: str) -> StateError:
