@@ -137,7 +137,7 @@ def source_date_epoch(environ: dict | None = None) -> int:
     return int(text)
 
 
-def spec_for(inv: Inventory, layout: Layout, node: Node, vendored: Vendored, templates: Path,
+def spec_for(layout: Layout, node: Node, vendored: Vendored, templates: Path,
              expected: frozenset[str] | None = None, epoch: int = DEFAULT_EPOCH) -> BundleSpec:
     return BundleSpec(node=node.name, arch=node.arch, roles=tuple(sorted(node.roles)), node_ip=str(node.ip),
                       tree=layout.node_root(node.name), expected=expected, vendored=vendored,

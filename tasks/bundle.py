@@ -111,7 +111,7 @@ def task_bundle():
             continue
         root = roots[node.name]
         expected = frozenset("/" + target.relative_to(root).as_posix() for target in targets[node.name])
-        spec = bundle.spec_for(inv, layout, node, vendored, TEMPLATES, expected, epoch)
+        spec = bundle.spec_for(layout, node, vendored, TEMPLATES, expected, epoch)
         yield {
             "name": node.name,
             "doc": doc,

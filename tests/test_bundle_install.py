@@ -208,7 +208,7 @@ def _bundle_without(project: Project, node_name: str, path: str, where: Path) ->
     inv, layout = load(project.inventory), Layout(project.root)
     node = next(n for n in inv.nodes if n.name == node_name)
     (layout.node_root(node_name) / path.lstrip("/")).unlink()
-    bundle.build(bundle.spec_for(inv, layout, node, bundle.vendored_files(node, inv, layout), REPO / "templates"))
+    bundle.build(bundle.spec_for(layout, node, bundle.vendored_files(node, inv, layout), REPO / "templates"))
     directory = unpack(project, node_name, where)
     assert not (directory / "files" / path.lstrip("/")).exists()
     return directory
