@@ -68,6 +68,15 @@ TOKEN_ENVS = ("VAULT_TOKEN", "BAO_TOKEN")
 TIMEOUT = 30  # seconds per request
 SETUP_HINT = "run 'doit vault_setup' (with a token allowed to manage mounts) to create it"
 ROLE_HINT = "if the inventory changed, update the roles with 'doit vault_setup update_roles=1'"
+# Line breaks and other control characters (C0, DEL, C1, and the Unicode line and paragraph
+# separators that str.splitlines also breaks on): refused in a token, password or secret-id.
+# A token holding one makes the HTTP library refuse the X-Vault-Token header with an error
+# that repeats the header's value.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_LINE_BREAK = re.compile("[\r\n\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
+# Every error a request may raise: hvac's, requests' (an OSError), and the ValueError that
+# requests, urllib3 or http.client raise for a header value they refuse.
+_REQUEST_ERRORS = (hvac_errors.VaultError, requests.exceptions.RequestException, OSError, ValueError)
 
 
 class VaultError(KthwError):
@@ -98,9 +107,35 @@ def _first_line(text: str) -> str:
     return lines[0] if lines else str(text).strip()
 
 
-def _translate(err: Exception, server: str, path: str) -> VaultError:
-    """One line naming the server, the path and the fix, for any hvac/requests failure."""
+def _translate(err: Exception, server: str, path: str, secrets: tuple[str, ...] = ()) -> VaultError:
+    """One line naming the server, the path and the fix, for any hvac/requests failure.
+
+    The message never carries one of ``secrets`` (the credentials this session sent): should
+    a library's text hold one, a fixed description replaces the whole message.
+    """
+    message = str(_describe(err, server, path))
+    if any(_shows(secret, message) for secret in secrets):
+        return VaultError(f"Vault at {server}: request to {path} failed (the client library's error text is not "
+                          "shown: it repeats a credential); check ca.address and the credentials given by ca.auth")
+    return VaultError(message)
+
+
+def _shows(secret: str, message: str) -> bool:
+    """Whether ``message`` holds ``secret``, as it is or escaped as repr() shows it."""
+    if len(secret) < 4:  # shorter values match by chance; _describe's checks by error type still hold
+        return False
+    return secret in message or repr(secret)[1:-1] in message
+
+
+def _describe(err: Exception, server: str, path: str) -> VaultError:
     where = f"Vault at {server}"
+    # requests' InvalidHeader and http.client's ValueError quote the refused header value,
+    # which for every request is the X-Vault-Token: their text is never repeated.
+    if isinstance(err, requests.exceptions.InvalidHeader) or (
+            isinstance(err, ValueError) and not isinstance(err, requests.exceptions.RequestException)):
+        return VaultError(f"{where}: request to {path} could not be sent: the HTTP client refused a header value "
+                          "(its text is not shown, as the value may be the token); check the Vault token given by "
+                          "VAULT_TOKEN, BAO_TOKEN or ca.auth.token_file")
     if isinstance(err, requests.exceptions.SSLError) and "WRONG_VERSION_NUMBER" in str(err):
         return VaultError(f"{where} does not speak TLS on this port; use http:// in ca.address, or enable TLS "
                           "on Vault's listener")
@@ -112,9 +147,9 @@ def _translate(err: Exception, server: str, path: str) -> VaultError:
         return VaultError(f"{where} is unreachable ({_connection_reason(err)}); check ca.address in the "
                           "inventory and that Vault is running")
     if isinstance(err, requests.exceptions.RequestException):
-        return VaultError(f"{where}: request to {path} failed ({_first_line(str(err))[:200]}); check ca.address")
+        return VaultError(f"{where}: request to {path} failed ({_library_text(err)}); check ca.address")
     if not isinstance(err, hvac_errors.VaultError):
-        return VaultError(f"{where}: {path}: {err}")
+        return VaultError(f"{where}: {path}: {_library_text(err)}")
     detail = _first_line("; ".join(err.errors) if getattr(err, "errors", None) else str(err).split(", on ")[0])
     if "HTTP request to an HTTPS server" in detail:
         return VaultError(f"{where} expects HTTPS; use https:// in ca.address (and ca.ca_bundle if its "
@@ -144,6 +179,14 @@ def _translate(err: Exception, server: str, path: str) -> VaultError:
     return VaultError(f"{where}: {path}: {detail}")
 
 
+def _library_text(err: Exception) -> str:
+    """The first line of a library's error text, unless it speaks of headers (and so may quote one)."""
+    text = _first_line(str(err))[:200]
+    if "header" in text.lower() or "vault-token" in text.lower():
+        return f"{type(err).__name__} about a request header; its text is not shown, as it may hold the token"
+    return text
+
+
 def _mount_of(path: str) -> str:
     for marker in ("/cert/", "/sign/", "/root/", "/roles/", "/intermediate/", "/issuer/"):
         if marker in path:
@@ -153,7 +196,7 @@ def _mount_of(path: str) -> str:
 
 def _ssl_reason(err: Exception) -> str:
     match = re.search(r"certificate verify failed: (.*?)(?: \(_ssl\.c|'\)|\)\)|$)", str(err))
-    return match.group(1).strip() if match else _first_line(str(err))[:200]
+    return match.group(1).strip() if match else _library_text(err)
 
 
 def _connection_reason(err: Exception) -> str:
@@ -162,7 +205,7 @@ def _connection_reason(err: Exception) -> str:
                   "Temporary failure in name resolution"):
         if known in text:
             return known.lower()
-    return _first_line(text)[:200]
+    return _library_text(err)
 
 
 class Session:
@@ -179,12 +222,16 @@ class Session:
         self.client = hvac.Client(url=settings.address, token="", namespace=settings.namespace, timeout=TIMEOUT,
                                   verify=str(settings.ca_bundle) if settings.ca_bundle else None)
         self._logged_in = False
+        self._secrets: tuple[str, ...] = ()  # the credentials sent, kept out of every message
+
+    def _error(self, err: Exception, path: str) -> VaultError:
+        return _translate(err, self.server, path, self._secrets)
 
     def call(self, path: str, function, /, *args, **kwargs):
         try:
             return function(*args, **kwargs)
-        except (hvac_errors.VaultError, requests.exceptions.RequestException, OSError) as err:
-            raise _translate(err, self.server, path) from None
+        except _REQUEST_ERRORS as err:
+            raise self._error(err, path) from None
 
     def login(self) -> None:
         if self._logged_in:
@@ -193,6 +240,7 @@ class Session:
         mount = auth.mount or auth.method
         if auth.method == "token":
             self.client.token = _token(auth)
+            self._secrets = (self.client.token,)
             # Check it once, here, so a bad token is reported as such, not as a denied path.
             try:
                 self.client.auth.token.lookup_self()
@@ -200,19 +248,23 @@ class Session:
                 raise VaultError(f"Vault at {self.server}: the token was refused (auth/token/lookup-self: permission "
                                  "denied): it is expired, revoked or mistyped; set VAULT_TOKEN or BAO_TOKEN, or the "
                                  "file named by ca.auth.token_file, to a valid token") from None
-            except (hvac_errors.VaultError, requests.exceptions.RequestException, OSError) as err:
-                raise _translate(err, self.server, "auth/token/lookup-self") from None
+            except _REQUEST_ERRORS as err:
+                raise self._error(err, "auth/token/lookup-self") from None
         elif auth.method == "userpass":
             password = _secret("password", auth.password_env, auth.password_file)
+            self._secrets = (password,)
             path = f"auth/{mount}/login/{auth.username}"
             self._login(path, "the user name or password", self.client.auth.userpass.login,
                         auth.username, password, mount_point=mount)
         else:
-            role_id = auth.role_id if auth.role_id else _read_secret_file(auth.role_id_file, "role_id_file")
+            role_id = auth.role_id if auth.role_id else _read_secret_file(auth.role_id_file, "role_id_file", "role-id")
             secret_id = _secret("secret-id", auth.secret_id_env, auth.secret_id_file)
+            self._secrets = (secret_id,)
             self._login(f"auth/{mount}/login", "the role-id or secret-id", self.client.auth.approle.login,
                         role_id, secret_id, mount_point=mount)
         self._logged_in = True
+        if self.client.token:
+            self._secrets += (self.client.token,)
 
     def _login(self, path: str, what: str, function, *args, **kwargs) -> None:
         try:
@@ -222,9 +274,9 @@ class Session:
             if "invalid" in detail.lower():
                 raise VaultError(f"Vault at {self.server}: login refused at {path} ({detail}): wrong credentials; "
                                  f"check {what} given by ca.auth in the inventory") from None
-            raise _translate(err, self.server, path) from None
-        except (hvac_errors.VaultError, requests.exceptions.RequestException, OSError) as err:
-            raise _translate(err, self.server, path) from None
+            raise self._error(err, path) from None
+        except _REQUEST_ERRORS as err:
+            raise self._error(err, path) from None
 
     def read(self, path: str, *, missing_ok: bool = False) -> dict | None:
         # Logged in even for public paths: without a token Vault answers "permission denied"
@@ -235,9 +287,9 @@ class Session:
         except hvac_errors.InvalidPath as err:
             if missing_ok and "no handler for route" not in str(err):
                 return None
-            raise _translate(err, self.server, path) from None
-        except (hvac_errors.VaultError, requests.exceptions.RequestException, OSError) as err:
-            raise _translate(err, self.server, path) from None
+            raise self._error(err, path) from None
+        except _REQUEST_ERRORS as err:
+            raise self._error(err, path) from None
         return response.get("data") if isinstance(response, dict) else None
 
     def write(self, path: str, data: dict) -> dict:
@@ -254,27 +306,50 @@ class Session:
         return pem.encode() + b"\n"
 
 
+# Secrets are checked where they are read, so a bad one is reported by where it came from
+# (an environment variable or a file) and the fix, never by its value.
+
+
 def _token(auth) -> str:
     if auth.token_file is not None:
-        return _read_secret_file(auth.token_file, "token_file")
-    for name in TOKEN_ENVS:
-        if os.environ.get(name, "").strip():
-            return os.environ[name].strip()
-    raise VaultError("no Vault token: set VAULT_TOKEN or BAO_TOKEN, or name a file with ca.auth.token_file "
-                     "in the inventory")
+        token = _read_secret_file(auth.token_file, "token_file", "token")
+        where = f"{auth.token_file}: the Vault token_file"
+    else:
+        name = next((name for name in TOKEN_ENVS if os.environ.get(name, "").strip()), None)
+        if name is None:
+            raise VaultError("no Vault token: set VAULT_TOKEN or BAO_TOKEN, or name a file with ca.auth.token_file "
+                             "in the inventory")
+        token = _checked_env(name, os.environ[name].strip(), "token")
+        where = f"the environment variable {name}"
+    # The token travels in an HTTP header, which takes ASCII only.
+    if not token.isascii():
+        raise VaultError(f"{where} holds a character that is not ASCII, which no Vault token has; check that it "
+                         "holds the token and nothing else (the value is not shown)")
+    return token
 
 
 def _secret(what: str, env: str, file: Path | None) -> str:
     if file is not None:
-        return _read_secret_file(file, f"{what} file")
+        return _read_secret_file(file, f"{what} file", what)
     value = os.environ.get(env, "")
     if not value:
         raise VaultError(f"no Vault {what}: set the environment variable {env}, or name a file in the inventory's "
                          f"ca.auth ({what.replace('-', '_')}_file)")
+    # One trailing line ending is dropped (VAR="$(cat file)" leaves none, a pasted value may
+    # carry one); spaces stay, as they may belong to a password.
+    return _checked_env(env, value.removesuffix("\n").removesuffix("\r"), what)
+
+
+def _checked_env(name: str, value: str, what: str) -> str:
+    if _CONTROL.search(value):
+        raise VaultError(f"the environment variable {name} holds a line break (CR or LF) or another control "
+                         f"character inside the Vault {what}; set it to the {what} alone, on one line (the value "
+                         "is not shown)")
     return value
 
 
-def _read_secret_file(path: Path, what: str) -> str:
+def _read_secret_file(path: Path, what: str, secret: str) -> str:
+    """The secret in a file, without the whitespace around it; ``what`` names the file, ``secret`` its content."""
     try:
         value = Path(path).read_text().strip()
     except (OSError, UnicodeDecodeError) as err:
@@ -282,6 +357,12 @@ def _read_secret_file(path: Path, what: str) -> str:
         raise VaultError(f"{path}: cannot read the Vault {what} ({reason}); fix the path in ca.auth") from None
     if not value:
         raise VaultError(f"{path}: the Vault {what} is empty; write the secret into it")
+    if _LINE_BREAK.search(value):
+        raise VaultError(f"{path}: the Vault {what} holds more than one line; put only the {secret} in it, on one "
+                         "line (the content is not shown)")
+    if _CONTROL.search(value):
+        raise VaultError(f"{path}: the Vault {what} holds a control character; put only the {secret} in it, on one "
+                         "line (the content is not shown)")
     return value
 
 

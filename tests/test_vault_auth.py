@@ -9,10 +9,14 @@ with one clear line and leave build/ as it was.
 
 from __future__ import annotations
 
+import re
 import secrets
 
 import pytest
 from cryptography import x509
+
+from kthw.inventory import CASettings
+from kthw.vault import Session, VaultError
 
 from conftest import Project, fails_cleanly, free_port, loopback_inventory
 from test_vault_support import ISSUER_POLICY, dev_server, no_vault_env, project_files, \
@@ -128,6 +132,76 @@ def test_token_from_bao_token_and_a_bad_or_missing_token(bao, project):
     run = build(project, bao, "token", no_vault_env(), "pki:ca-root", check=False)
     fails_cleanly(run, "no Vault token: set VAULT_TOKEN or BAO_TOKEN")
     assert project.snapshot() == before
+
+
+def issuer_token(bao) -> str:
+    return bao.client().auth.token.create(policies=["kthw-issuer"], ttl="1h")["auth"]["client_token"]
+
+
+def assert_refused_without_leak(project: Project, run, secret: str, *needles: str):
+    """Refused with a clear message, and neither the secret nor any piece of it shown.
+
+    The pieces matter: an HTTP library that echoes a header value prints it escaped
+    ('abc\\ndef'), so the whole secret never appears but each of its lines does.
+    """
+    pieces = [secret, repr(secret)[1:-1], *(piece for piece in re.split(r"[\x00-\x1f\x7f]+", secret) if piece)]
+    everything = run.stdout + run.stderr
+    for piece in pieces:
+        assert piece not in everything, f"a piece of the secret is shown: {everything}"
+    for path, data in project_files(project.root).items():
+        for piece in pieces:
+            assert piece.encode() not in data, f"a secret was written to {path}"
+    fails_cleanly(run, *needles)
+    assert only_doit_state(project)
+
+
+def test_a_token_with_a_line_break_in_the_environment_is_refused_and_never_shown(bao, project):
+    token = issuer_token(bao)
+    broken = f"{token[:10]}\n{token[10:]}"
+    run = build(project, bao, "token", no_vault_env(VAULT_TOKEN=broken), check=False)
+    assert_refused_without_leak(
+        project, run, broken,
+        "the environment variable VAULT_TOKEN holds a line break (CR or LF) or another control character",
+        "set it to the token alone, on one line")
+
+
+def test_a_two_line_token_file_is_refused_and_neither_line_is_shown(bao, project):
+    token, second = issuer_token(bao), issuer_token(bao)
+    (project.root / "token").write_text(f"{token}\n{second}\n")
+    run = build(project, bao, "{method: token, token_file: token}", no_vault_env(), check=False)
+    assert_refused_without_leak(
+        project, run, f"{token}\n{second}",
+        f"{project.root / 'token'}: the Vault token_file holds more than one line",
+        "put only the token in it, on one line")
+
+
+def test_a_password_with_a_carriage_return_is_refused_and_never_shown(bao, project):
+    client = bao.client()
+    if "userpass/" not in client.sys.list_auth_methods()["data"]:
+        client.sys.enable_auth_method("userpass")
+    password = secrets.token_urlsafe(18)
+    client.write_data("auth/userpass/users/kthw-cr", data={"password": password, "token_policies": "kthw-issuer"})
+    broken = f"{password[:9]}\r{password[9:]}"
+    run = build(project, bao, "{method: userpass, username: kthw-cr}", no_vault_env(KTHW_VAULT_PASSWORD=broken),
+                check=False)
+    assert_refused_without_leak(
+        project, run, broken,
+        "the environment variable KTHW_VAULT_PASSWORD holds a line break (CR or LF) or another control character",
+        "set it to the password alone, on one line")
+
+
+def test_a_library_error_that_echoes_the_token_header_is_not_repeated(bao):
+    # The token checks above keep such a token from being sent at all; this is the
+    # net below them: whatever requests says about a refused header is not repeated.
+    session = Session(CASettings(backend="vault", address=bao.address))
+    token = issuer_token(bao)
+    session.client.token = f"{token[:10]}\n{token[10:]}"
+    with pytest.raises(VaultError) as caught:
+        session.call("auth/token/lookup-self", session.client.auth.token.lookup_self)
+    message = str(caught.value)
+    for piece in (token, token[:10], token[10:]):
+        assert piece not in message, message
+    assert message.startswith(f"Vault at {bao.address}: request to auth/token/lookup-self could not be sent")
 
 
 def test_plain_http_to_a_tls_port_is_named_with_the_fix(tls_bao, tmp_path):
