@@ -1,15 +1,24 @@
-"""Bundle stage: one signed, reproducible tarball per node, with a verifying install.sh.
+"""Bundle stage: one signed, reproducible tarball per node, with a verifying installer.
 
     bundles/<node>.tar.gz
-      kthw-bundle/install.sh         verifies, installs, starts (templates/bundle/install.sh.j2)
+      kthw-bundle/install.sh         the installer (templates/bundle/install.sh.j2): the same for
+                                     every node, also installed as /usr/local/sbin/kthw-install
       kthw-bundle/README             what the operator does on the node
-      kthw-bundle/MANIFEST           mode, sha256 and path of every file (and key directory)
+      kthw-bundle/MANIFEST           the node, its serial, services and images, and the mode,
+                                     sha256 and path of every file (and key directory)
       kthw-bundle/MANIFEST.sig       Ed25519 signature of MANIFEST (kthw.bundle_signing)
-      kthw-bundle/signing-key.pub    the public key; its fingerprint comes from the workstation
+      kthw-bundle/KEY-ENDORSEMENTS   only after a signing-key replacement: old keys vouching for new
       kthw-bundle/files/<node path>  every file, laid out as on the node
 
-A node's files are its tree ``build/nodes/<node>/`` (pki, secrets, render stages) plus the
-vendored binaries and image archives its arch and roles need (:func:`vendored_files`).
+No public key travels in a bundle: the verifier builds the key from the fingerprint the
+operator carries, or from the key an earlier installation pinned on the node.
+
+A node's files are its tree ``build/nodes/<node>/`` (pki, secrets, render stages), the
+installer, and the vendored binaries and image archives its arch and roles need
+(:func:`vendored_files`).
+
+Serial: every MANIFEST carries a per-node serial, raised whenever the MANIFEST's content
+changes (kept in ``build/state/bundle-serials/<node>``), so a node refuses an older bundle.
 
 Speed: the vendored files are the bulk of a bundle and the same for every node of one
 arch and role set, so they are compressed once into a deflate part kept in
@@ -39,7 +48,6 @@ from pathlib import Path, PurePosixPath
 import jinja2
 
 from . import bundle_signing, tarball, vendor
-from .crypto import public_key_pem
 from .errors import KthwError
 from .fsutil import SECRET_MODE, atomic_write
 from .inventory import ARCH_ALIASES, Inventory, Node
@@ -50,11 +58,20 @@ TOP = "kthw-bundle"
 FILES = "files"
 MANIFEST = "MANIFEST"
 SIGNATURE = "MANIFEST.sig"
-PUBLIC_KEY = "signing-key.pub"
+ENDORSEMENTS = "KEY-ENDORSEMENTS"
 INSTALL = "install.sh"
 README = "README"
-MANIFEST_FORMAT = "kthw-airgap bundle manifest 1"
+MANIFEST_FORMAT = "kthw-airgap bundle manifest 2"
 DIRECTORY = "dir"  # the sha256 column of a directory line
+# On the node: the installed installer, the installation record, the backups.
+INSTALLER = "/usr/local/sbin/kthw-install"
+STATE_DIR = "/var/lib/kthw"
+BACKUP_DIR = "/var/backups/kthw"
+# Everything a bundle installs lies in one of these directories (or is one of these files);
+# install.sh never writes, moves or removes a managed file anywhere else.
+MANAGED_DIRS = ("/etc/k8s", "/etc/systemd/system", "/etc/cni/net.d", "/etc/sysctl.d", "/etc/modules-load.d",
+                "/usr/local/bin", "/usr/local/sbin", "/opt/cni/bin", f"{STATE_DIR}/images")
+MANAGED_FILES = ("/etc/crictl.yaml",)
 
 SOURCE_DATE_EPOCH = "SOURCE_DATE_EPOCH"
 DEFAULT_EPOCH = 946684800  # 2000-01-01T00:00:00Z: any fixed date; 0 makes GNU tar warn on unpacking
@@ -67,10 +84,8 @@ _SAFE_PATH = re.compile(r"^(/[A-Za-z0-9@+_-][A-Za-z0-9._@+-]*)+$")
 _PATH_IN_TEXT = re.compile(r"/[A-Za-z0-9._@+/-]+")
 _PRIVATE_KEY_MARKERS = (b"PRIVATE KEY-----", b"client-key-data:")
 # How an operator checks an unpacked bundle without install.sh (MANIFEST header, README).
-CHECK_SIGNATURE = f"openssl pkeyutl -verify -pubin -inkey {PUBLIC_KEY} -rawin -in {MANIFEST} -sigfile {SIGNATURE}"
 CHECK_FILES = (f"grep -v '^#' {MANIFEST} | awk '$2 != \"{DIRECTORY}\" {{print $2 \"  \" ($3 ~ /^\\// ? "
                f"\"{FILES}\" $3 : $3)}}' | sha256sum -c")
-CHECK_FINGERPRINT = f"sed '/^-----/d' {PUBLIC_KEY} | base64 -d | sha256sum"
 
 
 @dataclass(frozen=True)
@@ -102,6 +117,8 @@ class BundleSpec:
     output: Path
     cache: Path
     signing_key: Path
+    endorsements: Path               # build/state/bundle-signing.endorsements (may be missing)
+    serial: Path                     # build/state/bundle-serials/<node>
     templates: Path
     epoch: int
 
@@ -142,7 +159,9 @@ def spec_for(layout: Layout, node: Node, vendored: Vendored, templates: Path,
     return BundleSpec(node=node.name, arch=node.arch, roles=tuple(sorted(node.roles)), node_ip=str(node.ip),
                       tree=layout.node_root(node.name), expected=expected, vendored=vendored,
                       output=layout.bundles / f"{node.name}.tar.gz", cache=cache_dir(layout),
-                      signing_key=bundle_signing.key_path(layout.state), templates=Path(templates), epoch=epoch)
+                      signing_key=bundle_signing.key_path(layout.state),
+                      endorsements=bundle_signing.endorsements_path(layout.state),
+                      serial=layout.state / "bundle-serials" / node.name, templates=Path(templates), epoch=epoch)
 
 
 def cache_dir(layout: Layout) -> Path:
@@ -293,19 +312,42 @@ def key_directories(lines: list[ManifestLine]) -> list[str]:
                    if line.path.startswith("/") and not line.mode & 0o077})
 
 
-def manifest_text(spec: BundleSpec, lines: list[ManifestLine]) -> bytes:
+# Header lines of the MANIFEST that carry data: "# <keyword> <words>".
+HEADER_KEYWORDS = ("node", "serial", "machines", "service", "image", "etcd")
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    """What the installer needs to know of the node besides its files; signed in the MANIFEST."""
+
+    node: str
+    arch: str
+    roles: tuple[str, ...]
+    machines: tuple[str, ...]                        # what `uname -m` may say
+    services: tuple[tuple[str, tuple[str, ...]], ...]  # start order; each with the files it reads
+    images: tuple[tuple[str, str], ...]               # image archive -> the image it holds
+    etcd_endpoint: str | None                         # the local member's client URL
+
+
+def manifest_text(plan: NodePlan, lines: list[ManifestLine], serial: int) -> bytes:
     head = [f"# {MANIFEST_FORMAT}",
-            f"# node {spec.node} arch {spec.arch} roles {','.join(spec.roles)}",
-            "# <mode> <sha256> <path>: a path starting with / is installed there from files/<path>;",
-            f"# '{DIRECTORY}' lines are directories install.sh creates (or sets) with that mode.",
-            f"# Check by hand: {CHECK_FILES}"]
+            f"# node {plan.node} arch {plan.arch} roles {','.join(plan.roles)}",
+            f"# serial {serial}",
+            f"# machines {' '.join(plan.machines)}"]
+    head += [f"# service {name} {' '.join(files)}" for name, files in plan.services]
+    head += [f"# image {path} {name}" for path, name in plan.images]
+    if plan.etcd_endpoint:
+        head.append(f"# etcd {plan.etcd_endpoint}")
+    head += ["# <mode> <sha256> <path>: a path starting with / is installed there from files/<path>;",
+             f"# '{DIRECTORY}' lines are directories install.sh creates (or sets) with that mode.",
+             f"# Check by hand: {CHECK_FILES}"]
     dirs = [ManifestLine(0o700, DIRECTORY, path) for path in key_directories(lines)]
     body = sorted(lines + dirs, key=lambda line: (line.path.startswith("/"), line.path))
     return ("\n".join(head + [line.text() for line in body]) + "\n").encode()
 
 
 def parse_manifest(text: str) -> tuple[dict[str, str], list[ManifestLine]]:
-    """The header fields (node, arch, roles) and the lines of a MANIFEST."""
+    """The single-valued header fields (node, arch, roles, serial) and the lines of a MANIFEST."""
     rows = text.splitlines()
     if not rows or rows[0] != f"# {MANIFEST_FORMAT}":
         raise KthwError(f"MANIFEST: not a kthw-airgap bundle manifest (first line: {rows[0] if rows else ''!r})")
@@ -313,6 +355,8 @@ def parse_manifest(text: str) -> tuple[dict[str, str], list[ManifestLine]]:
     header = dict(zip(words[::2], words[1::2]))
     lines = []
     for number, row in enumerate(rows[1:], start=2):
+        if row.startswith("# serial "):
+            header["serial"] = row.split()[2]
         if row.startswith("#") or not row.strip():
             continue
         parts = row.split(" ")
@@ -321,6 +365,30 @@ def parse_manifest(text: str) -> tuple[dict[str, str], list[ManifestLine]]:
             raise KthwError(f"MANIFEST line {number}: expected '<mode> <sha256> <path>', got {row!r}")
         lines.append(ManifestLine(int(parts[0], 8), parts[1], parts[2]))
     return header, lines
+
+
+def is_managed(node_path: str) -> bool:
+    return node_path in MANAGED_FILES or any(node_path.startswith(d + "/") for d in MANAGED_DIRS)
+
+
+def next_serial(record: Path, body_sha256: str) -> int:
+    """The serial of a MANIFEST whose content (serial aside) hashes to ``body_sha256``: the
+    recorded one when the content is the same as last time, else one more. Recorded before
+    the bundle is written, so two different bundles of a node never share a serial."""
+    serial, recorded = 0, ""
+    try:
+        words = record.read_text().split()
+        serial, recorded = int(words[1]), words[3]
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, IndexError):
+        raise KthwError(f"{record}: not a bundle serial record ('serial <n> manifest-sha256 <hex>'); restore it "
+                        "from a backup, or write the serial of the node's last bundle (`# serial` in its "
+                        "MANIFEST) as 'serial <n> manifest-sha256 -'") from None
+    if recorded != body_sha256:
+        serial += 1
+        atomic_write(record, f"serial {serial} manifest-sha256 {body_sha256}\n".encode())
+    return serial
 
 
 # --- templates ----------------------------------------------------------------------------------
@@ -352,22 +420,37 @@ def machines_of(arch: str) -> list[str]:
     return sorted(name for name, canon in ARCH_ALIASES.items() if canon == arch)
 
 
-def _script_context(spec: BundleSpec, files: list[tuple[str, bytes, int]], installed: set[str]) -> dict:
+def node_plan(spec: BundleSpec, files: list[tuple[str, bytes, int]], installed: set[str]) -> NodePlan:
     units = units_of(files)
-    order = service_order(units)
     texts = {path: data for path, data, _ in files}
-    etcd = None
-    if "etcd" in units:
-        etcd = {"endpoint": f"https://{_host(spec.node_ip)}:{ETCD_CLIENT_PORT}",
-                "ca": PATHS["etcd_ca"], "cert": PATHS["etcd_healthcheck_client_cert"],
-                "key": PATHS["etcd_healthcheck_client_key"], "etcdctl": f"{PATHS['bin']}/etcdctl"}
-    return {"node": spec.node, "arch": spec.arch, "machines": machines_of(spec.arch), "roles": list(spec.roles),
-            "services": order, "service_files": service_files(units, texts, installed),
-            "images": list(spec.vendored.images), "manifest_format": MANIFEST_FORMAT, "directory": DIRECTORY,
-            "unit_dir": UNIT_DIR, "etcd": etcd, "top": TOP, "ctr": f"{PATHS['bin']}/ctr",
-            "files": FILES, "manifest": MANIFEST, "signature": SIGNATURE, "public_key": PUBLIC_KEY,
-            "check_signature": CHECK_SIGNATURE, "check_files": CHECK_FILES, "check_fingerprint": CHECK_FINGERPRINT,
-            "safe_path": _SAFE_PATH.pattern}
+    reads = service_files(units, texts, installed)
+    return NodePlan(node=spec.node, arch=spec.arch, roles=spec.roles, machines=tuple(machines_of(spec.arch)),
+                    services=tuple((name, tuple(reads[name])) for name in service_order(units)),
+                    images=spec.vendored.images,
+                    etcd_endpoint=f"https://{_host(spec.node_ip)}:{ETCD_CLIENT_PORT}" if "etcd" in units else None)
+
+
+def _installer_context() -> dict:
+    """The installer's constants: the same for every node (what differs is in the MANIFEST)."""
+    return {"manifest_format": MANIFEST_FORMAT, "directory": DIRECTORY, "unit_dir": UNIT_DIR, "top": TOP,
+            "files": FILES, "manifest": MANIFEST, "signature": SIGNATURE, "endorsements": ENDORSEMENTS,
+            "install": INSTALL, "readme": README, "installer": INSTALLER, "state_dir": STATE_DIR,
+            "backup_dir": BACKUP_DIR, "managed_dirs": MANAGED_DIRS, "managed_files": MANAGED_FILES,
+            "ctr": f"{PATHS['bin']}/ctr", "etcdctl": f"{PATHS['bin']}/etcdctl", "etcd_ca": PATHS["etcd_ca"],
+            "etcd_cert": PATHS["etcd_healthcheck_client_cert"], "etcd_key": PATHS["etcd_healthcheck_client_key"],
+            "safe_path": _SAFE_PATH.pattern, "spki_prefix": bundle_signing.SPKI_PREFIX,
+            "endorsement_header": bundle_signing.ENDORSEMENT_HEADER}
+
+
+def _readme_context(plan: NodePlan) -> dict:
+    return {"node": plan.node, "arch": plan.arch, "roles": list(plan.roles), "top": TOP,
+            "services": [name for name, _ in plan.services], "images": [name for _, name in plan.images],
+            "check_signature": bundle_signing.check_signature_command("ed25519:<hex>"),
+            "check_files": CHECK_FILES, "installer": INSTALLER, "state_dir": STATE_DIR, "backup_dir": BACKUP_DIR}
+
+
+def installer(templates: Path) -> bytes:
+    return _render(_environment(Path(templates)), INSTALL_TEMPLATE, **_installer_context())
 
 
 # --- the vendored part: one gzip member per arch and role set, cached -----------------------------
@@ -462,31 +545,38 @@ def _temporary(target: Path):
 def build(spec: BundleSpec) -> str:
     """Write bundles/<node>.tar.gz (through a temp file and a rename); return what was done."""
     key = bundle_signing.load_key(spec.signing_key)
-    files = tree_files(spec)
+    install = installer(spec.templates)
+    files = tree_files(spec) + [(INSTALLER, install, 0o755)]
     clash = {path for path, _, _ in files} & {placed.path for placed in spec.vendored.files}
     if clash:
         raise KthwError(f"{spec.tree}: {', '.join(sorted(clash))} would also come from vendor/; remove it from "
                         "the node's tree")
+    unmanaged = sorted(path for path in [p for p, _, _ in files] + [p.path for p in spec.vendored.files]
+                       if not is_managed(path))
+    if unmanaged:
+        raise KthwError(f"{unmanaged[0]}: install.sh installs files only under {', '.join(MANAGED_DIRS)} (and "
+                        f"{', '.join(MANAGED_FILES)}); add the directory to kthw.bundle.MANAGED_DIRS")
     shared = shared_part(spec)
     vendored_sums = shared.sha256
     installed = {path for path, _, _ in files} | set(vendored_sums)
-    env = _environment(spec.templates)
-    context = _script_context(spec, files, installed)
-    install = _render(env, INSTALL_TEMPLATE, **context)
-    readme = _render(env, README_TEMPLATE, **context)
+    plan = node_plan(spec, files, installed)
+    readme = _render(_environment(spec.templates), README_TEMPLATE, **_readme_context(plan))
 
     node_entries = [tarball.Entry(f"{TOP}/{FILES}{path}", mode, data=data) for path, data, mode in files]
     lines = [ManifestLine(mode, sha256_hex(data), path) for path, data, mode in files]
     lines += [ManifestLine(p.mode, vendored_sums[p.path], p.path) for p in spec.vendored.files]
     lines += [ManifestLine(0o755, sha256_hex(install), INSTALL), ManifestLine(0o644, sha256_hex(readme), README)]
-    manifest = manifest_text(spec, lines)
+    serial = next_serial(spec.serial, sha256_hex(manifest_text(plan, lines, 0)))
+    manifest = manifest_text(plan, lines, serial)
     node_entries += [
         tarball.Entry(f"{TOP}/{INSTALL}", 0o755, data=install),
         tarball.Entry(f"{TOP}/{README}", 0o644, data=readme),
         tarball.Entry(f"{TOP}/{MANIFEST}", 0o644, data=manifest),
         tarball.Entry(f"{TOP}/{SIGNATURE}", 0o644, data=bundle_signing.sign(key, manifest)),
-        tarball.Entry(f"{TOP}/{PUBLIC_KEY}", 0o644, data=public_key_pem(key)),
     ]
+    endorsements = "".join(line + "\n" for line in bundle_signing.read_endorsements(spec.endorsements)).encode()
+    if endorsements:
+        node_entries.append(tarball.Entry(f"{TOP}/{ENDORSEMENTS}", 0o644, data=endorsements))
     node_entries.sort(key=lambda entry: entry.name)
 
     spec.output.parent.mkdir(parents=True, exist_ok=True)
@@ -500,7 +590,8 @@ def build(spec: BundleSpec) -> str:
         size = handle.tell()
         os.replace(tmp, spec.output)
     count = len(files) + len(spec.vendored.files)
-    return (f"{spec.output}: {count} files, {size / 1e6:.1f} MB, signed by {bundle_signing.fingerprint(key)}")
+    return (f"{spec.output}: {count} files, serial {serial}, {size / 1e6:.1f} MB, signed by "
+            f"{bundle_signing.fingerprint(key)}")
 
 
 def sha256_hex(data: bytes) -> str:
@@ -516,14 +607,15 @@ class _Member:
 
     mode: int
     is_file: bool
+    is_dir: bool
     sha256: str | None   # of a file's bytes
-    data: bytes | None   # the bytes themselves, only for MANIFEST, MANIFEST.sig and the public key
+    data: bytes | None   # the bytes themselves, only for MANIFEST, MANIFEST.sig and KEY-ENDORSEMENTS
 
 
 def _read_members(archive: tarfile.TarFile, path: Path) -> dict[str, _Member]:
     """Every member by name (a later one of the same name wins, as tar unpacks it), the
     archive decompressed once: each file hashed in chunks as it streams past."""
-    kept = {f"{TOP}/{name}" for name in (MANIFEST, SIGNATURE, PUBLIC_KEY)}
+    kept = {f"{TOP}/{name}" for name in (MANIFEST, SIGNATURE, ENDORSEMENTS)}
     members = {}
     try:
         for member in archive:
@@ -536,15 +628,16 @@ def _read_members(archive: tarfile.TarFile, path: Path) -> dict[str, _Member]:
                         chunks.append(chunk)
                 digest = sha256.hexdigest()
                 data = b"".join(chunks) if member.name in kept else None
-            members[member.name] = _Member(member.mode, member.isfile(), digest, data)
+            members[member.name] = _Member(member.mode, member.isfile(), member.isdir(), digest, data)
     except (OSError, tarfile.TarError, EOFError, ValueError) as err:
         raise KthwError(f"{path}: damaged archive ({err}); copy the bundle again") from None
     return members
 
 
-def verify_tarball(path: Path, expected_fingerprint: str, node: str | None = None) -> str:
-    """Check a bundle file as install.sh would (signature, fingerprint, every file's sha256
-    and mode), plus that it holds nothing the MANIFEST does not list."""
+def verify_tarball(path: Path, trusted: str, node: str | None = None) -> str:
+    """Check a bundle file as the node's installer does: the MANIFEST's signature with the key
+    reached from the ``trusted`` fingerprint (through the bundle's endorsements), every file's
+    sha256 and mode; plus that it holds nothing the MANIFEST does not list and no link."""
     path = Path(path)
     try:
         archive = tarfile.open(path, "r:gz")
@@ -559,18 +652,22 @@ def verify_tarball(path: Path, expected_fingerprint: str, node: str | None = Non
             raise KthwError(f"{path}: {TOP}/{name} is missing; this is not a complete kthw-airgap bundle")
         return member.data
 
-    public = read(PUBLIC_KEY)
-    found = bundle_signing.fingerprint_of_pem(public)
-    if found != expected_fingerprint:
-        raise KthwError(f"{path}: signed by key {found}, not by this workstation's {expected_fingerprint}")
+    odd = sorted(name for name, member in members.items() if not (member.is_file or member.is_dir))
+    if odd:
+        raise KthwError(f"{path}: {odd[0]} is neither a file nor a directory (a link?); a bundle holds neither")
+    endorsements = members.get(f"{TOP}/{ENDORSEMENTS}")
+    try:
+        signer = bundle_signing.follow(trusted, endorsements.data if endorsements else None)
+    except KthwError as err:
+        raise KthwError(f"{path}: {err}") from None
     manifest = read(MANIFEST)
-    if not bundle_signing.verify(bundle_signing.load_public(public), read(SIGNATURE), manifest):
-        raise KthwError(f"{path}: {MANIFEST}: the signature does not verify: the MANIFEST or its signature "
-                        "was altered")
+    if not bundle_signing.verify(bundle_signing.public_key(signer), read(SIGNATURE), manifest):
+        raise KthwError(f"{path}: {MANIFEST}: the signature does not verify with the key {signer}: the MANIFEST "
+                        "or its signature was altered, or another key signed it")
     header, lines = parse_manifest(manifest.decode("utf-8", "replace"))
     if node is not None and header.get("node") != node:
         raise KthwError(f"{path}: this is the bundle of {header.get('node')}, not of {node}")
-    listed = {f"{TOP}/{MANIFEST}", f"{TOP}/{SIGNATURE}", f"{TOP}/{PUBLIC_KEY}"}
+    listed = {f"{TOP}/{MANIFEST}", f"{TOP}/{SIGNATURE}", f"{TOP}/{ENDORSEMENTS}"}
     for line in lines:
         if line.sha256 == DIRECTORY:
             continue
@@ -583,9 +680,9 @@ def verify_tarball(path: Path, expected_fingerprint: str, node: str | None = Non
             raise KthwError(f"{path}: {name}: sha256 differs from the MANIFEST (altered or damaged)")
         if member.mode != line.mode:
             raise KthwError(f"{path}: {name}: mode {member.mode:04o}, the MANIFEST says {line.mode:04o}")
-    extra = sorted(set(members) - listed)
+    extra = sorted(name for name, member in members.items() if name not in listed and not member.is_dir)
     if extra:
         raise KthwError(f"{path}: holds files the MANIFEST does not list: {', '.join(extra[:5])}")
-    return (f"{path}: OK, bundle of {header.get('node')} ({header.get('arch')}), "
+    return (f"{path}: OK, bundle of {header.get('node')} ({header.get('arch')}), serial {header.get('serial')}, "
             f"{sum(1 for line in lines if line.path.startswith('/') and line.sha256 != DIRECTORY)} files, "
-            f"signed by {found}")
+            f"signed by {signer}, MANIFEST sha256 {sha256_hex(manifest)}")

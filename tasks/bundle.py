@@ -5,7 +5,8 @@
     render (every node; made on     │                   bundle = every node
     demand), vendor files ──────────┘
     fingerprint                  print the signing key's fingerprint (install.sh --fingerprint)
-    verify_bundle [path=FILE]    check bundle files against this workstation's key
+    verify_bundle [path=FILE] [fingerprint=ed25519:HEX]
+                                 check bundle files as a node would, with this workstation's key
     rotate_bundle_signing_key    explicit, never a default task: a new signing key
 
 A bundle's file_dep is every file it packs: the files other stages write under
@@ -147,10 +148,12 @@ def task_fingerprint():
     }
 
 
-def _verify(paths: list[Path], state: Path, nodes: list[str | None]) -> str:
+def _verify(paths: list[Path], state: Path, nodes: list[str | None], trusted: str | None) -> str:
     from kthw import bundle
 
-    expected = bundle_signing.fingerprint(bundle_signing.load_key(bundle_signing.key_path(state)))
+    if trusted:
+        bundle_signing.public_key(trusted)  # a clear error for a malformed value
+    expected = trusted or bundle_signing.fingerprint(bundle_signing.load_key(bundle_signing.key_path(state)))
     lines = []
     for path, node in zip(paths, nodes):
         if not Path(path).is_file():
@@ -160,16 +163,17 @@ def _verify(paths: list[Path], state: Path, nodes: list[str | None]) -> str:
 
 
 def task_verify_bundle():
-    """Check bundles against this workstation's signing key: doit verify_bundle [path=FILE]."""
+    """Check bundles as a node would: doit verify_bundle [path=FILE] [fingerprint=ed25519:HEX]."""
     inv, layout = context()
     chosen = get_var("path", None)
+    trusted = get_var("fingerprint", None)
     if chosen:
         paths, nodes = [Path(chosen)], [None]
     else:
         paths = [layout.bundles / f"{node.name}.tar.gz" for node in inv.nodes]
         nodes = [node.name for node in inv.nodes]
     return {
-        "actions": [(guarded, [_verify, paths, layout.state, nodes])],
+        "actions": [(guarded, [_verify, paths, layout.state, nodes, trusted])],
         "uptodate": [False],
         "verbosity": 2,
     }

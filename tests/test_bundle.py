@@ -66,7 +66,7 @@ def unpack(project: Project, node: str, where: Path) -> Path:
 
 def fingerprint(project: Project) -> str:
     text = project.doit("fingerprint").stdout
-    return re.search(r"SHA256:[0-9a-f]{64}", text).group(0)
+    return re.search(r"ed25519:[0-9a-f]{64}", text).group(0)
 
 
 def install(directory: Path, *args: str, check: bool = False) -> subprocess.CompletedProcess:
@@ -104,7 +104,10 @@ def test_a_bundle_holds_the_nodes_tree_and_the_vendored_files_of_its_arch_and_ro
         tree = {"/" + p.relative_to(layout.node_root(node.name)).as_posix()
                 for p in layout.node_root(node.name).rglob("*") if p.is_file()}
         needs = {f.install_as: f.source for f in vendor.needs(node, inv, layout)}
-        assert installed == tree | set(needs), node.name
+        assert installed == tree | set(needs) | {bundle.INSTALLER}, node.name
+        # The node keeps the bundle's installer, to check the bundles that come after.
+        assert (directory / "files" / bundle.INSTALLER.lstrip("/")).read_bytes() == \
+            (directory / "install.sh").read_bytes()
         for path, source in needs.items():  # the vendored file of the node's own arch
             assert (directory / "files" / path.lstrip("/")).read_bytes() == source.read_bytes()
             assert f"/{node.arch}/" in str(source)
@@ -217,14 +220,12 @@ def _tamper_signature(directory: Path) -> str:
 
 
 def _swap_key(directory: Path) -> str:
-    # Someone re-signs a changed MANIFEST with their own key: the fingerprint tells.
+    # Someone re-signs a changed MANIFEST with their own key: it is not the key the node trusts.
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     _tamper_manifest(directory)
     key = Ed25519PrivateKey.generate()
     (directory / "MANIFEST.sig").write_bytes(key.sign((directory / "MANIFEST").read_bytes()))
-    (directory / "signing-key.pub").write_bytes(key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    return "signing-key.pub has fingerprint"
+    return "does not verify with the key"
 
 
 @pytest.mark.parametrize("tamper", [_tamper_file, _tamper_binary, _tamper_manifest, _tamper_signature, _swap_key])
@@ -245,20 +246,31 @@ def test_a_tampered_bundle_is_refused_naming_the_file_and_the_root_is_untouched(
     assert tree_state(root) == before
 
 
-def test_a_missing_fingerprint_is_refused_unless_the_check_is_skipped_explicitly(example, tmp_path):
+def test_a_missing_fingerprint_is_refused_and_the_manifest_hash_replaces_it_only_explicitly(example, tmp_path):
     directory = unpack(example, "worker-az1-a", tmp_path / "bundle")
     root = tmp_path / "root"
     root.mkdir()
-    refused = install(directory, "--root", str(root), "--no-start", "--any-hostname")
-    assert refused.returncode != 0 and "--fingerprint" in refused.stderr and "doit bundle" in refused.stderr
-    wrong = install(directory, "--root", str(root), "--no-start", "--any-hostname", "--fingerprint", "SHA256:abc")
+    args = ["--root", str(root), "--no-start", "--any-hostname"]
+    refused = install(directory, *args)
+    assert refused.returncode != 0 and "--fingerprint" in refused.stderr and "doit fingerprint" in refused.stderr
+    wrong = install(directory, *args, "--fingerprint", "ed25519:abc")
     assert wrong.returncode != 0 and "64 hex digits" in wrong.stderr
+    old_form = install(directory, *args, "--fingerprint", "SHA256:" + "0" * 64)
+    assert old_form.returncode != 0 and "old SHA256 form" in old_form.stderr
     assert list(root.iterdir()) == []
-    # Without openssl on the node: explicit, and the sha256 sums are still checked.
+    # Without OpenSSL 3 on the node: the MANIFEST's sha256 from `doit verify_bundle`, and
+    # every file is still checked against that MANIFEST.
+    printed = example.doit("verify_bundle", f"path={bundle_path(example, 'worker-az1-a')}").stdout
+    manifest_sha256 = re.search(r"MANIFEST sha256 ([0-9a-f]{64})", printed).group(1)
+    assert manifest_sha256 == hashlib.sha256((directory / "MANIFEST").read_bytes()).hexdigest()
+    checked = install(directory, *args, "--check", "--manifest-sha256", manifest_sha256, check=True)
+    assert "signature: not checked; the MANIFEST has the sha256 given" in checked.stdout
+    other = install(directory, *args, "--manifest-sha256", "0" * 64)
+    assert other.returncode != 0 and "its sha256 is not the --manifest-sha256 given" in other.stderr
     _tamper_binary(directory)
-    unchecked = install(directory, "--root", str(root), "--no-start", "--any-hostname", "--no-signature-check")
+    unchecked = install(directory, *args, "--manifest-sha256", manifest_sha256)
     assert unchecked.returncode != 0 and "files/usr/local/bin/kubelet" in unchecked.stderr
-    assert "signature: not checked" in unchecked.stdout
+    assert list(root.iterdir()) == []
 
 
 def test_a_bundle_of_another_arch_is_refused(example, tmp_path):
@@ -298,25 +310,30 @@ def test_install_sh_run_by_sh_says_to_use_bash(example, tmp_path):
     pytest.skip("no POSIX shell other than bash here")
 
 
-def test_one_bundles_install_sh_refuses_another_bundles_manifest(example, tmp_path):
+def test_another_bundles_signed_manifest_does_not_vouch_for_these_files(example, tmp_path):
+    nodes = load(example.inventory).nodes
     mine = unpack(example, "worker-az1-a", tmp_path / "a")
-    other = unpack(example, "worker-az3-a", tmp_path / "b")
+    arch = next(node.arch for node in nodes if node.name == "worker-az1-a")
+    other_name = next(node.name for node in nodes if node.arch == arch and node.name != "worker-az1-a")
+    other = unpack(example, other_name, tmp_path / "b")
     for name in ("MANIFEST", "MANIFEST.sig"):
         shutil.copy(other / name, mine / name)
     root = tmp_path / "root"
     root.mkdir()
     result = install(mine, "--root", str(root), "--no-start", "--any-hostname", "--fingerprint", fingerprint(example))
-    assert result.returncode != 0 and "made for 'node worker-az3-a" in result.stderr
+    assert result.returncode != 0 and re.search(r"sha256 differs from the MANIFEST|listed in the MANIFEST but missing",
+                                                result.stderr)
+    assert "nothing was installed" in result.stderr and list(root.iterdir()) == []
 
 
-def test_every_install_sh_is_shellcheck_clean(example, tmp_path):
+def test_the_installer_is_one_script_for_every_node_and_shellcheck_clean(example, tmp_path):
     shellcheck = require("shellcheck")
-    for node in NODES:
-        script = unpack(example, node, tmp_path / node) / "install.sh"
-        assert script.read_text().startswith("#!/usr/bin/env bash\n")
-        assert "set -euo pipefail" in script.read_text()
-        result = subprocess.run([shellcheck, "--severity=style", str(script)], capture_output=True, text=True)
-        assert result.returncode == 0, f"{node}:\n{result.stdout}"
+    scripts = {node: (unpack(example, node, tmp_path / node) / "install.sh").read_text() for node in NODES}
+    assert len(set(scripts.values())) == 1  # what differs between nodes is in the signed MANIFEST
+    script = tmp_path / NODES[0] / bundle.TOP / "install.sh"
+    assert scripts[NODES[0]].startswith("#!/usr/bin/env bash\n") and "set -euo pipefail" in scripts[NODES[0]]
+    result = subprocess.run([shellcheck, "--severity=style", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
 
 
 # --- the tarball ------------------------------------------------------------------------------
@@ -469,36 +486,42 @@ def test_with_static_kubelet_certs_a_worker_also_holds_its_kubelet_client_key(tm
 # --- the task graph ----------------------------------------------------------------------------
 
 
-def test_doit_bundle_prints_the_fingerprint_that_the_bundles_carry(example):
-    printed = set(re.findall(r"SHA256:[0-9a-f]{64}", example.first_run.stdout))
+def test_doit_bundle_prints_the_fingerprint_which_is_the_public_key_and_no_bundle_carries_a_key(example):
+    printed = set(re.findall(r"ed25519:[0-9a-f]{64}", example.first_run.stdout))
     assert printed == {fingerprint(example)}
     assert all(f"bundles/{node}.tar.gz" in example.first_run.stdout for node in NODES)
+    key = serialization.load_pem_private_key((example.root / "build/state/bundle-signing.key").read_bytes(), None)
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    assert printed == {"ed25519:" + raw.hex()}
     with tarfile.open(bundle_path(example, "node-az1")) as archive:
-        public = archive.extractfile(f"{bundle.TOP}/signing-key.pub").read()
+        names = archive.getnames()
         readme = archive.extractfile(f"{bundle.TOP}/README").read().decode()
-    assert printed == {"SHA256:" + hashlib.sha256(
-        serialization.load_pem_public_key(public).public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).hexdigest()}
-    # The README never carries the fingerprint: it must come from the workstation.
-    assert fingerprint(example) not in readme and "--fingerprint" in readme
+    # No public key travels with the bundle; the README never carries the fingerprint either.
+    assert not [name for name in names if not name.startswith(f"{bundle.TOP}/files/")
+                and name.endswith((".pub", ".pem", ".der"))]
+    assert fingerprint(example) not in readme and raw.hex() not in readme and "--fingerprint" in readme
     assert (example.root / "build/state/bundle-signing.key").stat().st_mode & 0o777 == 0o600
 
 
 def test_the_readmes_commands_check_a_bundle_by_hand(example, tmp_path):
     directory = unpack(example, "node-az2", tmp_path)
     readme = (directory / "README").read_text()
-    by_hand = readme.split("By hand, with OpenSSL 3 and coreutils:")[1].split("\n\n")[1]
-    fingerprint_line, signature_line, files_line = [line.strip() for line in by_hand.splitlines()]
+    by_hand = readme.split("coreutils only (put the 64 hex digits in place of <hex>):")[1].split("\n\n")[1]
+    signature_line, files_line = [line.strip() for line in by_hand.splitlines()]
+    hex_key = fingerprint(example).removeprefix("ed25519:")
+    # `doit fingerprint` prints the same command with the key filled in.
+    assert signature_line.replace("<hex>", hex_key) in example.doit("fingerprint").stdout
 
     def run(command: str) -> subprocess.CompletedProcess:
         return subprocess.run(["bash", "-c", f"set -o pipefail; {command}"], cwd=directory, capture_output=True,
                               text=True)
 
-    assert run(fingerprint_line.split("#")[0]).stdout.split()[0] == fingerprint(example).removeprefix("SHA256:")
-    assert run(signature_line).returncode == 0
+    assert run(signature_line.replace("<hex>", hex_key)).returncode == 0
+    other_key = hex_key[:-1] + ("0" if hex_key[-1] != "0" else "1")
+    assert run(signature_line.replace("<hex>", other_key)).returncode != 0
     assert run(files_line).returncode == 0
     _tamper_signature(directory)
-    assert run(signature_line).returncode != 0
+    assert run(signature_line.replace("<hex>", hex_key)).returncode != 0
     binary = directory / "files/usr/local/bin/kube-apiserver"
     binary.write_bytes(binary.read_bytes()[:-1] + b"?")
     failed = run(files_line)
@@ -566,7 +589,7 @@ def test_clean_keeps_the_signing_key_and_rotation_is_explicit(tmp_path):
     assert not bundle_path(project, "worker-az1-a").exists()
     assert fingerprint(project) == old
     rotated = project.doit("rotate_bundle_signing_key")
-    new = re.search(r"fingerprint: (SHA256:[0-9a-f]{64})", rotated.stdout).group(1)
+    new = re.search(r"fingerprint: (ed25519:[0-9a-f]{64})", rotated.stdout).group(1)
     assert new != old and fingerprint(project) == new
     assert (project.root / "build/state/bundle-signing.key.old").exists()
     run = project.doit("bundle:worker-az1-a")
@@ -592,8 +615,8 @@ def test_the_workstation_checks_a_bundle_copy(example, tmp_path):
 def test_services_start_after_what_their_units_name(example, tmp_path):
     for node, order in (("node-az1", ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"]),
                         ("worker-az1-a", ["containerd", "kube-proxy", "kubelet"])):
-        text = (unpack(example, node, tmp_path / node) / "install.sh").read_text()
-        assert f"readonly SERVICES=({' '.join(order)})" in text, node
+        lines = (unpack(example, node, tmp_path / node) / "MANIFEST").read_text().splitlines()
+        assert [line.split()[2] for line in lines if line.startswith("# service ")] == order, node
 
 
 def test_service_order_follows_after_and_wants_and_refuses_a_cycle():
