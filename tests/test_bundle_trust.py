@@ -439,3 +439,22 @@ def test_a_replaced_signing_key_is_followed_through_its_endorsement_and_pinned(t
     fresh = fresh_root(tmp_path / "fresh")
     assert install(unpack(project, NODE, tmp_path / "v2"), *node_args(fresh, "--fingerprint", old)).returncode == 0
     assert (fresh / "var/lib/kthw/signing-key").read_text() == new + "\n"
+
+
+def test_a_second_installation_is_refused_while_one_runs(built, tmp_path):
+    """Two runs at once under one root: the second is refused before it could undo the first's
+    journal."""
+    import fcntl
+
+    root, directory = _installed(built, tmp_path)
+    (root / "etc/k8s/kubelet/kubelet-config.yaml").write_text("edited\n")
+    before = tree_state(root)
+    handle = os.open(root, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a running installer holds
+        result = kthw_install(root, directory)
+    finally:
+        os.close(handle)
+    assert result.returncode != 0 and "another installation is running under" in result.stderr
+    assert tree_state(root) == before
+    assert kthw_install(root, directory).returncode == 0
