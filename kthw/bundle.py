@@ -449,6 +449,7 @@ def _readme_context(plan: NodePlan) -> dict:
             "check_files": CHECK_FILES, "installer": INSTALLER, "state_dir": STATE_DIR, "backup_dir": BACKUP_DIR}
 
 
+@functools.lru_cache(maxsize=4)
 def installer(templates: Path) -> bytes:
     return _render(_environment(Path(templates)), INSTALL_TEMPLATE, **_installer_context())
 
@@ -637,7 +638,7 @@ def _read_members(archive: tarfile.TarFile, path: Path) -> dict[str, _Member]:
 def verify_tarball(path: Path, trusted: str, node: str | None = None) -> str:
     """Check a bundle file as the node's installer does: the MANIFEST's signature with the key
     reached from the ``trusted`` fingerprint (through the bundle's endorsements), every file's
-    sha256 and mode; plus that it holds nothing the MANIFEST does not list and no link."""
+    sha256, that it holds nothing the MANIFEST does not list and no link."""
     path = Path(path)
     try:
         archive = tarfile.open(path, "r:gz")
@@ -676,10 +677,10 @@ def verify_tarball(path: Path, trusted: str, node: str | None = None) -> str:
         member = members.get(name)
         if member is None or not member.is_file:
             raise KthwError(f"{path}: {name} is listed in the MANIFEST but missing")
+        # A member's mode in the archive is not checked: the installer sets the MANIFEST's
+        # mode on every file it installs, whatever the unpacked copy has.
         if member.sha256 != line.sha256:
             raise KthwError(f"{path}: {name}: sha256 differs from the MANIFEST (altered or damaged)")
-        if member.mode != line.mode:
-            raise KthwError(f"{path}: {name}: mode {member.mode:04o}, the MANIFEST says {line.mode:04o}")
     extra = sorted(name for name, member in members.items() if name not in listed and not member.is_dir)
     if extra:
         raise KthwError(f"{path}: holds files the MANIFEST does not list: {', '.join(extra[:5])}")

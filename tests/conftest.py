@@ -293,11 +293,12 @@ class Project:
         return {"/" + str(p.relative_to(base)) for p in base.rglob("*") if p.is_file()}
 
     def snapshot(self, under: str = "build") -> dict[str, tuple[str, int]]:
-        """sha256 and mtime_ns of every file under a directory (doit's own state excluded)."""
+        """sha256 and mtime_ns of every file under a directory; doit's own state and the bundle
+        serial records (bookkeeping that moves with every bundle rebuilt) excluded."""
         result = {}
         base = self.root / under
         for path in sorted(base.rglob("*")):
-            if path.is_file() and not path.name.startswith(".doit"):
+            if path.is_file() and not path.name.startswith(".doit") and path.parent.name != "bundle-serials":
                 result[str(path.relative_to(self.root))] = (hashlib.sha256(path.read_bytes()).hexdigest(),
                                                             path.stat().st_mtime_ns)
         return result

@@ -458,3 +458,16 @@ def test_a_second_installation_is_refused_while_one_runs(built, tmp_path):
     assert result.returncode != 0 and "another installation is running under" in result.stderr
     assert tree_state(root) == before
     assert kthw_install(root, directory).returncode == 0
+
+
+def test_modes_in_the_archive_do_not_matter_to_either_side_the_manifest_decides(built, tmp_path):
+    directory = unpack(built, NODE, tmp_path / "stick")
+    key = directory / "files/etc/k8s/kubelet/kubelet-serving.key"
+    key.chmod(0o666)
+    repacked = pack(directory, tmp_path / f"{NODE}.tar.gz")
+    assert "OK, bundle of" in verify_bundle(built, repacked).stdout
+    root, _ = _installed(built, tmp_path / "node")
+    (root / "etc/k8s/kubelet/kubelet-serving.key").chmod(0o644)
+    result = kthw_install(root, repacked)
+    assert result.returncode == 0, result.stderr
+    assert (root / "etc/k8s/kubelet/kubelet-serving.key").stat().st_mode & 0o777 == 0o600
