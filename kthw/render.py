@@ -264,6 +264,21 @@ def _cni_bridge(i: _Inputs, node: Node) -> dict:
     return {"subnet": str(node.pod_cidr), "default_route": "::/0" if node.pod_cidr.version == 6 else "0.0.0.0/0"}
 
 
+# The routing protocol number the pod routes carry (any value iproute2 and the kernel
+# leave unassigned), so the unit removes its own routes and no one else's.
+POD_ROUTE_PROTO = 249
+
+
+def pod_routes(inv: Inventory, node: Node) -> list[dict]:
+    """Every other worker's pod CIDR, through that worker's address."""
+    return [{"cidr": str(other.pod_cidr), "via": str(other.ip)} for other in inv.worker_nodes
+            if other.name != node.name and other.pod_cidr is not None]
+
+
+def _pod_routes(i: _Inputs, node: Node) -> dict:
+    return {"routes": pod_routes(i.inv, node), "proto": POD_ROUTE_PROTO}
+
+
 def _nothing(i: _Inputs, node: Node) -> dict:
     return {}
 
@@ -276,10 +291,10 @@ def _crictl(i: _Inputs, node: Node) -> dict:
 class _Rule:
     path: str
     template: str
-    role: str
+    role: str | None  # None: every node
     context: Callable[[_Inputs, Node], dict]
     needs_pins: bool = False
-    when: Callable[[Node], bool] = lambda node: True
+    when: Callable[[Inventory, Node], bool] = lambda inv, node: True
 
 
 RULES: tuple[_Rule, ...] = (
@@ -300,12 +315,16 @@ RULES: tuple[_Rule, ...] = (
     # Without a node pod CIDR the network is a CNI add-on's job (it reads Node.spec.podCIDR,
     # which the controller-manager then allocates); only loopback is written.
     _Rule("/etc/cni/net.d/10-bridge.conflist", "configs/cni-bridge.conflist.j2", WORKER, _cni_bridge,
-          when=lambda node: node.pod_cidr is not None),
+          when=lambda inv, node: node.pod_cidr is not None),
     _Rule("/etc/cni/net.d/99-loopback.conf", "configs/cni-loopback.conf.j2", WORKER, _nothing),
     _Rule("/etc/crictl.yaml", "configs/crictl.yaml.j2", WORKER, _crictl),
     # Bridged pod traffic must pass iptables (kube-proxy) and be forwarded.
     _Rule("/etc/modules-load.d/kubernetes.conf", "configs/modules-load.conf.j2", WORKER, _nothing),
     _Rule("/etc/sysctl.d/99-kubernetes.conf", "configs/sysctl.conf.j2", WORKER, _nothing),
+    # Pods on one worker reach pods on another, and the API server reaches every pod, by
+    # plain routing: on every node that another worker's pod CIDR is not local to.
+    _Rule(f"{UNIT_DIR}/kthw-pod-routes.service", "units/kthw-pod-routes.service.j2", None, _pod_routes,
+          when=lambda inv, node: bool(pod_routes(inv, node))),
 )
 
 
@@ -335,7 +354,7 @@ def plan(inv: Inventory, pins: Pins | None = None,
     for node in inv.nodes:
         files = []
         for rule in RULES:
-            if rule.role not in node.roles or not rule.when(node):
+            if (rule.role is not None and rule.role not in node.roles) or not rule.when(inv, node):
                 continue
             context, error = {}, None
             if rule.needs_pins and pins is None:

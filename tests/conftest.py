@@ -39,6 +39,7 @@ PROVIDERS = {
     "docker-registry": "Debian's docker-registry package (apt-get install docker-registry)",
     "containerd": "Debian's containerd package (apt-get install containerd)",
     "ctr": "Debian's containerd package (apt-get install containerd)",
+    "ip": "Debian's iproute2 package (apt-get install iproute2)",
 }
 
 

@@ -353,7 +353,8 @@ def test_on_a_control_plane_etcd_starts_first_in_the_background_and_restarts_wai
     first, update, driver = on_node(tmp_path, tmp_path / "b", "node-az1", f"{v1} --fingerprint {fp}", f"{v2} --fingerprint {fp}")
     assert driver[2] == ["0"], driver[1] + first[1] + update[1]
     starts = [call for call in first[2] if call.startswith("systemctl start")]
-    assert starts == ["systemctl start --no-block etcd", "systemctl start --no-block kube-apiserver",
+    assert starts == ["systemctl start --no-block etcd", "systemctl start --no-block kthw-pod-routes",
+                      "systemctl start --no-block kube-apiserver",
                       "systemctl start --no-block kube-controller-manager", "systemctl start --no-block kube-scheduler"]
     assert "install the other etcd nodes now" in first[0]
     # An update of etcd's cert on a running member: restart it, wait until healthy, leave the rest.

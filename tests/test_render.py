@@ -32,6 +32,8 @@ MINORS = sorted(versions.KUBERNETES)
 CONTROL_PLANE_FILES = {"/etc/systemd/system/kube-apiserver.service", "/etc/systemd/system/kube-controller-manager.service",
                        "/etc/systemd/system/kube-scheduler.service", PATHS["audit_policy"], PATHS["scheduler_config"]}
 ETCD_FILES = {"/etc/systemd/system/etcd.service"}
+# Every node another worker's pod CIDR must be routed to (all of them in these inventories).
+ROUTES_FILES = {"/etc/systemd/system/kthw-pod-routes.service"}
 WORKER_FILES = {"/etc/systemd/system/containerd.service", "/etc/systemd/system/kubelet.service",
                 "/etc/systemd/system/kube-proxy.service", PATHS["containerd_config"], PATHS["kubelet_config"],
                 PATHS["kube_proxy_config"], "/etc/cni/net.d/10-bridge.conflist", "/etc/cni/net.d/99-loopback.conf",
@@ -103,9 +105,9 @@ def test_each_node_gets_exactly_the_files_of_its_roles(tmp_path):
         "pod_cidr: 10.244.9.0/24}\n  - {name: worker2,")
     inv = load(text)
     paths = {node: {f.path for f in files} for node, files in plan(inv).items()}
-    assert paths["cp1"] == CONTROL_PLANE_FILES | ETCD_FILES
-    assert paths["worker1"] == WORKER_FILES
-    assert paths["solo"] == CONTROL_PLANE_FILES | WORKER_FILES
+    assert paths["cp1"] == CONTROL_PLANE_FILES | ETCD_FILES | ROUTES_FILES
+    assert paths["worker1"] == WORKER_FILES | ROUTES_FILES
+    assert paths["solo"] == CONTROL_PLANE_FILES | WORKER_FILES | ROUTES_FILES
     assert not paths["worker1"] & (CONTROL_PLANE_FILES | ETCD_FILES)
     # A control plane that is not an etcd member does not wait for a local etcd.
     solo = rendered(inv)["solo"]["/etc/systemd/system/kube-apiserver.service"]

@@ -16,8 +16,8 @@ RUNTIME_DIRS = ("/var/lib/", "/var/log/", "/run/")
 CONTROL_PLANE_DIRS = ("etc/k8s/kube-apiserver", "etc/k8s/kube-controller-manager", "etc/k8s/kube-scheduler",
                       "etc/k8s/etcd")
 CONTROL_PLANE_UNITS = {"etcd.service", "kube-apiserver.service", "kube-controller-manager.service",
-                       "kube-scheduler.service"}
-WORKER_UNITS = {"containerd.service", "kubelet.service", "kube-proxy.service"}
+                       "kube-scheduler.service", "kthw-pod-routes.service"}
+WORKER_UNITS = {"containerd.service", "kubelet.service", "kube-proxy.service", "kthw-pod-routes.service"}
 
 
 def test_every_path_a_rendered_file_names_is_installed_on_that_node(rendered_cluster):
@@ -98,7 +98,9 @@ def test_a_rerun_renders_nothing_and_an_ip_change_rerenders_only_the_files_that_
     project.write_inventory(text.replace("ip: 127.0.0.12,", "ip: 127.0.0.22,").replace(
         "ip: 127.0.0.2}", "ip: 127.0.0.4}"))
     worker = project.doit("render")
-    assert worker.executed == ["render:worker2/kubelet.service"]
+    # The worker's own kubelet, and every other node's route to its pod CIDR.
+    assert sorted(worker.executed) == sorted(["render:worker2/kubelet.service"] + [
+        f"render:{node}/kthw-pod-routes.service" for node in ("cp1", "cp2", "cp3", "worker1")])
     assert "--node-ip=127.0.0.22" in project.node_file("worker2", "/etc/systemd/system/kubelet.service").read_text()
 
 

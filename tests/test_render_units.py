@@ -5,7 +5,8 @@ and ExecStart binaries that are missing or not executable. Each node is laid out
 temporary root as the bundle installs it: the node's build/nodes/<node>/ tree, an
 executable stand-in for every binary kthw.render.binaries_for lists (the vendor stage
 ships the real ones), and the host's systemd units (for targets such as
-network-online.target). A unit naming a binary the node would not get fails here.
+network-online.target) and the host's `ip` (iproute2, which the node's OS provides). A
+unit naming a binary the node would not get fails here.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def node_root(project, node, dest: Path) -> Path:
     shutil.copytree(project.root / "build" / "nodes" / node, dest)
     # Copied, not linked: verify resolves links inside --root and these are absolute.
     shutil.copytree(SYSTEM_UNITS, dest / "usr/lib/systemd/system", symlinks=True)
+    (dest / "sbin").mkdir(exist_ok=True)
+    shutil.copy(Path(require("ip")).resolve(), dest / "sbin/ip")
     for binary in binaries_for(inventory.load(project.inventory).node(node)):
         stand_in = dest / binary.lstrip("/")
         stand_in.parent.mkdir(parents=True, exist_ok=True)
@@ -67,7 +70,8 @@ def test_systemd_accepts_every_rendered_unit(rendered_cluster, systemd_analyze, 
             assert result.returncode == 0 and not complaints(result, unit), \
                 f"{node}: {unit}:\n{result.stderr}"
             checked.append(f"{node}/{unit}")
-    assert len(checked) == 3 * 4 + 2 * 3, checked
+    # Each node's own units, and on each of the five the pod routes unit.
+    assert len(checked) == 3 * 4 + 2 * 3 + 5, checked
 
 
 def test_verify_catches_a_broken_unit_and_a_missing_binary(rendered_cluster, systemd_analyze, tmp_path):
