@@ -100,7 +100,8 @@ class Placed:
 @dataclass(frozen=True)
 class Vendored:
     files: tuple[Placed, ...]
-    images: tuple[tuple[str, str], ...]  # node path of an image archive -> the image name it holds
+    # node path of an image archive, the image name it holds, and its name by digest
+    images: tuple[tuple[str, str, str], ...]
 
 
 @dataclass(frozen=True)
@@ -133,9 +134,9 @@ def vendored_files(node: Node, inv: Inventory, layout: Layout, items: tuple | No
     if items is None:
         items = vendor.plan(inv, vendor.load_pins(inv), layout)
     needs = vendor.needs(node, inv, layout, items=items)
-    image_names = {item.path: item.reference for item in items if item.is_image}
+    image_names = {item.path: (item.reference, item.by_digest) for item in items if item.is_image}
     files = tuple(sorted((Placed(f.install_as, Path(f.source), f.mode) for f in needs), key=lambda p: p.path))
-    images = tuple((p.path, image_names[p.source]) for p in files if p.source in image_names)
+    images = tuple((p.path, *image_names[p.source]) for p in files if p.source in image_names)
     return Vendored(files, images)
 
 
@@ -325,7 +326,7 @@ class NodePlan:
     roles: tuple[str, ...]
     machines: tuple[str, ...]                        # what `uname -m` may say
     services: tuple[tuple[str, tuple[str, ...]], ...]  # start order; each with the files it reads
-    images: tuple[tuple[str, str], ...]               # image archive -> the image it holds
+    images: tuple[tuple[str, str, str], ...]          # image archive, the image it holds, its digest name
     etcd_endpoint: str | None                         # the local member's client URL
 
 
@@ -335,7 +336,7 @@ def manifest_text(plan: NodePlan, lines: list[ManifestLine], serial: int) -> byt
             f"# serial {serial}",
             f"# machines {' '.join(plan.machines)}"]
     head += [f"# service {name} {' '.join(files)}" for name, files in plan.services]
-    head += [f"# image {path} {name}" for path, name in plan.images]
+    head += [f"# image {path} {name} {by_digest}" for path, name, by_digest in plan.images]
     if plan.etcd_endpoint:
         head.append(f"# etcd {plan.etcd_endpoint}")
     head += ["# <mode> <sha256> <path>: a path starting with / is installed there from files/<path>;",
@@ -444,7 +445,7 @@ def _installer_context() -> dict:
 
 def _readme_context(plan: NodePlan) -> dict:
     return {"node": plan.node, "arch": plan.arch, "roles": list(plan.roles), "top": TOP,
-            "services": [name for name, _ in plan.services], "images": [name for _, name in plan.images],
+            "services": [name for name, _ in plan.services], "images": [name for _, name, _ in plan.images],
             "check_signature": bundle_signing.check_signature_command("ed25519:<hex>"),
             "check_files": CHECK_FILES, "installer": INSTALLER, "state_dir": STATE_DIR, "backup_dir": BACKUP_DIR}
 

@@ -4,6 +4,7 @@
     /etc/k8s/bootstrap/tls-bootstrap-rbac.yaml    the three TLS bootstrap ClusterRoleBindings  (tls-bootstrap)
     /etc/k8s/bootstrap/cluster-info.yaml          kube-public/cluster-info + anonymous read     (tls-bootstrap)
     /etc/k8s/bootstrap/bootstrap-token-<node>.yaml  one bootstrap-token Secret per kubelet node (tls-bootstrap)
+    /etc/k8s/bootstrap/coredns.yaml               cluster DNS: CoreDNS on the workers, Service kube-dns
     /etc/k8s/bootstrap/apply.sh                   `kubectl apply` of the above, on one control-plane node
 
 Objects are built as data (REFERENCE section 5) and dumped as YAML, so no value can
@@ -22,8 +23,10 @@ from .catalogue import LOCAL_APISERVER_URL, leaf
 from .errors import StateError
 from .fsutil import PUBLIC_MODE, SECRET_MODE, atomic_write
 from .inventory import Inventory
+from .pins import ImagePin
 from .render import PATHS, NodeFile, render
 from .tokens import BootstrapToken, kubelet_nodes, require as require_token
+from .vendor import images as pinned_images
 
 BOOTSTRAP_DIR = "/etc/k8s/bootstrap"
 APPLY_SCRIPT = "apply.sh"
@@ -117,9 +120,103 @@ def _dump(objects: list[dict]) -> bytes:
             + yaml.dump_all(objects, Dumper=_Dumper, sort_keys=False, explicit_start=True)).encode()
 
 
+# --- cluster DNS ----------------------------------------------------------------------------
+
+COREDNS_LABELS = {"k8s-app": "kube-dns"}
+# kubeadm's requests and limits for CoreDNS.
+COREDNS_RESOURCES = {"requests": {"cpu": "100m", "memory": "70Mi"}, "limits": {"memory": "170Mi"}}
+
+
+def corefile(cluster_domain: str) -> str:
+    """Serves the cluster domain from the API, forwards the rest to the node's resolver
+    (dnsPolicy: Default: the kubelet's resolvConf; on an air-gapped site, the site's DNS)."""
+    return (".:53 {\n"
+            "    errors\n"
+            "    health {\n        lameduck 5s\n    }\n"
+            "    ready\n"
+            f"    kubernetes {cluster_domain} in-addr.arpa ip6.arpa {{\n"
+            "        pods insecure\n        fallthrough in-addr.arpa ip6.arpa\n        ttl 30\n    }\n"
+            "    prometheus :9153\n"
+            "    forward . /etc/resolv.conf {\n        max_concurrent 1000\n    }\n"
+            f"    cache 30 {{\n        disable success {cluster_domain}\n        disable denial {cluster_domain}\n    }}\n"
+            "    loop\n    reload\n    loadbalance\n"
+            "}\n")
+
+
+def coredns_replicas(workers: int) -> int:
+    """Two where two workers can run them (one survives a node going down), else one."""
+    return max(1, min(2, workers))
+
+
+def coredns(inv: Inventory, image: ImagePin) -> list[dict]:
+    """ServiceAccount, ClusterRole and binding, Corefile, Deployment and Service kube-dns, as
+    kubeadm deploys CoreDNS, with the vendored image named by its pinned digest: a kubelet
+    then finds it among the images install.sh imported, and never pulls."""
+    namespace, name = "kube-system", "coredns"
+    meta = {"name": name, "namespace": namespace, "labels": dict(COREDNS_LABELS)}
+    probe = {"httpGet": {"scheme": "HTTP"}, "timeoutSeconds": 5, "successThreshold": 1}
+    container = {
+        "name": name,
+        "image": f"{image.reference}@{image.digest}",
+        "imagePullPolicy": "IfNotPresent",
+        "args": ["-conf", "/etc/coredns/Corefile"],
+        "resources": COREDNS_RESOURCES,
+        "volumeMounts": [{"name": "config-volume", "mountPath": "/etc/coredns", "readOnly": True}],
+        "ports": [{"name": "dns", "containerPort": 53, "protocol": "UDP"},
+                  {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
+                  {"name": "metrics", "containerPort": 9153, "protocol": "TCP"}],
+        "livenessProbe": {**probe, "httpGet": {**probe["httpGet"], "path": "/health", "port": 8080},
+                          "initialDelaySeconds": 60, "failureThreshold": 5},
+        "readinessProbe": {**probe, "httpGet": {**probe["httpGet"], "path": "/ready", "port": 8181}},
+        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                            "capabilities": {"add": ["NET_BIND_SERVICE"], "drop": ["ALL"]}},
+    }
+    spread = {"weight": 100, "podAffinityTerm": {
+        "labelSelector": {"matchExpressions": [{"key": "k8s-app", "operator": "In", "values": ["kube-dns"]}]},
+        "topologyKey": "kubernetes.io/hostname"}}
+    pod = {
+        "priorityClassName": "system-cluster-critical",
+        "serviceAccountName": name,
+        "tolerations": [{"key": "CriticalAddonsOnly", "operator": "Exists"},
+                        {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}],
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+        "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [spread]}},
+        "containers": [container],
+        "dnsPolicy": "Default",
+        "volumes": [{"name": "config-volume", "configMap": {"name": name, "items": [
+            {"key": "Corefile", "path": "Corefile"}]}}],
+    }
+    rules = [{"apiGroups": [""], "resources": ["endpoints", "services", "pods", "namespaces"],
+              "verbs": ["list", "watch"]},
+             {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]}]
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": namespace}},
+        {"apiVersion": f"{RBAC}/v1", "kind": "ClusterRole", "metadata": {"name": "system:coredns"}, "rules": rules},
+        {"apiVersion": f"{RBAC}/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "system:coredns"},
+         "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": "system:coredns"},
+         "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": namespace},
+         "data": {"Corefile": corefile(inv.cluster_domain)}},
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta, "spec": {
+            "replicas": coredns_replicas(len(inv.worker_nodes)),
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
+            "selector": {"matchLabels": dict(COREDNS_LABELS)},
+            "template": {"metadata": {"labels": dict(COREDNS_LABELS)}, "spec": pod}}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {
+            "name": "kube-dns", "namespace": namespace,
+            "labels": {**COREDNS_LABELS, "kubernetes.io/name": "CoreDNS"},
+            "annotations": {"prometheus.io/port": "9153", "prometheus.io/scrape": "true"}},
+         "spec": {"selector": dict(COREDNS_LABELS), "clusterIP": str(inv.cluster_dns_ip), "ports": [
+             {"name": "dns", "port": 53, "protocol": "UDP"},
+             {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+             {"name": "metrics", "port": 9153, "protocol": "TCP"}]}},
+    ]
+
+
 KUBELET_API_ADMIN_FILE = "kubelet-api-admin.yaml"
 TLS_BOOTSTRAP_RBAC_FILE = "tls-bootstrap-rbac.yaml"
 CLUSTER_INFO_FILE = "cluster-info.yaml"
+COREDNS_FILE = "coredns.yaml"
 
 
 def token_file(node: str) -> str:
@@ -132,14 +229,19 @@ def manifest_names(inv: Inventory) -> list[str]:
     if inv.kubelet_credentials == "tls-bootstrap":
         names += [TLS_BOOTSTRAP_RBAC_FILE, CLUSTER_INFO_FILE]
         names += [token_file(node.name) for node in kubelet_nodes(inv)]
+    if inv.worker_nodes:  # CoreDNS runs on the workers
+        names.append(COREDNS_FILE)
     return names
 
 
-def manifests(inv: Inventory, tokens: list[BootstrapToken], ca_pem: bytes) -> dict[str, tuple[bytes, int]]:
-    """File name -> (bytes, mode), in the order they are applied."""
+def manifests(inv: Inventory, tokens: list[BootstrapToken], ca_pem: bytes,
+              coredns_image: ImagePin | None) -> dict[str, tuple[bytes, int]]:
+    """File name -> (bytes, mode), in the order they are applied. ``coredns_image``: the
+    pinned CoreDNS image, needed when the inventory has workers."""
     shared = {KUBELET_API_ADMIN_FILE: lambda: [kubelet_api_admin_binding()],
               TLS_BOOTSTRAP_RBAC_FILE: tls_bootstrap_bindings,
-              CLUSTER_INFO_FILE: lambda: cluster_info(inv.api_endpoint.url, ca_pem)}
+              CLUSTER_INFO_FILE: lambda: cluster_info(inv.api_endpoint.url, ca_pem),
+              COREDNS_FILE: lambda: coredns(inv, coredns_image)}
     secrets = {token_file(token.node): token for token in tokens}
     files = {}
     for name in manifest_names(inv):
@@ -176,7 +278,8 @@ def write_bootstrap_dir(directory: Path, inv: Inventory, token_paths: dict[str, 
     Files an earlier inventory put there (a removed node's token Secret) are the secrets
     stage's per-node stale task's to remove, like every other file this stage wrote.
     """
-    files = manifests(inv, read_tokens(token_paths), Path(ca_cert).read_bytes())
+    image = pinned_images(inv)["coredns"] if inv.worker_nodes else None
+    files = manifests(inv, read_tokens(token_paths), Path(ca_cert).read_bytes(), image)
     files[APPLY_SCRIPT] = (apply_script(list(files), templates), SCRIPT_MODE)
     for name, (data, mode) in files.items():
         atomic_write(directory / name, data, mode)

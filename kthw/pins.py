@@ -49,6 +49,12 @@ class ImagePin:
         """The name the node knows the image by, e.g. registry.k8s.io/pause:3.10.1."""
         return f"{self.repository}:{self.tag}"
 
+    @property
+    def by_digest(self) -> str:
+        """The name that pins it, repository@sha256:<index digest>; a pod naming the image
+        with this digest finds it under this name in the node's image store."""
+        return f"{self.repository}@{self.digest}"
+
 
 @dataclass(frozen=True)
 class Pins:

@@ -51,6 +51,7 @@ class Item:
     origin: str
     extracted: tuple[Extracted, ...] = ()
     reference: str = ""  # images: the name the node knows it by
+    by_digest: str = ""  # images: the name that pins it (ImagePin.by_digest)
     tag: str = ""
     hint: str = ""
 
@@ -79,6 +80,11 @@ class NodeFile:
 
 def load_pins(inv: Inventory) -> Pins:
     return pins_table.load(inv.vendor.site_pins)
+
+
+def pin_files(inv: Inventory) -> list[Path]:
+    """The files :func:`load_pins` reads: the shipped table and the site's."""
+    return [pins_table.SHIPPED, *([Path(inv.vendor.site_pins)] if inv.vendor.site_pins else [])]
 
 
 def _join(base: str, *parts: str) -> str:
@@ -139,7 +145,8 @@ def plan(inv: Inventory, pins: Pins, layout: Layout) -> tuple[Item, ...]:
             repository = image_source(inv, image)
             path = layout.vendor / "images" / arch / f"{component.name}-{version}.tar"
             items.append(Item(component.name, version, arch, str(repository), path, image.digest,
-                              f"{image.reference}@{image.digest} {arch}", reference=image.reference, tag=image.tag))
+                              f"{image.reference}@{image.digest} {arch}", reference=image.reference,
+                              by_digest=image.by_digest, tag=image.tag))
     return tuple(items)
 
 

@@ -31,6 +31,7 @@ from kthw.layout import Layout
 from kthw.manifests import APPLY_TEMPLATE, BOOTSTRAP_DIR, bootstrap_targets, write_bootstrap_dir
 from kthw.pki import place_all
 from kthw.render import PATHS, template_files
+from kthw.vendor import pin_files
 from kthw.secrets import SecretsState, remove_stale, stale_outputs, state_of
 
 from .common import checked, context, guarded
@@ -139,10 +140,14 @@ def _node_tasks(inv: Inventory, layout: Layout, state: SecretsState, node: Node)
             "name": f"{node.name}/bootstrap-manifests",
             "doc": f"cluster-side manifests and apply.sh on {node.name}",
             "actions": [(guarded, [write_bootstrap_dir, directory, inv, token_paths, ca_cert, TEMPLATES])],
-            "file_dep": [*token_paths.values(), ca_cert, *template_files(APPLY_TEMPLATE, TEMPLATES)],
+            # The pins name the CoreDNS image: read by the action, followed here as files.
+            "file_dep": [*token_paths.values(), ca_cert, *template_files(APPLY_TEMPLATE, TEMPLATES),
+                         *pin_files(inv)],
             "targets": bootstrap_targets(inv, directory),
             "uptodate": [config_changed({"credentials": inv.kubelet_credentials, "server": inv.api_endpoint.url,
-                                         "kubelets": sorted(token_paths)})],
+                                         "kubelets": sorted(token_paths), "domain": inv.cluster_domain,
+                                         "dns": str(inv.cluster_dns_ip), "workers": len(inv.worker_nodes),
+                                         "version": inv.kubernetes_version})],
             "clean": True,
         }
     if node in tokens.kubelet_nodes(inv) and bootstrap:

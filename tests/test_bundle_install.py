@@ -77,6 +77,7 @@ case "$*" in
   version) ;;
   "-n k8s.io images ls -q") cat "$state/images" 2>/dev/null || true ;;
   "-n k8s.io images import "*) head -n 1 "${!#}" | cut -d' ' -f2 >>"$state/images" ;;
+  "-n k8s.io images tag --force "*) echo "${!#}" >>"$state/images" ;;
   *) exit 1 ;;
 esac
 """
@@ -326,6 +327,12 @@ def test_on_a_worker_services_start_in_order_images_are_imported_and_a_rerun_cha
     assert calls[0] == "systemctl daemon-reload"
     assert start["containerd"] < min(imports) and max(imports) < start["kubelet"]
     assert len(imports) == 2  # pause and coredns
+    # Each also named by its pinned digest, the name the CoreDNS Deployment uses.
+    manifest = (v1 / "MANIFEST").read_text()
+    digests = re.findall(r"^# image \S+ (\S+) (\S+@sha256:[0-9a-f]{64})$", manifest, re.M)
+    assert len(digests) == 2
+    for name, by_digest in digests:
+        assert f"ctr -n k8s.io images tag --force {name} {by_digest}" in calls
     for service in start:
         assert _index(calls, f"systemctl enable --quiet {service}") < start[service]
     assert "done: worker-az1-a is installed" in first[0]

@@ -149,7 +149,7 @@ def _binding(name, role, kind, subject):
 
 def test_manifests_have_the_objects_and_fields_of_tls_bootstrap(built):
     files = _manifest_objects(built)
-    assert set(files) == {"kubelet-api-admin.yaml", "tls-bootstrap-rbac.yaml", "cluster-info.yaml",
+    assert set(files) == {"kubelet-api-admin.yaml", "tls-bootstrap-rbac.yaml", "cluster-info.yaml", "coredns.yaml",
                           "bootstrap-token-worker1.yaml", "bootstrap-token-worker2.yaml"}
     assert files["kubelet-api-admin.yaml"] == [_binding(
         "kthw:apiserver-kubelet-api-admin", "system:kubelet-api-admin", "User", "kube-apiserver-kubelet-client")]
@@ -206,7 +206,7 @@ def test_every_manifest_validates_strictly_against_the_kubernetes_schemas(built)
         for obj in objects:
             kubernetes_validate.validate(obj, version, strict=True)
             count += 1
-    assert count == 1 + 3 + 3 + len(WORKERS)
+    assert count == 1 + 3 + 3 + len(WORKERS) + 6  # CoreDNS: account, role, binding, Corefile, Deployment, Service
 
 
 def test_every_control_plane_gets_the_same_manifests_and_apply_script(built):
@@ -230,7 +230,7 @@ def test_apply_script_is_strict_bash_and_shellcheck_clean(built):
 def test_static_kubelet_credentials_make_no_tokens_and_only_the_kubelet_api_admin_binding(tmp_path):
     project = Project(tmp_path)
     _build(project, kubelet_credentials="static")
-    assert set(_manifest_objects(project)) == {"kubelet-api-admin.yaml"}
+    assert set(_manifest_objects(project)) == {"kubelet-api-admin.yaml", "coredns.yaml"}
     assert not _state(project, "tokens").exists()
     for node in WORKERS:
         assert not project.node_file(node, BOOTSTRAP_KUBECONFIG).exists()
@@ -254,7 +254,7 @@ def test_a_node_that_loses_a_role_or_its_token_loses_the_files(tmp_path):
     assert leftovers == [] and not list(project.node_file("cp3", BOOTSTRAP_DIR).glob("*"))
     for node in WORKERS:
         assert not project.node_file(node, BOOTSTRAP_KUBECONFIG).exists()
-    assert set(_manifest_objects(project, "cp1")) == {"kubelet-api-admin.yaml"}
+    assert set(_manifest_objects(project, "cp1")) == {"kubelet-api-admin.yaml", "coredns.yaml"}
     assert project.node_file("cp1", SA_KEY).exists()
     assert project.doit("pki", "secrets").executed == []
 

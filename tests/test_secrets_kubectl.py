@@ -40,6 +40,10 @@ RESOURCES = {
                                                              "clusterrolebindings", False),
     ("rbac.authorization.k8s.io/v1", "Role"): ("/apis/rbac.authorization.k8s.io/v1", "roles", True),
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): ("/apis/rbac.authorization.k8s.io/v1", "rolebindings", True),
+    ("rbac.authorization.k8s.io/v1", "ClusterRole"): ("/apis/rbac.authorization.k8s.io/v1", "clusterroles", False),
+    ("v1", "ServiceAccount"): ("/api/v1", "serviceaccounts", True),
+    ("v1", "Service"): ("/api/v1", "services", True),
+    ("apps/v1", "Deployment"): ("/apis/apps/v1", "deployments", True),
 }
 
 
@@ -52,10 +56,12 @@ def _discovery() -> dict[str, dict]:
                      if prefix.startswith("/apis/") else "v1", "resources": resources}
             for prefix, resources in lists.items()}
     rbac = {"groupVersion": "rbac.authorization.k8s.io/v1", "version": "v1"}
+    apps = {"groupVersion": "apps/v1", "version": "v1"}
     docs["/api"] = {"kind": "APIVersions", "versions": ["v1"],
                     "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}
     docs["/apis"] = {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
-        {"name": "rbac.authorization.k8s.io", "versions": [rbac], "preferredVersion": rbac}]}
+        {"name": "rbac.authorization.k8s.io", "versions": [rbac], "preferredVersion": rbac},
+        {"name": "apps", "versions": [apps], "preferredVersion": apps}]}
     return docs
 
 
@@ -237,7 +243,7 @@ def test_apply_script_creates_every_object_and_a_second_run_changes_nothing(clus
     first = _apply(project, port)
     assert first.returncode == 0, first.stderr
     expected = _manifests(project)
-    assert len(expected) == 1 + 3 + 3 + len(WORKERS)
+    assert len(expected) == 1 + 3 + 3 + len(WORKERS) + 6  # + CoreDNS
     for obj in expected:
         stored = handler.store[_url(obj)]
         assert {k: v for k, v in stored.items() if k != "metadata"} == \

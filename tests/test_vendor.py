@@ -483,7 +483,7 @@ def test_pin_resolves_an_image_tag_to_its_index_digest(project, upstream, regist
     project.doit("vendor:pause-3.100-arm64", env=NO_PROXY_ENV)
 
 
-def test_real_containerd_imports_the_archives_under_their_names(vendored, tmp_path):
+def test_real_containerd_imports_the_archives_under_their_names(vendored, registry, tmp_path):
     """`ctr -n k8s.io images import` (Debian's containerd, run here on a private socket) takes
     every vendored archive, unpacks it and lists it under the name the kubelet asks for."""
     project, _, _, _ = vendored
@@ -516,6 +516,12 @@ def test_real_containerd_imports_the_archives_under_their_names(vendored, tmp_pa
                 reference = ("registry.k8s.io/pause:" + version if name == "pause"
                              else "registry.k8s.io/coredns/coredns:v" + version)
                 expected.setdefault(namespace, set()).add((reference, digest))
+                # install.sh names it by its pinned index digest too, as the CoreDNS Deployment does.
+                by_digest = reference.rsplit(":", 1)[0] + "@" + registry.digests[(name, version)]
+                done = subprocess.run([ctr, "-a", str(socket_path), "-n", namespace, "images", "tag", "--force",
+                                       reference, by_digest], capture_output=True, text=True, timeout=60)
+                assert done.returncode == 0, done.stderr
+                expected[namespace].add((by_digest, digest))
         for namespace, images in expected.items():
             listed = subprocess.run([ctr, "-a", str(socket_path), "-n", namespace, "images", "ls"],
                                     capture_output=True, text=True, check=True).stdout.splitlines()[1:]
