@@ -596,6 +596,21 @@ def build(spec: BundleSpec) -> str:
             f"{bundle_signing.fingerprint(key)}")
 
 
+def obsolete_bundles(bundles: Path, nodes: list[str]) -> list[Path]:
+    """Bundles of nodes the inventory no longer has (their serial records stay in build/state,
+    so a node that comes back goes on from its last serial)."""
+    wanted = {f"{node}.tar.gz" for node in nodes}
+    return sorted(path for path in Path(bundles).glob("*.tar.gz") if path.name not in wanted)
+
+
+def remove_obsolete(bundles: Path, nodes: list[str]) -> str:
+    removed = obsolete_bundles(bundles, nodes)
+    for path in removed:
+        path.unlink()
+    return "\n".join(f"removed {path} ({path.name.removesuffix('.tar.gz')} is no longer in the inventory)"
+                     for path in removed)
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

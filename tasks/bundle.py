@@ -4,6 +4,7 @@
     pki:<node>, secrets:<node>,     ├─► bundle:<node>   bundles/<node>.tar.gz
     render (every node; made on     │                   bundle = every node
     demand), vendor files ──────────┘
+    bundle:.removed              delete the bundles of nodes no longer in the inventory
     fingerprint                  print the signing key's fingerprint (install.sh --fingerprint)
     verify_bundle [path=FILE] [fingerprint=ed25519:HEX]
                                  check bundle files as a node would, with this workstation's key
@@ -131,6 +132,21 @@ def task_bundle():
             "clean": [(remove, [[spec.output, *bundle.cache_files(spec)]])],
             "verbosity": 2,  # shows the size and the signing key's fingerprint
         }
+    names = [node.name for node in inv.nodes]
+    # A leading dot: never a node's name (node names are DNS labels).
+    yield {
+        "name": ".removed",
+        "doc": "delete the bundles of nodes no longer in the inventory",
+        "actions": [(guarded, [bundle.remove_obsolete, layout.bundles, names])],
+        "uptodate": [(checked, [_no_obsolete_bundle, layout.bundles, names])],
+        "verbosity": 2,  # names what it removed
+    }
+
+
+def _no_obsolete_bundle(bundles: Path, nodes: list[str]) -> bool:
+    from kthw import bundle
+
+    return not bundle.obsolete_bundles(bundles, nodes)
 
 
 def _print_fingerprint(state: Path) -> str:

@@ -629,3 +629,37 @@ def test_service_order_follows_after_and_wants_and_refuses_a_cycle():
     assert bundle.service_order(units) == ["d", "c", "a", "b"]
     with pytest.raises(Exception, match="cycle"):
         bundle.service_order({"x": "After=y.service\n", "y": "Wants=x.service\n"})
+
+
+def test_a_node_removed_from_the_inventory_loses_its_bundle_and_the_others_their_route_to_it(tmp_path):
+    project = example_project(tmp_path / "project")
+    project.doit("bundle")
+    old = unpack(project, "worker-az1-a", tmp_path / "v1")
+    removed = """  - name: worker-az3-a
+    roles: [worker]
+    arch: aarch64
+    zone: az3
+    ip: 10.0.3.21
+    pod_cidr: 10.244.3.0/24
+    extra_sans: [worker-az3-a.homelab.lan]
+"""
+    assert removed in project.inventory.read_text()
+    project.write_inventory(project.inventory.read_text().replace(removed, ""))
+    run = project.doit("bundle")
+    assert "bundle:.removed" in run.executed
+    assert f"removed {bundle_path(project, 'worker-az3-a')} (worker-az3-a is no longer in the inventory)" in run.stdout
+    assert sorted(p.name for p in (project.root / "bundles").glob("*.tar.gz")) == \
+        sorted(f"{node}.tar.gz" for node in NODES if node != "worker-az3-a")
+    new = unpack(project, "worker-az1-a", tmp_path / "v2")
+    routes = "files/etc/systemd/system/kthw-pod-routes.service"
+    assert "10.244.3.0/24" in (old / routes).read_text() and "10.244.3.0/24" not in (new / routes).read_text()
+    # Installed twice: the first run replaces the routes unit, the second changes nothing.
+    root = tmp_path / "root"
+    root.mkdir()
+    args = ["--root", str(root), "--no-start", "--any-hostname", "--fingerprint", fingerprint(project)]
+    install(old, *args, check=True)
+    first = install(new, *args, check=True)
+    assert "update: /etc/systemd/system/kthw-pod-routes.service" in first.stdout
+    assert "services whose files changed: kthw-pod-routes\n" in first.stdout
+    assert "nothing changed" in install(new, *args, check=True).stdout
+    assert "bundle:.removed" not in project.doit("bundle").executed

@@ -62,6 +62,7 @@ case $command in
   is-enabled) [[ -e $state/enabled-${args[0]} ]] ;;
   is-active) [[ -e $state/active-${args[0]} ]] ;;
   enable) touch "$state/enabled-${args[0]}" ;;
+  disable) rm -f "$state/enabled-${args[0]}"; [[ " $* " != *" --now "* ]] || rm -f "$state/active-${args[0]}" ;;
   start | restart) touch "$state/active-${args[0]}" ;;
   *) exit 1 ;;
 esac
@@ -393,3 +394,28 @@ def test_a_removed_file_that_a_service_reads_restarts_that_service_only(tmp_path
         ["systemctl restart kubelet"]
     assert "systemctl daemon-reload" not in update[2]
     assert not (tmp_path / "b/out/node" / gone.lstrip("/")).exists()
+
+
+@needs_namespaces
+def test_a_service_the_new_bundle_no_longer_carries_is_stopped_and_disabled_and_its_unit_removed(tmp_path):
+    project = stubbed_project(tmp_path / "project")
+    project.doit("bundle:worker-az1-a")
+    v1 = unpack(project, "worker-az1-a", tmp_path / "v1")
+    gone = "/etc/systemd/system/kube-proxy.service"
+    v2 = _bundle_without(project, "worker-az1-a", gone, tmp_path / "v2")
+    fp = fingerprint(project)
+    first, check, update, again, driver = on_node(
+        tmp_path, tmp_path / "b", "worker-az1-a", f"{v1} --fingerprint {fp}", f"{v2} --check",
+        f"{v2} --fingerprint {fp}", f"{v2} --fingerprint {fp}")
+    assert driver[2] == ["0"], driver[1] + first[1] + update[1]
+    assert "services that would be stopped and disabled: kube-proxy" in check[0]
+    assert not [call for call in check[2] if call.startswith("systemctl disable")]
+    assert f"  remove: {gone}\n" in update[0]
+    assert "kube-proxy: stopped and disabled (this bundle no longer carries it)" in update[0]
+    disable = _index(update[2], "systemctl disable --now --quiet kube-proxy")
+    assert disable < _index(update[2], "systemctl daemon-reload")  # while its unit file was still there
+    assert not (tmp_path / "b/out/node" / gone.lstrip("/")).exists()
+    assert "kube-proxy" not in " ".join(call for call in update[2] if call.startswith(("systemctl start",
+                                                                                        "systemctl restart")))
+    # Once gone, it is not named again.
+    assert "kube-proxy" not in again[0] and not [c for c in again[2] if c.startswith("systemctl disable")]
