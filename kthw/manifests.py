@@ -6,6 +6,7 @@
     /etc/k8s/bootstrap/bootstrap-token-<node>.yaml  one bootstrap-token Secret per kubelet node (tls-bootstrap)
     /etc/k8s/bootstrap/coredns.yaml               cluster DNS: CoreDNS on the workers, Service kube-dns
     /etc/k8s/bootstrap/apply.sh                   `kubectl apply` of the above, on one control-plane node
+    /etc/k8s/bootstrap/smoke-test.sh              checks the running cluster end to end (with workers)
 
 Objects are built as data (REFERENCE section 5) and dumped as YAML, so no value can
 break the syntax. The directory belongs to this stage: files it no longer produces
@@ -24,13 +25,16 @@ from .errors import StateError
 from .fsutil import PUBLIC_MODE, SECRET_MODE, atomic_write
 from .inventory import Inventory
 from .pins import ImagePin
-from .render import PATHS, NodeFile, render
+from .render import ETCD_CLIENT_PORT, PATHS, NodeFile, _host, render
 from .tokens import BootstrapToken, kubelet_nodes, require as require_token
 from .vendor import images as pinned_images
 
 BOOTSTRAP_DIR = "/etc/k8s/bootstrap"
 APPLY_SCRIPT = "apply.sh"
 APPLY_TEMPLATE = "bootstrap/apply.sh.j2"
+SMOKE_SCRIPT = "smoke-test.sh"
+SMOKE_TEMPLATE = "bootstrap/smoke-test.sh.j2"
+SMOKE_NAMESPACE = "kthw-smoke"
 SCRIPT_MODE = 0o755
 ADMIN_KUBECONFIG = PATHS["admin_kubeconfig"]
 
@@ -252,11 +256,27 @@ def manifests(inv: Inventory, tokens: list[BootstrapToken], ca_pem: bytes,
     return files
 
 
-def apply_script(names: list[str], templates: Path) -> bytes:
-    nf = NodeFile("control-plane", f"{BOOTSTRAP_DIR}/{APPLY_SCRIPT}", APPLY_TEMPLATE,
-                  {"manifests": names, "admin_kubeconfig": ADMIN_KUBECONFIG, "server": LOCAL_APISERVER_URL},
-                  mode=SCRIPT_MODE)
+def _script(name: str, template: str, context: dict, templates: Path) -> bytes:
+    nf = NodeFile("control-plane", f"{BOOTSTRAP_DIR}/{name}", template,
+                  {"admin_kubeconfig": ADMIN_KUBECONFIG, "server": LOCAL_APISERVER_URL, **context}, mode=SCRIPT_MODE)
     return render(nf, templates)
+
+
+def apply_script(names: list[str], templates: Path) -> bytes:
+    return _script(APPLY_SCRIPT, APPLY_TEMPLATE, {"manifests": names}, templates)
+
+
+def smoke_script(inv: Inventory, coredns_image: ImagePin, templates: Path) -> bytes:
+    """The end-to-end check of a running cluster; it runs the CoreDNS image as its test pods."""
+    return _script(SMOKE_SCRIPT, SMOKE_TEMPLATE, {
+        "workers": [node.name for node in inv.worker_nodes],
+        "image": f"{coredns_image.reference}@{coredns_image.digest}",
+        "domain": inv.cluster_domain, "dns_ip": str(inv.cluster_dns_ip),
+        "api_service_ip": str(inv.kubernetes_service_ip), "provider": inv.encryption_provider,
+        "namespace": SMOKE_NAMESPACE,
+        "etcd_endpoints": ",".join(f"https://{_host(node.ip)}:{ETCD_CLIENT_PORT}" for node in inv.etcd_nodes),
+        "etcd_ca": PATHS["etcd_ca"], "etcd_cert": PATHS["apiserver_etcd_client_cert"],
+        "etcd_key": PATHS["apiserver_etcd_client_key"], "etcdctl": f"{PATHS['bin']}/etcdctl"}, templates)
 
 
 def read_tokens(token_paths: dict[str, Path]) -> list[BootstrapToken]:
@@ -281,10 +301,13 @@ def write_bootstrap_dir(directory: Path, inv: Inventory, token_paths: dict[str, 
     image = pinned_images(inv)["coredns"] if inv.worker_nodes else None
     files = manifests(inv, read_tokens(token_paths), Path(ca_cert).read_bytes(), image)
     files[APPLY_SCRIPT] = (apply_script(list(files), templates), SCRIPT_MODE)
+    if image is not None:
+        files[SMOKE_SCRIPT] = (smoke_script(inv, image, templates), SCRIPT_MODE)
     for name, (data, mode) in files.items():
         atomic_write(directory / name, data, mode)
 
 
 def bootstrap_targets(inv: Inventory, directory: Path) -> list[Path]:
     """The files :func:`write_bootstrap_dir` writes (doit's targets)."""
-    return [directory / name for name in manifest_names(inv) + [APPLY_SCRIPT]]
+    scripts = [APPLY_SCRIPT, SMOKE_SCRIPT] if inv.worker_nodes else [APPLY_SCRIPT]
+    return [directory / name for name in manifest_names(inv) + scripts]

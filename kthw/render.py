@@ -379,6 +379,7 @@ def _environment(templates: str) -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(templates), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True,
                              autoescape=False)
+    env.filters["q"] = lambda value: shlex.quote(str(value))  # a shell word, in scripts
     return env
 
 

@@ -28,7 +28,7 @@ from kthw.errors import KthwError
 from kthw.fsutil import SECRET_MODE
 from kthw.inventory import Inventory, Node
 from kthw.layout import Layout
-from kthw.manifests import APPLY_TEMPLATE, BOOTSTRAP_DIR, bootstrap_targets, write_bootstrap_dir
+from kthw.manifests import APPLY_TEMPLATE, BOOTSTRAP_DIR, SMOKE_TEMPLATE, bootstrap_targets, write_bootstrap_dir
 from kthw.pki import place_all
 from kthw.render import PATHS, template_files
 from kthw.vendor import pin_files
@@ -142,11 +142,14 @@ def _node_tasks(inv: Inventory, layout: Layout, state: SecretsState, node: Node)
             "actions": [(guarded, [write_bootstrap_dir, directory, inv, token_paths, ca_cert, TEMPLATES])],
             # The pins name the CoreDNS image: read by the action, followed here as files.
             "file_dep": [*token_paths.values(), ca_cert, *template_files(APPLY_TEMPLATE, TEMPLATES),
-                         *pin_files(inv)],
+                         *template_files(SMOKE_TEMPLATE, TEMPLATES), *pin_files(inv)],
             "targets": bootstrap_targets(inv, directory),
             "uptodate": [config_changed({"credentials": inv.kubelet_credentials, "server": inv.api_endpoint.url,
                                          "kubelets": sorted(token_paths), "domain": inv.cluster_domain,
-                                         "dns": str(inv.cluster_dns_ip), "workers": len(inv.worker_nodes),
+                                         "dns": str(inv.cluster_dns_ip), "services": str(inv.service_cidr),
+                                         "provider": inv.encryption_provider,
+                                         "workers": [n.name for n in inv.worker_nodes],
+                                         "etcd": [str(n.ip) for n in inv.etcd_nodes],
                                          "version": inv.kubernetes_version})],
             "clean": True,
         }

@@ -21,7 +21,8 @@ PLUGINS = ["errors", "health", "ready", "kubernetes", "prometheus", "forward", "
 
 
 def parse_blocks(text: str) -> list[tuple[str, list]]:
-    """Corefile syntax: `<words> {` opens a block, `}` closes it, other lines are directives."""
+    """Corefile syntax: `<words> {` opens a block, `}` closes it, other lines are directives
+    (whose quoted arguments may hold anything)."""
     stack: list[list] = [[]]
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.split("#", 1)[0].strip()
@@ -35,7 +36,8 @@ def parse_blocks(text: str) -> list[tuple[str, list]]:
             stack[-1].append((line[:-1].strip(), block))
             stack.append(block)
         else:
-            assert "{" not in line and "}" not in line, f"line {number}: {raw!r}"
+            unquoted = re.sub(r'"[^"]*"', '""', line)  # a quoted argument may hold braces
+            assert "{" not in unquoted and "}" not in unquoted, f"line {number}: {raw!r}"
             stack[-1].append((line, []))
     assert len(stack) == 1, "a block is not closed"
     return stack[0]
