@@ -229,6 +229,33 @@ def loopback_inventory(*, workers: int = 2, api_port: int = 6443, extra: str = "
     return "\n".join(line for line in lines if line) + "\n"
 
 
+DOIT_HOOKS = REPO / "tests" / "doit_hooks"
+
+
+def _hooked(**values: str) -> dict:
+    """Environment for Project.doit that loads tests/doit_hooks/sitecustomize.py into doit."""
+    path = os.pathsep.join(p for p in (str(DOIT_HOOKS), os.environ.get("PYTHONPATH", "")) if p)
+    return {"PYTHONPATH": path, **values}
+
+
+def system_clock_at(moment) -> dict:
+    """Environment for Project.doit: doit's system clock stands at ``moment`` (a datetime), as on
+    a machine whose clock says so; certs are dated by it. Combine with killed_at_write."""
+    return _hooked(KTHW_TEST_SYSTEM_CLOCK=moment.isoformat())
+
+
+def killed_at_write(n: int, *, empty_temp: bool = False) -> dict:
+    """Environment for Project.doit: doit SIGKILLs itself at its n-th rename into build/, leaving
+    that write's temp file behind (emptied with ``empty_temp``, as a kill right after its
+    creation leaves it)."""
+    return _hooked(KTHW_TEST_KILL_AT_WRITE=str(n), KTHW_TEST_KILL_EMPTY_TEMP="1" if empty_temp else "0")
+
+
+def counting_writes(path: Path) -> dict:
+    """Environment for Project.doit: the number of renames into build/ is written to ``path``."""
+    return _hooked(KTHW_TEST_COUNT_WRITES=str(path))
+
+
 def default_kubernetes_version() -> str:
     """The example inventory's version: the one the shipped tables are known to cover."""
     import yaml
