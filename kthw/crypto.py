@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from cryptography import x509
@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .errors import StateError
+from .errors import KthwError, StateError
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
@@ -26,6 +26,8 @@ PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 # Certs start a little in the past so a node whose clock lags the workstation's
 # still accepts them on first boot.
 BACKDATE = timedelta(minutes=5)
+# The last moment a certificate can name: X.509 dates have four year digits.
+LAST_CERT_DATE = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc)
 
 _CURVES = {"ecdsa-p256": ec.SECP256R1, "ecdsa-p384": ec.SECP384R1}
 _RSA_BITS = {"rsa-2048": 2048, "rsa-3072": 3072, "rsa-4096": 4096}
@@ -130,12 +132,16 @@ def load_private_key(path: Path):
 
 def load_certificates(path: Path) -> list[x509.Certificate]:
     """Read a PEM file holding one cert or a chain (leaf first)."""
+    return parse_certificates(Path(path).read_bytes(), path)
+
+
+def parse_certificates(data: bytes, path: Path) -> list[x509.Certificate]:
+    """The certs of a PEM file's bytes (leaf first); ``path`` names the file in the error."""
     try:
-        certs = x509.load_pem_x509_certificates(Path(path).read_bytes())
+        return x509.load_pem_x509_certificates(data)
     except ValueError as err:
         raise StateError(f"{path}: not a readable PEM certificate ({err}). Restore it from a backup, "
                          "or delete it to have it issued again") from None
-    return certs
 
 
 def build_certificate(spec: CertSpec, public_key: PublicKey, now: datetime,
@@ -143,6 +149,10 @@ def build_certificate(spec: CertSpec, public_key: PublicKey, now: datetime,
     """Sign ``public_key`` per ``spec``; with no ``issuer_cert`` the cert is self-signed."""
     subject = _subject(spec)
     not_before = now.replace(microsecond=0) - BACKDATE
+    if spec.lifetime > LAST_CERT_DATE - not_before:
+        raise KthwError(f"{spec.name}: a lifetime of {spec.lifetime.days} days from {not_before:%Y-%m-%d} ends after "
+                        f"{LAST_CERT_DATE:%Y-%m-%d}, the last date a certificate can carry; shorten it under "
+                        "'lifetimes:' in the inventory")
     not_after = not_before + spec.lifetime
     if issuer_cert is not None:
         # A cert never outlives its issuer: verifiers would reject the tail anyway.

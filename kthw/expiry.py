@@ -1,7 +1,8 @@
 """The expiry report: every cert of the cluster with its dates and renewal state.
 
-Reads the certs on disk (see :mod:`kthw.crypto`) and applies the same calendar rule
-as the build (:func:`kthw.renewal.calendar_reason`), so the report and ``doit`` agree.
+Reads the certs and keys on disk (see :mod:`kthw.crypto`) and applies the same date
+rule as the build (:func:`kthw.renewal.validity_reason`), so the report and ``doit``
+agree. It only reads, so it may look at any moment: ``doit expiry --at 2027-10-01``.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from datetime import datetime
 from .catalogue import ROOT, ca_specs, key_in_vault, leaves_for
 from .crypto import read_facts
 from .inventory import Inventory
-from .layout import Layout
-from .pki import ROOT_DUE_HINT, read_cert
-from .renewal import calendar_reason
+from .layout import KeyPairPaths, Layout
+from .pki import ROOT_DUE_HINT, key_problem, read_cert
+from .renewal import validity_reason
 
 OK, RENEW_SOON, EXPIRED, MISSING = "ok", "renew soon", "expired", "missing"
+NOT_YET_VALID, BAD_KEY = "not yet valid", "bad key"
 
 
 @dataclass(frozen=True)
@@ -34,28 +36,36 @@ class ExpiryRow:
 def collect(inv: Inventory, layout: Layout, now: datetime) -> list[ExpiryRow]:
     rows = []
     for name in ca_specs(inv):  # the root, the intermediates, and Vault's local kubelet signer
-        if key_in_vault(name, inv.ca.backend):
+        in_vault = key_in_vault(name, inv.ca.backend)
+        if in_vault:
             note = "its key is in Vault: renew it there; the next doit picks up the new cert"
         elif name == ROOT:
             note = ROOT_DUE_HINT
         else:
             note = "renewed by doit with the same key"
-        rows.append(_row("-", name, layout.ca(name).cert, now, inv, note))
+        rows.append(_row("-", name, layout.ca(name), now, inv, note, has_local_key=not in_vault))
     for node in inv.nodes:
         for item in leaves_for(inv, node):
-            rows.append(_row(node.name, item.spec.name, layout.leaf(node.name, item.spec.name).cert, now, inv))
+            rows.append(_row(node.name, item.spec.name, layout.leaf(node.name, item.spec.name), now, inv))
     return rows
 
 
-def _row(node: str, name: str, path, now: datetime, inv: Inventory, due_note: str = "") -> ExpiryRow:
-    cert = read_cert(path)
+def _row(node: str, name: str, paths: KeyPairPaths, now: datetime, inv: Inventory, due_note: str = "",
+         has_local_key: bool = True) -> ExpiryRow:
+    cert = read_cert(paths.cert)
     if cert is None:
         return ExpiryRow(node, name, "", "", None, MISSING, "run doit to issue it")
     facts = read_facts(cert)
-    reason = calendar_reason(facts.not_after, now, inv.renew_before)
-    state = OK if reason is None else (EXPIRED if facts.not_after <= now else RENEW_SOON)
-    return ExpiryRow(node, name, facts.issuer_common_name, facts.not_after.isoformat(),
-                     (facts.not_after - now).days, state, due_note if state != OK else "")
+    dates = (facts.issuer_common_name, facts.not_after.isoformat(), (facts.not_after - now).days)
+    problem = key_problem(paths, cert) if has_local_key else None
+    if problem is not None:
+        return ExpiryRow(node, name, *dates, BAD_KEY, f"{problem}; run doit, which says what to do")
+    reason = validity_reason(facts.not_before, facts.not_after, now, inv.renew_before)
+    if reason is None:
+        return ExpiryRow(node, name, *dates, OK)
+    if reason.not_yet_valid:
+        return ExpiryRow(node, name, *dates, NOT_YET_VALID, f"{reason.text}; run doit to issue it again")
+    return ExpiryRow(node, name, *dates, EXPIRED if facts.not_after <= now else RENEW_SOON, due_note)
 
 
 def needs_attention(rows: list[ExpiryRow]) -> list[ExpiryRow]:

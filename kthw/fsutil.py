@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
+import time
 from pathlib import Path
 
 from .errors import KthwError
@@ -11,17 +13,26 @@ from .errors import KthwError
 SECRET_MODE = 0o600
 PUBLIC_MODE = 0o644
 
+# atomic_write's temp files: ".<name>.<8 random characters>.tmp" beside their target.
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+# A temp file older than this process was left by an interrupted run; one in use is
+# newer (this run's, or a parallel worker's: workers are forked after this import).
+_STARTED = time.time()
+_tidied: set[str] = set()
+
 
 def atomic_write(path: Path, data: bytes, mode: int = PUBLIC_MODE) -> bool:
     """Write ``data`` to ``path`` through a temp file and a rename.
 
     The temp file is created with ``mode`` already set, so a key is never readable by
     others, not even for a moment. Returns False (and touches nothing) when the file
-    already holds exactly these bytes with this mode, so mtimes stay put on reruns.
+    already holds exactly these bytes with this mode, so mtimes stay put on reruns. The
+    first write into a directory removes the temp files an interrupted run left there.
     No fsync: the rename already protects against a killed build, and a workstation
     power cut is rare enough not to pay a disk flush per certificate.
     """
     path = Path(path)
+    _tidy_once(path.parent)
     try:
         if path.read_bytes() == data and (path.stat().st_mode & 0o777) == mode:
             return False
@@ -48,6 +59,34 @@ def atomic_write(path: Path, data: bytes, mode: int = PUBLIC_MODE) -> bool:
         raise KthwError(f"{path}: cannot write ({err.strerror}); free some disk space or fix the "
                         "directory's permissions, then run again") from None
     return True
+
+
+def remove_orphans(directory: Path) -> None:
+    """Remove the temp files an interrupted run left in ``directory`` and below (killed
+    before its rename, so each target still holds what it held before)."""
+    for parent, _, files in os.walk(directory):
+        _tidy(parent, files)
+
+
+def _tidy_once(directory: Path) -> None:
+    key = str(directory)
+    if key not in _tidied:
+        _tidied.add(key)
+        try:
+            _tidy(key, os.listdir(key))
+        except FileNotFoundError:
+            pass
+
+
+def _tidy(directory: str, names) -> None:
+    for name in names:
+        if _TEMP_NAME.match(name):
+            path = os.path.join(directory, name)
+            try:
+                if os.lstat(path).st_mtime < _STARTED:
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
 
 
 def remove(paths) -> None:

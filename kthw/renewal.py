@@ -18,12 +18,15 @@ class Reason:
     """Why a cert must be issued again.
 
     ``due`` reasons come from the calendar (expired, or inside the renewal window);
-    the others from a change of spec or issuer. The root CA is never renewed for a
-    ``due`` reason: that is a manual procedure.
+    the others from a change of spec or issuer, or from dates that have not begun
+    (``not_yet_valid``: such a cert breaks its chain today, so even the root is re-signed,
+    with the same key and subject). The root CA is never renewed for a ``due`` reason:
+    that is a manual procedure.
     """
 
     text: str
     due: bool = False
+    not_yet_valid: bool = False
 
 
 def renewal_reason(spec: CertSpec, cert: x509.Certificate | None, issuer: x509.Certificate | None,
@@ -51,12 +54,20 @@ def renewal_reason(spec: CertSpec, cert: x509.Certificate | None, issuer: x509.C
         expected_end = min(expected_end, issuer.not_valid_after_utc)
     if abs(facts.not_after - expected_end) > _LIFETIME_SLACK:
         return Reason("lifetime changed")
-    reason = calendar_reason(facts.not_after, now, window)
-    if reason is not None and issuer is not None and issuer.not_valid_after_utc - facts.not_after <= _LIFETIME_SLACK:
+    reason = validity_reason(facts.not_before, facts.not_after, now, window)
+    if reason is not None and reason.due and issuer is not None \
+            and issuer.not_valid_after_utc - facts.not_after <= _LIFETIME_SLACK:
         # Already as long as the issuer allows: a new cert would end at the same moment.
         # The issuer is the one due; the expiry report shows it.
         return None
     return reason
+
+
+def validity_reason(not_before: datetime, not_after: datetime, now: datetime, window: timedelta) -> Reason | None:
+    """A cert's dates at ``now``: not valid yet (made on a clock ahead of this one), or due."""
+    if not_before > now:
+        return Reason(f"not valid before {not_before:%Y-%m-%d %H:%M} UTC: dated in the future", not_yet_valid=True)
+    return calendar_reason(not_after, now, window)
 
 
 def calendar_reason(not_after: datetime, now: datetime, window: timedelta) -> Reason | None:

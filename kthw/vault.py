@@ -61,7 +61,7 @@ from .errors import KthwError, StateError
 from .fsutil import PUBLIC_MODE, atomic_write
 from .inventory import CASettings, Inventory
 from .layout import KeyPairPaths
-from .renewal import calendar_reason, renewal_reason
+from .renewal import renewal_reason, validity_reason
 
 # Inventory key algorithm -> Vault key_type and key_bits (for the CAs Vault generates).
 TOKEN_ENVS = ("VAULT_TOKEN", "BAO_TOKEN")
@@ -446,7 +446,8 @@ def refresh_ca_cert(settings: CASettings, name: str, paths: KeyPairPaths, parent
                     window: timedelta) -> str:
     """Copy a Vault CA's cert to ``paths.cert``; unchanged bytes leave the file (and its mtime) alone.
 
-    A CA due for renewal is only reported: its key is in Vault and vault_setup never replaces it.
+    A CA due for renewal, or not valid yet, is only reported: its key is in Vault and vault_setup
+    never replaces it.
     """
     if paths.key.exists():
         raise StateError(f"{paths.key} belongs to a local {name} CA, but the inventory's CA backend is vault. "
@@ -472,9 +473,9 @@ def refresh_ca_cert(settings: CASettings, name: str, paths: KeyPairPaths, parent
                          "fix ca.naming.root_mount in the inventory")
     changed = atomic_write(paths.cert, certs_pem(cert), PUBLIC_MODE)
     notes = [f"CA {name}: fetched from Vault ({mount})"] if changed else []
-    due = calendar_reason(cert.not_valid_after_utc, clock.now(), window)
-    if due is not None:
-        notes.append(f"warning: CA {name} in Vault ({mount}) {due.text}; renew or replace it in Vault "
+    dates = validity_reason(cert.not_valid_before_utc, cert.not_valid_after_utc, clock.now(), window)
+    if dates is not None:
+        notes.append(f"warning: CA {name} in Vault ({mount}): {dates.text}; renew or replace it in Vault "
                      "(vault_setup never replaces a CA); doit then re-issues what it signed")
     return "\n".join(notes)
 

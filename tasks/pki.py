@@ -6,8 +6,13 @@
     pki:<node>  = everything of one node;  pki = every node
 
 Staleness comes from the certs themselves (see kthw.pki.pending_reason): a cert task
-runs when its cert is missing, due, no longer fits its spec, or its issuer changed.
+runs when its cert is missing, due, not valid yet, no longer fits its spec, or its issuer
+changed. A leaf task also runs when its cert or key file changed since it last placed
+them (an uptodate on their digest): that re-checks the key and rewrites the node copies,
+so a build killed between the store and the copies converges on the next run. The
+kubeconfigs depend on the content of the cert and key they embed (file_dep).
 Store files under build/pki are precious; `doit clean` removes only the node copies.
+Each run first removes the temp files an interrupted one left in the store.
 
 With `ca: {backend: vault}` the root and intermediate keys stay in Vault: their CA tasks
 copy the CA certs from Vault on every run (so a CA replaced there re-issues its leaves),
@@ -16,22 +21,35 @@ and the cluster signer is a CA of its own whose key is made here (see kthw.vault
 
 from __future__ import annotations
 
-from doit import create_after
+from doit import create_after, get_var
+from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
 from kthw import clock
 from kthw.ca import open_ca, open_local_ca
 from kthw.catalogue import LOCAL_APISERVER_URL, ROOT, NodeCert, ca_specs, key_in_vault, leaves_for, trust_for
 from kthw.crypto import CertSpec
-from kthw.fsutil import PUBLIC_MODE, SECRET_MODE, atomic_write, remove
+from kthw.fsutil import PUBLIC_MODE, SECRET_MODE, atomic_write, remove, remove_orphans
 from kthw.inventory import CASettings, Inventory, Node
 from kthw.layout import KeyPairPaths, Layout
-from kthw.pki import ensure_ca, ensure_leaf, pending_reason, place_all, write_cert_kubeconfig
+from kthw.pki import ensure_ca, ensure_leaf, pair_digest, pending_reason, place_all, write_cert_kubeconfig
 
 from .common import checked, context, guarded
 
+PLACED = "placed"  # the leaf task's saved value: the digest of the cert and key it last placed
+
+
 def _current(spec: CertSpec, paths: KeyPairPaths, issuer_cert, window) -> bool:
     return pending_reason(spec, paths, issuer_cert, clock.now(), window) is None
+
+
+def _leaf_current(task, values, spec: CertSpec, paths: KeyPairPaths, issuer_cert, window) -> bool:
+    """Nothing to issue, and the store pair is the one this task last checked and copied."""
+    return checked(_current, spec, paths, issuer_cert, window) and values.get(PLACED) == pair_digest(paths)
+
+
+def _placed(paths: KeyPairPaths) -> dict:
+    return {PLACED: pair_digest(paths)}
 
 
 def _issue_ca(spec: CertSpec, layout: Layout, parent: str | None, settings: CASettings, window) -> str:
@@ -106,10 +124,11 @@ def _leaf_tasks(inv: Inventory, layout: Layout, node: Node, item: NodeCert):
     yield {
         "name": f"{node.name}/{spec.name}",
         "doc": f"{spec.common_name} cert for {node.name}",
-        "actions": [(guarded, [_issue_leaf, spec, paths, row.issuer, layout, inv.ca, inv.renew_before, copies])],
+        "actions": [(guarded, [_issue_leaf, spec, paths, row.issuer, layout, inv.ca, inv.renew_before, copies]),
+                    (_placed, [paths])],
         "file_dep": [issuer_cert],
         "targets": [paths.cert, paths.key] + [copy[1] for copy in copies],
-        "uptodate": [(checked, [_current, spec, paths, issuer_cert, inv.renew_before])],
+        "uptodate": [(_leaf_current, [spec, paths, issuer_cert, inv.renew_before])],
         "clean": [(remove, [[copy[1] for copy in copies]])],
     }
     if row.kubeconfig:
@@ -152,6 +171,7 @@ def _trust_task(layout: Layout, node: Node, backend: str) -> dict:
 def task_pki():
     """CA hierarchy, then every node's certs, keys and kubeconfigs."""
     inv, layout = context()
+    remove_orphans(layout.pki)  # the precious store; other directories are tidied as they are written
     for name, spec in ca_specs(inv).items():
         parent = None if name == ROOT else ROOT
         if key_in_vault(name, inv.ca.backend):
@@ -171,18 +191,26 @@ def task_pki():
                "actions": None, "task_dep": names}
 
 
-@create_after()  # explicit only: its tasks are made when it is asked for
-def task_rekey():
-    """Explicit: a new key and cert for one leaf, e.g. `doit rekey:node-az2/apiserver`.
+REKEY_ALL_VAR = "all"
 
-    Never part of a plain `doit`. The next `doit` rebuilds what embeds or carries it.
+
+# Explicit only, made when asked for. `creates` keeps `doit list` to the one `rekey` entry;
+# each leaf's task is a task of its own, so that `rekey` itself is not the group of them all.
+@create_after(creates=["rekey"])
+def task_rekey():
+    """Explicit: a new key for one leaf, `doit rekey:<node>/<cert>`; for every leaf, `doit rekey all=yes`.
+
+    Never part of a plain `doit`. The next `doit` rebuilds what embeds or carries the new keys.
     """
     inv, layout = context()
+    names = []
     for node in inv.nodes:
         for item in leaves_for(inv, node):
             paths = layout.leaf(node.name, item.spec.name)
+            name = f"rekey:{node.name}/{item.spec.name}"
+            names.append(name)
             yield {
-                "name": f"{node.name}/{item.spec.name}",
+                "basename": name,
                 "doc": f"new key for {item.spec.common_name} on {node.name}",
                 "actions": [(guarded, [_issue_leaf, item.spec, paths, item.row.issuer, layout, inv.ca,
                                        inv.renew_before, _leaf_copies(layout, node, item), True])],
@@ -190,3 +218,25 @@ def task_rekey():
                 "uptodate": [False],
                 "verbosity": 2,
             }
+    every = get_var(REKEY_ALL_VAR, "") == "yes"
+    yield {
+        "basename": "rekey",
+        "doc": f"new keys for every leaf, with {REKEY_ALL_VAR}=yes; else says what it would do",
+        "actions": [(_rekeyed_all, [len(names)]) if every else (_refuse_all, [names])],
+        "task_dep": names if every else [],
+        "uptodate": [False],
+        "verbosity": 2,
+    }
+
+
+def _refuse_all(names: list[str]) -> TaskFailed:
+    example = names[0]
+    certs = sorted({name.rsplit("/", 1)[1] for name in names})
+    return TaskFailed(f"'doit rekey' would give all {len(names)} leaf certs of the cluster a new key, and every "
+                      f"node would need its bundle installed again. Nothing was changed. For one leaf: "
+                      f"'doit rekey:<node>/<cert>', e.g. 'doit {example}' (certs: {', '.join(certs)}; a node has those "
+                      f"of its roles). For every leaf: 'doit rekey {REKEY_ALL_VAR}=yes'")
+
+
+def _rekeyed_all(count: int) -> None:
+    print(f"rekey: {count} leaf certs have new keys; run doit to rebuild the kubeconfigs and bundles that carry them")

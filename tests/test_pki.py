@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import stat
 import subprocess
 
@@ -11,7 +12,7 @@ import yaml
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from conftest import loopback_inventory
+from conftest import fails_cleanly, loopback_inventory
 
 CP_SERVICE_CERTS = {"kube-apiserver/apiserver", "kube-apiserver/apiserver-kubelet-client",
                     "kube-apiserver/apiserver-etcd-client", "kube-apiserver/front-proxy-client"}
@@ -227,3 +228,82 @@ def test_changing_the_api_endpoint_reissues_apiserver_certs_and_endpoint_kubecon
     assert sorted(run.executed) == sorted(
         [f"pki:cp{i}/apiserver" for i in (1, 2, 3)] + [f"pki:cp{i}/admin.kubeconfig" for i in (1, 2, 3)]
         + ["pki:worker1/kube-proxy.kubeconfig"])
+
+
+# --- the store is checked, and what carries it follows it -----------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["emptied", "not a key"])
+def test_an_unreadable_leaf_key_stops_the_build_and_is_left_alone(project, damage):
+    project.write_inventory(loopback_inventory(workers=1))
+    project.doit("pki")
+    key = project.root / "build/pki/nodes/cp1/apiserver.key"
+    copy = project.node_file("cp1", "etc/k8s/kube-apiserver/apiserver.key")
+    placed = copy.read_bytes()
+    key.write_bytes(b"" if damage == "emptied" else b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    damaged = key.read_bytes()
+    report = project.doit("expiry", "--check", check=False)
+    fails_cleanly(report, "bad key", f"its key {key} is not a readable private key")
+    run = project.doit("pki", check=False)
+    fails_cleanly(run, f"{key}: not a readable private key")
+    assert key.read_bytes() == damaged, "a damaged key is left as it is"
+    assert copy.read_bytes() == placed, "the node keeps the last good pair"
+    assert project.doit("pki", check=False).returncode != 0, "and it stays stopped until the key is restored"
+
+
+def test_a_leaf_key_that_does_not_match_its_cert_gets_its_cert_issued_again(project):
+    from test_pki_support import assert_build_is_true
+    project.write_inventory(loopback_inventory(workers=1))
+    project.doit("pki")
+    store = project.root / "build/pki/nodes/cp1"
+    other = (store / "etcd-peer.key").read_bytes()
+    (store / "apiserver.key").write_bytes(other)  # e.g. restored from the wrong backup
+    report = project.doit("expiry", "--check", check=False)
+    fails_cleanly(report, "bad key", "does not match it")
+    run = project.doit("pki")
+    assert run.executed == ["pki:cp1/apiserver"]
+    assert (store / "apiserver.key").read_bytes() == other, "the key is what is kept"
+    assert project.node_file("cp1", "etc/k8s/kube-apiserver/apiserver.key").read_bytes() == other
+    assert_build_is_true(project)
+    assert project.doit("expiry", "--check").returncode == 0
+
+
+@pytest.mark.parametrize("write", [1, 11])
+def test_temp_files_of_a_killed_run_are_removed_by_the_next(project, write):
+    """kill -9 right after a temp file was made leaves it empty beside its target: in the
+    store (write 1, the root key) or in a node's tree (write 11, a node copy)."""
+    from conftest import killed_at_write
+    from test_pki_support import assert_build_is_true
+    project.write_inventory(loopback_inventory(workers=1))
+    killed = project.doit("pki", env=killed_at_write(write, empty_temp=True), check=False)
+    assert killed.returncode == -9
+    orphans = list((project.root / "build").rglob("*.tmp"))
+    assert len(orphans) == 1 and orphans[0].stat().st_size == 0, orphans
+    project.doit("pki")
+    assert_build_is_true(project)  # no temp file left, among the rest
+    # One left in the store by hand, where this run writes nothing, goes too.
+    orphan = project.root / "build/pki/nodes/cp1/.apiserver.key.k3xq9z0a.tmp"
+    orphan.write_bytes(b"")
+    os.utime(orphan, (0, 0))
+    assert project.doit("pki").executed == []
+    assert not orphan.exists()
+
+
+def test_rekey_without_a_leaf_refuses_and_says_what_it_would_do(project):
+    from test_pki_support import assert_build_is_true
+    project.write_inventory(loopback_inventory(workers=1))
+    project.doit("pki")
+    keys = {p: p.read_bytes() for p in (project.root / "build/pki/nodes").rglob("*.key")}
+    before = project.snapshot()
+    run = project.doit("rekey", check=False)
+    fails_cleanly(run, f"would give all {len(keys)} leaf certs of the cluster a new key", "Nothing was changed",
+                  "'doit rekey:<node>/<cert>', e.g. 'doit rekey:cp1/apiserver'", "'doit rekey all=yes'")
+    assert project.snapshot() == before
+    listed = [line.split()[0] for line in project.doit("list").stdout.splitlines()]
+    assert [name for name in listed if name.startswith("rekey")] == ["rekey"], "doit list shows one rekey entry"
+
+    every = project.doit("rekey", "all=yes")
+    assert f"rekey: {len(keys)} leaf certs have new keys" in every.stdout
+    assert all(path.read_bytes() != old for path, old in keys.items()), "every leaf has a new key"
+    project.doit("pki")
+    assert_build_is_true(project)

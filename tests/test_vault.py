@@ -17,8 +17,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import yaml
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
-from conftest import Project, fails_cleanly, loopback_inventory
+from conftest import Project, fails_cleanly, loopback_inventory, system_clock_at
+from kthw.catalogue import leaf
 from kthw.crypto import CertSpec, build_certificate, certs_pem, load_private_key, private_key_pem, generate_key, \
     same_public_key
 from kthw.kubeconfig import kubeconfig
@@ -202,30 +204,101 @@ def test_the_expiry_report_lists_the_kubelet_signer_and_says_where_vault_cas_ren
     # 4 years and 11 months on, the CAs are due; each note says who renews it.
     late = (datetime.now(timezone.utc) + timedelta(days=1795)).isoformat(timespec="seconds")
     due = {(r["node"], r["cert"]): r for r in json.loads(
-        built_loopback.doit("expiry", "--json", env={**env, "KTHW_NOW": late}, check=False).stdout)}
+        built_loopback.doit("expiry", "--json", "--at", late, env=env, check=False).stdout)}
     assert due[("-", "kubernetes")]["state"] == "renew soon" and "in Vault" in due[("-", "kubernetes")]["note"]
     assert "renewed by doit" in due[("-", "kubelet-signer")]["note"]
 
 
+def _issued_by_vault(bao) -> int:
+    """How many certs the intermediates have signed so far."""
+    client = bao.client()
+    return sum(len((client.list(f"{mount}/certs") or {"data": {"keys": []}})["data"]["keys"])
+               for mount in DOMAIN_MOUNTS.values())
+
+
+def _age_every_leaf(bao, project: Project, days_left: int) -> None:
+    """Have Vault sign every leaf again as if it had been issued a year ago: through a copy of
+    its role that backdates the cert, so that it ends in ``days_left`` days. Same key, names
+    and lifetime; as a year of real time would leave the build."""
+    client = bao.client()
+    lifetime = timedelta(days=365)
+    for cert_path in sorted((project.root / "build/pki/nodes").rglob("*.crt")):
+        name = cert_path.stem
+        mount = DOMAIN_MOUNTS[leaf(name).issuer]
+        role = client.read(f"{mount}/roles/{name}")["data"]
+        client.write_data(f"{mount}/roles/aged-{name}", data={
+            **role, "not_before_duration": int((lifetime - timedelta(days=days_left)).total_seconds())})
+        old = x509.load_pem_x509_certificates(cert_path.read_bytes())[0]
+        key = load_private_key(cert_path.with_suffix(".key"))
+        builder = x509.CertificateSigningRequestBuilder().subject_name(old.subject)
+        try:
+            builder = builder.add_extension(old.extensions.get_extension_for_class(x509.SubjectAlternativeName).value,
+                                            critical=False)
+        except x509.ExtensionNotFound:
+            pass
+        csr = builder.sign(key, old.signature_hash_algorithm).public_bytes(serialization.Encoding.PEM).decode()
+        signed = client.write_data(f"{mount}/sign/aged-{name}", data={
+            "csr": csr, "ttl": f"{days_left * 86400}s", "exclude_cn_from_sans": True, "format": "pem"})["data"]
+        cert_path.write_text(signed["certificate"].strip() + "\n" + signed["issuing_ca"].strip() + "\n")
+
+
 def test_renewal_asks_vault_again_and_keeps_the_keys(bao, setup_runs, tmp_path):
+    from test_pki_support import assert_build_is_true
     _, env, _, _ = setup_runs
     project = Project(tmp_path)
     project.write_inventory(loopback_inventory(workers=1, extra=vault_section(bao)))
     project.doit("pki", env=env)
     keys = {k: v for k, v in project.snapshot("build/pki").items() if k.endswith(".key")}
+    # A year on: every leaf (365 days) has ten days left, inside the 30-day window; the CAs do not.
+    _age_every_leaf(bao, project, days_left=10)
     peer = project.root / "build/pki/nodes/cp2/etcd-peer.crt"
     old = x509.load_pem_x509_certificate(peer.read_bytes())
-    # 340 days on, every leaf (365 days) is inside the 30-day window; the CAs are not.
-    later = (datetime.now(timezone.utc) + timedelta(days=340)).isoformat()
-    run = project.doit("pki", env={**env, "KTHW_NOW": later})
+    run = project.doit("pki", env=env)
     renewed = {name for name in run.executed if not name.startswith("pki:ca-") and "/" in name
                and not name.endswith((".kubeconfig", "/trust"))}
     assert len(renewed) == 3 * 10 + 2 and "pki:cp2/etcd-peer" in renewed
     assert {k: v for k, v in project.snapshot("build/pki").items() if k.endswith(".key")} == keys
     new = x509.load_pem_x509_certificates(peer.read_bytes())
     assert new[0].serial_number != old.serial_number and new[0].public_key() == old.public_key()
-    new[0].verify_directly_issued_by(new[1])
-    # (Vault signs on its own clock, not the moved one, so no "quiet rerun" check here.)
+    assert new[0].not_valid_after_utc - datetime.now(timezone.utc) > timedelta(days=360)
+    assert_build_is_true(project)
+    # Renewed on Vault's clock, which is this machine's: the next run has nothing to do.
+    again = project.doit("pki", env=env)
+    assert [name for name in again.executed if not name.startswith("pki:ca-")] == []
+
+
+def test_a_later_kthw_now_never_makes_vault_sign(bao, setup_runs, tmp_path):
+    """A run with KTHW_NOW set would date nothing by it (Vault signs on its own clock) and
+    renew the same certs on every run: it refuses before asking Vault for anything."""
+    _, env, _, _ = setup_runs
+    project = Project(tmp_path)
+    project.write_inventory(loopback_inventory(workers=1, extra=vault_section(bao)))
+    project.doit("pki", env=env)
+    before, signed = project.snapshot(), _issued_by_vault(bao)
+    later = (datetime.now(timezone.utc) + timedelta(days=340)).date().isoformat()
+    for _ in range(2):
+        run = project.doit("pki", env={**env, "KTHW_NOW": later}, check=False)
+        fails_cleanly(run, f"KTHW_NOW={later} is set", "Nothing was written", f"doit expiry --at {later}")
+        assert _issued_by_vault(bao) == signed, "Vault was asked to sign"
+        assert project.snapshot() == before
+
+
+def test_a_workstation_clock_ahead_of_vault_stops_without_writing(bao, setup_runs, tmp_path):
+    """This machine's clock says a year later than Vault's: every leaf looks due, and what
+    Vault signs (dated by its clock) would look due again at once. The first such cert stops
+    the run unwritten, so no run signs more than one, and none loops."""
+    _, env, _, _ = setup_runs
+    project = Project(tmp_path)
+    project.write_inventory(loopback_inventory(workers=1, extra=vault_section(bao)))
+    project.doit("pki", env=env)
+    before, signed = project.snapshot(), _issued_by_vault(bao)
+    ahead = system_clock_at(datetime.now(timezone.utc) + timedelta(days=340))
+    for attempt in (1, 2):
+        run = project.doit("pki", env={**env, **ahead}, check=False)
+        fails_cleanly(run, "would have to be issued again at once", "nothing was written",
+                      "Vault signs on its own clock")
+        assert _issued_by_vault(bao) == signed + attempt
+        assert project.snapshot() == before
 
 
 def test_a_role_that_forbids_a_new_san_fails_clearly_until_updated(bao, setup_runs, tmp_path):
