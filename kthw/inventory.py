@@ -1,7 +1,9 @@
 """The cluster inventory (``cluster.yaml``): loaded, validated, frozen.
 
 Every problem is reported as an :class:`InventoryError` naming the file, the line,
-the field and the fix; nothing else escapes :func:`load`.
+the field and the fix; nothing else escapes :func:`load`. :func:`load` also checks the
+Kubernetes version against the version table and the pins (shipped and the site's), so
+doit stops before any task runs; :func:`loads` checks the document alone.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
 
-from . import components
-from .crypto import KEY_ALGORITHMS
+from . import clock, components
+from .crypto import KEY_ALGORITHMS, LAST_CERT_DATE
 from .oci import Repository
+from .errors import InventoryError
 from .yamldoc import Bad as _Bad, Reader as _Reader, kind as _kind, parse, read_text
 
 ROLES = ("control-plane", "etcd", "worker")
@@ -228,6 +231,8 @@ def _cidr(value: Any) -> IPNetwork:
 
 
 def _port(value: Any) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        raise _Bad(f"'{value}' is text, not a number", f"write the port without quotes, e.g. port: {value.strip()}")
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
         raise _Bad(f"'{value}' is not a TCP port", "use a number from 1 to 65535, usually 6443")
     return value
@@ -244,11 +249,31 @@ def _version(value: Any) -> str:
 
 def _duration(value: Any) -> timedelta:
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return timedelta(days=value)
-    match = _DURATION.match(str(value).strip()) if isinstance(value, str) else None
-    if not match or int(match.group(1)) == 0:
-        raise _Bad(f"'{value}' is not a duration", "write a positive number of days, or e.g. 8760h, 365d, 52w, 1y")
-    return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        count, unit = value, "d"
+    else:
+        match = _DURATION.match(str(value).strip()) if isinstance(value, str) else None
+        if not match or int(match.group(1)) == 0:
+            raise _Bad(f"'{value}' is not a duration", "write a positive number of days, or e.g. 8760h, 365d, 52w, 1y")
+        count, unit = int(match.group(1)), match.group(2)
+    try:
+        return count * _DURATION_UNITS[unit]
+    except OverflowError:
+        raise _Bad(f"'{value}' is far too long (past the year 9999)", "write e.g. 3650d for ten years") from None
+
+
+def _until_last_date(reader: _Reader, key: str, duration: timedelta, what: str) -> None:
+    """A duration that starts now must end by the last date a certificate or token can carry."""
+    room = LAST_CERT_DATE - clock.system_now()
+    if duration > room:
+        raise reader.fail(key, f"{what} of {duration.days} days from today would end after {LAST_CERT_DATE:%Y-%m-%d}, "
+                          "the last date a certificate can carry", f"use at most {room.days}d (e.g. 3650d)")
+
+
+def _node_name(value: Any) -> str:
+    text = _text(value)
+    if len(text) > 63:
+        raise _Bad(f"node name '{text}' is longer than 63 characters ({len(text)})", "use the node's short hostname")
+    return _dns_name(text)
 
 
 def _san(value: Any) -> str:
@@ -286,19 +311,55 @@ DEFAULT_LIFETIMES = Lifetimes(root_ca=timedelta(days=3650), intermediate_ca=time
                               leaf=timedelta(days=365))
 
 
-def load(path: str | Path) -> Inventory:
-    """Read and validate an inventory file."""
+def load(path: str | Path, *, pinning: str | None = None) -> Inventory:
+    """Read and validate an inventory file, its Kubernetes version included.
+
+    ``pinning`` is a version ``doit pin`` is adding: the inventory may name it before it is pinned.
+    """
     path = Path(path)
     text = read_text(path, "the inventory", "check the path given with 'doit inventory=PATH' or KTHW_INVENTORY")
-    inventory = loads(text, source=str(path))
+    top = _top(text, str(path))
+    inventory = _build(top)
+    _check_release(top, inventory, pinning)
     for warning in inventory.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return inventory
 
 
 def loads(text: str, source: str = "cluster.yaml") -> Inventory:
-    """Validate inventory text; ``source`` names it in messages."""
-    return _build(_Reader(source, parse(text, source), "", 1))
+    """Validate inventory text; ``source`` names it in messages. The version is checked for
+    its form only: see :func:`load`."""
+    return _build(_top(text, source))
+
+
+def _top(text: str, source: str) -> _Reader:
+    document = parse(text, source)
+    if document is None:
+        raise InventoryError(source, None, "", "the inventory is empty",
+                             "start from the bundled example cluster.yaml, or check the path given with "
+                             "'doit inventory=PATH' or KTHW_INVENTORY")
+    return _Reader(source, document, "", 1)
+
+
+def _check_release(top: _Reader, inv: Inventory, pinning: str | None) -> None:
+    """The version must be in the version table (:mod:`kthw.versions`) and pinned, shipped or by the site."""
+    from . import pins as pins_table  # imported here: the pins module reads this one's ARCHES
+    from .versions import KUBERNETES, minor_of, supported_minors
+    version = inv.kubernetes_version
+    pins = pins_table.load(inv.vendor.site_pins)  # a bad site pins file is reported with its own line
+    pinned = sorted(pins.releases, key=pins_table.version_key)
+    minor = minor_of(version)
+    if minor not in KUBERNETES:
+        usable = [v for v in pinned if minor_of(v) in KUBERNETES]
+        raise top.fail("kubernetes_version", f"Kubernetes {minor[0]}.{minor[1]} is not supported (supported "
+                       f"minors: {supported_minors()})", "set kubernetes_version to a release of a supported "
+                       f"minor; pinned now: {', '.join(usable) or 'none'}")
+    if version not in pins.releases and version != pinning:
+        raise top.fail("kubernetes_version", f"Kubernetes {version} is not pinned (pinned versions: "
+                       f"{', '.join(pinned) or 'none'}; pins read from {', '.join(map(str, pins.sources))})",
+                       f"on the connected workstation run '{pins.pin_command(version)}' to fetch its published "
+                       "checksums into the pins (the site pins file when the inventory names one), or set "
+                       "kubernetes_version to a pinned version")
 
 
 def _build(top: _Reader) -> Inventory:
@@ -318,6 +379,10 @@ def _build(top: _Reader) -> Inventory:
 
     service_cidr = top.get("service_cidr", _cidr)
     pod_cidr = top.get("pod_cidr", _cidr)
+    if pod_cidr.version != service_cidr.version:
+        raise top.fail("pod_cidr", f"pod CIDR {pod_cidr} is IPv{pod_cidr.version} but service CIDR {service_cidr} "
+                       f"is IPv{service_cidr.version}", "use networks of one address family (dual-stack clusters "
+                       "are not supported)")
     if service_cidr.overlaps(pod_cidr):
         raise top.fail("pod_cidr", f"pod CIDR {pod_cidr} overlaps service CIDR {service_cidr}",
                        "choose ranges that do not overlap, e.g. service 10.96.0.0/12 and pod 10.244.0.0/16")
@@ -347,18 +412,23 @@ def _build(top: _Reader) -> Inventory:
         culprit = "leaf" if lifetimes.leaf >= lifetimes.intermediate_ca else "intermediate_ca"
         raise life.fail(culprit, "lifetimes must grow up the chain: leaf < intermediate_ca <= root_ca",
                         "a CA must outlive the certs it signs; e.g. leaf 365d, intermediate_ca 1825d, root_ca 3650d")
+    # The root is the longest; every cert below it ends by the root's end.
+    _until_last_date(life, "root_ca", lifetimes.root_ca, "a root CA lifetime")
     renew_before = top.get("renew_before", _duration, timedelta(days=30))
     if renew_before >= lifetimes.leaf:
         raise top.fail("renew_before", f"the renewal window ({renew_before.days} days) is not shorter than "
                        f"the leaf lifetime ({lifetimes.leaf.days} days): every run would re-issue every cert",
                        "use a window well under the leaf lifetime, e.g. 30d")
 
+    token_ttl = top.get("bootstrap_token_ttl", _duration, timedelta(days=14))
+    _until_last_date(top, "bootstrap_token_ttl", token_ttl, "a bootstrap token lifetime")
+
     nodes = _nodes(top, service_cidr, pod_cidr)
     warnings = []
     etcd_count = sum(1 for n in nodes if n.is_etcd)
     if etcd_count % 2 == 0:
-        warnings.append(f"{top.source}: {etcd_count} etcd members: an even count tolerates no more failures "
-                        f"than {etcd_count - 1}; use an odd number (3 or 5)")
+        warnings.append(f"{top.source}:{top.where('nodes')}: nodes: {etcd_count} etcd members: an even count "
+                        f"tolerates no more failures than {etcd_count - 1}; use an odd number (3 or 5)")
 
     return Inventory(
         source=Path(top.source), name=name, kubernetes_version=version, cluster_domain=domain,
@@ -367,7 +437,7 @@ def _build(top: _Reader) -> Inventory:
         lifetimes=lifetimes, renew_before=renew_before,
         kubelet_credentials=top.get("kubelet_credentials", _choice(KUBELET_CREDENTIALS), "tls-bootstrap"),
         encryption_provider=top.get("encryption_provider", _choice(ENCRYPTION_PROVIDERS), "secretbox"),
-        bootstrap_token_ttl=top.get("bootstrap_token_ttl", _duration, timedelta(days=14)),
+        bootstrap_token_ttl=token_ttl,
         nodes=nodes, vendor=_vendor(top), warnings=tuple(warnings))
 
 
@@ -538,12 +608,13 @@ def _nodes(top: _Reader, service_cidr: IPNetwork, pod_cidr: IPNetwork) -> tuple[
     seen_names: dict[str, int | None] = {}
     seen_ips: dict[IPAddress, str] = {}
     for index, (item, line) in enumerate(zip(raw, lines)):
+        if item is None:
+            raise InventoryError(top.source, line, f"nodes[{index}]", "an empty entry",
+                                 "describe the node, e.g. {name: node-az1, roles: [worker], arch: amd64, ip: 10.0.1.21}, "
+                                 "or remove the '-' line")
         reader = _Reader(top.source, item, f"nodes[{index}]", line)
         reader.check_keys(NODE_KEYS)
-        name = reader.get("name", _dns_name)
-        if len(name) > 63:
-            raise reader.fail("name", f"node name '{name}' is longer than 63 characters",
-                              "use the node's short hostname")
+        name = reader.get("name", _node_name)
         roles = reader.get("roles", _list_of(_choice(ROLES)))
         if not roles:
             raise reader.fail("roles", "a node needs at least one role", f"use any of: {', '.join(ROLES)}")
@@ -551,6 +622,11 @@ def _nodes(top: _Reader, service_cidr: IPNetwork, pod_cidr: IPNetwork) -> tuple[
                     zone=reader.get("zone", _text, None), ip=reader.get("ip", _ip),
                     extra_sans=reader.get("extra_sans", _list_of(_san), ()),
                     pod_cidr=reader.get("pod_cidr", _cidr, None))
+        if node.ip.version != service_cidr.version:
+            raise reader.fail("ip", f"node IP {node.ip} is IPv{node.ip.version} but the cluster is "
+                              f"IPv{service_cidr.version}-only (service_cidr {service_cidr}, pod_cidr {pod_cidr})",
+                              f"use the node's IPv{service_cidr.version} address: the kubelet, etcd and the API "
+                              "server advertise it")
         if name in seen_names:
             raise reader.fail("name", f"node name '{name}' is used twice",
                               "give every node its own name (it becomes the node's identity in its certs)")

@@ -61,8 +61,13 @@ DOIT_CONFIG = {
 
 @functools.lru_cache(maxsize=None)
 def gather() -> dict:
-    """Every ``task_*`` creator of every module in this package, each run at most once."""
-    # doit opens its state database under build/ before any task runs.
+    """Every ``task_*`` creator of every module in this package, each run at most once.
+
+    Runs while doit reads dodo.py, before it opens its state database: the inventory is
+    read first, so a rejected one leaves nothing behind, not even build/.
+    """
+    from .common import context
+    context()
     Path(DOIT_CONFIG["dep_file"]).parent.mkdir(exist_ok=True)
     creators = {}
     for module_info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):

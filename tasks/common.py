@@ -24,9 +24,11 @@ def inventory_path() -> Path:
 
 @functools.lru_cache(maxsize=None)
 def context() -> tuple[inventory.Inventory, Layout]:
-    """The validated inventory and the output layout; a bad inventory ends doit here."""
+    """The validated inventory and the output layout; a bad inventory ends doit here, with
+    exit status 2, before doit opens its state database or any task runs."""
     try:
-        inv = inventory.load(inventory_path())
+        # `doit pin version=X.Y.Z` pins the version the inventory may already name.
+        inv = inventory.load(inventory_path(), pinning=get_var("version", None))
     except KthwError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -192,3 +192,152 @@ def test_bad_inventory_stops_doit_with_message_and_writes_nothing(project):
     assert f"{project.inventory}:" in run.stderr
     assert not (project.root / "build" / "pki").exists()
     assert not (project.root / "build" / "nodes").exists()
+    assert not (project.root / "build").exists(), "not even doit's state database"
+
+
+# --- the whole inventory is checked when it is read: version, lifetimes, addresses ---------------
+
+LONG_NAME = "n" * 64
+
+
+def _load_file(tmp_path, text: str):
+    path = tmp_path / "site.yaml"
+    path.write_text(text)
+    return path, inventory.load(path)
+
+
+@pytest.mark.parametrize("old, new, field, words", [
+    ('kubernetes_version: "1.36.0"', 'kubernetes_version: "1.31.0"', "kubernetes_version",
+     ["Kubernetes 1.31 is not supported", "1.32, 1.33, 1.34, 1.35, 1.36, 1.37", "1.36.0"]),
+    ('kubernetes_version: "1.36.0"', 'kubernetes_version: "1.40.0"', "kubernetes_version",
+     ["Kubernetes 1.40 is not supported"]),
+    ('kubernetes_version: "1.36.0"', 'kubernetes_version: "1.36.1"', "kubernetes_version",
+     ["Kubernetes 1.36.1 is not pinned", "pinned versions: ", "doit pin version=1.36.1"]),
+    ("root_ca: 3650d", "root_ca: 99999999999d", "lifetimes.root_ca", ["far too long"]),
+    ("root_ca: 3650d", "root_ca: 9000y", "lifetimes.root_ca", ["would end after 9999-12-31", "use at most"]),
+    ("bootstrap_token_ttl: 14d", "bootstrap_token_ttl: 9000y", "bootstrap_token_ttl", ["would end after 9999-12-31"]),
+    ("ip: 10.0.2.21, pod_cidr", "ip: 'fd00::21', pod_cidr", "nodes[4].ip",
+     ["node IP fd00::21 is IPv6 but the cluster is IPv4-only", "use the node's IPv4 address"]),
+    ("pod_cidr: 10.244.0.0/16", "pod_cidr: 'fd00:244::/56'", "pod_cidr", ["is IPv6 but service CIDR", "one address family"]),
+    ("{name: node-az2,", f"{{name: {LONG_NAME},", "nodes[1].name", ["is longer than 63 characters (64)"]),
+    ("port: 6443", 'port: "6443"', "api_endpoint.port", ["'6443' is text, not a number", "without quotes"]),
+])
+def test_edges_are_refused_when_the_file_is_read(tmp_path, old, new, field, words):
+    assert old in EXAMPLE, old
+    with pytest.raises(InventoryError) as caught:
+        _load_file(tmp_path, EXAMPLE.replace(old, new, 1))
+    err = caught.value
+    assert err.field == field, str(err)
+    assert err.line == EXAMPLE[:EXAMPLE.index(old)].count("\n") + 1, str(err)
+    assert str(err).startswith(f"{tmp_path / 'site.yaml'}:{err.line}: {field}: ") and "\n  fix: " in str(err)
+    for word in words:
+        assert word in str(err), str(err)
+
+
+def test_an_empty_inventory_or_node_entry_is_named_as_such(tmp_path):
+    with pytest.raises(InventoryError, match=r"site.yaml: the inventory is empty\n  fix: start from"):
+        _load_file(tmp_path, "# nothing yet\n")
+    text = EXAMPLE.replace("nodes:\n", "nodes:\n  -\n", 1)
+    with pytest.raises(InventoryError) as caught:
+        _load_file(tmp_path, text)
+    assert caught.value.field == "nodes[0]" and "an empty entry" in str(caught.value)
+    assert "NoneType" not in str(caught.value)
+
+
+def test_the_even_etcd_warning_names_its_line(tmp_path):
+    text = EXAMPLE.replace("{name: node-az3, roles: [control-plane, etcd]", "{name: node-az3, roles: [control-plane]")
+    path, inv = _load_file(tmp_path, text)
+    line = text[:text.index("nodes:")].count("\n") + 1
+    assert inv.warnings == (f"{path}:{line}: nodes: 2 etcd members: an even count tolerates no more failures than "
+                            "1; use an odd number (3 or 5)",)
+
+
+def test_pinning_a_version_the_inventory_already_names_is_allowed(tmp_path):
+    path = tmp_path / "site.yaml"
+    path.write_text(EXAMPLE.replace('"1.36.0"', '"1.36.1"'))
+    with pytest.raises(InventoryError, match="not pinned"):
+        inventory.load(path)
+    assert inventory.load(path, pinning="1.36.1").kubernetes_version == "1.36.1"  # what `doit pin version=` does
+    with pytest.raises(InventoryError, match="not supported"):
+        path.write_text(EXAMPLE.replace('"1.36.0"', '"1.40.0"'))
+        inventory.load(path, pinning="1.40.0")
+
+
+# Values at the edges of what each field accepts; the property below holds for every mix.
+DURATIONS = st.one_of(
+    st.builds("{}{}".format, st.sampled_from([1, 23, 24, 364, 365, 366, 1825, 3650, 2_900_000, 2_940_000,
+                                               999_999_999, 10**9, 99_999_999_999]), st.sampled_from("hdwy")),
+    st.sampled_from([1, 365, 3650, 10**9, 10**12, "365", "0d", "-1d", "1.5y", ""]))
+VERSIONS = st.sampled_from(["1.31.0", "1.32.8", "1.35.4", "1.36.0", "1.36.1", "1.37.0", "1.40.0", "2.0.0", "v1.36.0",
+                            "1.36", "1.36.0.1", 1.36])
+ADDRESSES = st.sampled_from(["10.0.1.11", "10.0.9.9", "0.0.0.0", "255.255.255.255", "10.96.0.1", "10.244.0.5",
+                             "fd00::21", "::1", "::ffff:10.0.1.11", "10.0.1.256", "", "localhost"])
+NETWORKS = st.sampled_from(["10.96.0.0/12", "10.96.0.0/11", "10.96.0.0/30", "10.96.0.0/31", "10.96.0.1/12",
+                            "fd00:10:96::/108", "fd00::/64", "10.244.0.0/16", "10.0.0.0/8"])
+PORTS = st.sampled_from([6443, 0, 1, 65535, 65536, -1, "6443", "x", True])
+
+
+EDGES = {
+    ("kubernetes_version",): VERSIONS, ("lifetimes", "root_ca"): DURATIONS,
+    ("lifetimes", "intermediate_ca"): DURATIONS, ("lifetimes", "leaf"): DURATIONS, ("renew_before",): DURATIONS,
+    ("bootstrap_token_ttl",): DURATIONS, ("service_cidr",): NETWORKS, ("pod_cidr",): NETWORKS,
+    ("api_endpoint", "port"): PORTS, ("nodes", 1, "ip"): ADDRESSES, ("nodes", 4, "ip"): ADDRESSES,
+}
+
+
+@st.composite
+def edge_inventories(draw) -> str:
+    """The example inventory with one to three fields set to a value at the edge of what it accepts."""
+    data = copy.deepcopy(BASE)
+    for path in draw(st.sets(st.sampled_from(sorted(EDGES, key=str)), min_size=1, max_size=3)):
+        parent = data
+        for step in path[:-1]:
+            parent = parent[step]
+        parent[path[-1]] = draw(EDGES[path])
+    return yaml.safe_dump(data)
+
+
+@settings(max_examples=50, deadline=None)
+@given(edge_inventories())
+def test_inventories_at_the_edges_load_whole_or_fail_with_file_line_field_and_fix(tmp_path_factory, text):
+    from datetime import datetime, timezone
+
+    from kthw import pins as pins_table
+    from kthw.crypto import LAST_CERT_DATE
+    from kthw.versions import KUBERNETES, minor_of
+    path = tmp_path_factory.mktemp("edges") / "cluster.yaml"
+    path.write_text(text)
+    try:
+        inv = inventory.load(path)
+    except InventoryError as err:
+        assert str(err).startswith(f"{path}:") and err.line and err.field and err.problem and err.fix, str(err)
+        return
+    # What loads can be built: a release the render stage knows and the pins hold, a root
+    # that ends before the last date a cert can carry, one address family.
+    assert minor_of(inv.kubernetes_version) in KUBERNETES
+    assert inv.kubernetes_version in pins_table.load(inv.vendor.site_pins).releases
+    assert inv.lifetimes.leaf < inv.lifetimes.intermediate_ca <= inv.lifetimes.root_ca
+    assert inv.lifetimes.root_ca <= LAST_CERT_DATE - datetime.now(timezone.utc)
+    assert inv.bootstrap_token_ttl <= LAST_CERT_DATE - datetime.now(timezone.utc)
+    assert {n.ip.version for n in inv.nodes} == {inv.service_cidr.version} == {inv.pod_cidr.version}
+    assert 1 <= inv.api_endpoint.port <= 65535
+
+
+@pytest.mark.parametrize("old, new", [
+    ('kubernetes_version: "1.36.0"', 'kubernetes_version: "1.31.0"'),
+    ('kubernetes_version: "1.36.0"', 'kubernetes_version: "1.36.1"'),
+    ("root_ca: 3650d", "root_ca: 99999999999d"),
+    ("root_ca: 3650d", "root_ca: 9000y"),
+    ("ip: 10.0.2.21, pod_cidr", "ip: 'fd00::21', pod_cidr"),
+    ("{name: node-az2,", f"{{name: {LONG_NAME},"),
+    ("port: 6443", 'port: "6443"'),
+    (EXAMPLE, ""),
+], ids=["unsupported minor", "unpinned", "overflowing lifetime", "past 9999", "IPv6 node IP", "64-character name",
+        "quoted port", "empty file"])
+def test_doit_stops_on_an_edge_with_exit_2_and_writes_nothing(project, old, new):
+    project.write_inventory(EXAMPLE.replace(old, new, 1))
+    run = project.doit("pki", check=False)
+    output = run.stdout + run.stderr
+    assert run.returncode == 2, output
+    assert "Traceback" not in output and f"error: {project.inventory}:" in run.stderr and "fix: " in run.stderr, output
+    assert not (project.root / "build").exists(), "not even doit's state database"
