@@ -366,11 +366,18 @@ def managed_state(root: Path) -> dict[str, tuple]:
 
 # The update renames 4 files into place: the two files of the new cert, installed.MANIFEST
 # and last-install. Killed before the first, in the middle, and before the last.
+@pytest.fixture(scope="module")
+def update(tmp_path_factory) -> tuple[Path, Path, str]:
+    """The node's bundle before and after a new kubelet serving key, unpacked, and the fingerprint."""
+    where = tmp_path_factory.mktemp("update")
+    project = example_project(where / "project")
+    v1, v2 = two_versions(project, NODE, "kubelet-serving", where)
+    return v1, v2, fingerprint(project)
+
+
 @pytest.mark.parametrize("kill_at", [1, 2, 4])
-def test_a_kill_mid_update_is_undone_by_the_next_run_and_leaves_no_temp_files(tmp_path, kill_at):
-    project = example_project(tmp_path / "project")
-    v1, v2 = two_versions(project, NODE, "kubelet-serving", tmp_path)
-    fp = fingerprint(project)
+def test_a_kill_mid_update_is_undone_by_the_next_run_and_leaves_no_temp_files(update, tmp_path, kill_at):
+    v1, v2, fp = update
     clean = fresh_root(tmp_path / "clean")
     install(v1, *node_args(clean, "--fingerprint", fp), check=True)
     install(v2, *node_args(clean, "--fingerprint", fp), check=True)
