@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from kthw import bundle
+from kthw.inventory import load
 
 from conftest import Project
 from test_bundle import bundle_path, example_project, fingerprint, install, tree_state, unpack
@@ -478,3 +479,26 @@ def test_modes_in_the_archive_do_not_matter_to_either_side_the_manifest_decides(
     result = kthw_install(root, repacked)
     assert result.returncode == 0, result.stderr
     assert (root / "etc/k8s/kubelet/kubelet-serving.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_another_nodes_bundle_is_not_an_update_even_with_any_hostname(built, tmp_path):
+    root, _ = _installed(built, tmp_path)
+    other = next(n.name for n in load(built.inventory).nodes if n.name != NODE and n.arch == load(
+        built.inventory).node(NODE).arch)
+    built.doit(f"bundle:{other}")
+    before = tree_state(root)
+    result = kthw_install(root, bundle_path(built, other))
+    assert result.returncode != 0
+    assert f"this machine runs the bundle of {NODE}, and this is the bundle of {other}" in result.stderr
+    assert tree_state(root) == before
+
+
+def test_a_staging_parent_that_others_may_write_is_refused(built, tmp_path):
+    root, directory = _installed(built, tmp_path)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # no sticky bit: anyone could rename the staging directory away
+    result = subprocess.run(["bash", str(root / "usr/local/sbin/kthw-install"), *node_args(root), str(directory)],
+                            capture_output=True, text=True, env={**os.environ, "TMPDIR": str(shared)})
+    assert result.returncode != 0 and "may be changed by other users" in result.stderr
+    assert list(shared.iterdir()) == []
