@@ -4,6 +4,7 @@
                 ├─► pki:ca-etcd ────────┤
                 └─► pki:ca-front-proxy ─┴──► pki:<node>/trust   (CA certs, cluster-signing key)
     pki:<node>  = everything of one node;  pki = every node
+    rekey:<node>/<cert>   explicit: a new key for one leaf;  rekey all=yes: for every leaf
 
 Staleness comes from the certs themselves (see kthw.pki.pending_reason): a cert task
 runs when its cert is missing, due, not valid yet, no longer fits its spec, or its issuer
