@@ -151,7 +151,7 @@ def mutated(draw):
                 parent[str(path[-1]) + draw(st.sampled_from(["x", "_", "s"]))] = parent.pop(path[-1])
             elif action == "duplicate-node":
                 data["nodes"].append(copy.deepcopy(data["nodes"][0]))
-        except (KeyError, IndexError, TypeError):
+        except (KeyError, IndexError, TypeError, AttributeError):  # e.g. nodes already replaced by a scalar
             continue
     return yaml.safe_dump(data)
 
