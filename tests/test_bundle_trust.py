@@ -400,6 +400,16 @@ def test_a_kill_mid_update_is_undone_by_the_next_run_and_leaves_no_temp_files(up
 
     check = kthw_install(root, v2, "--check")
     assert "an earlier installation was interrupted" in check.stdout
+    if kill_at == 4:
+        # Everything but last-install was in place: the undo still brings back v1, so v1 is
+        # no downgrade and finds nothing to do.
+        back = kthw_install(root, v1)
+        assert back.returncode == 0, back.stderr
+        assert "undoing what it had done" in back.stdout and "nothing changed" in back.stdout
+        # Killed again at the same point, for the rerun below.
+        killed = subprocess.run(["bash", str(root / "usr/local/sbin/kthw-install"), *node_args(root), str(v2)],
+                                capture_output=True, text=True, env={**env, "KILL_COUNTER": str(tmp_path / "c2")})
+        assert killed.returncode in (-9, 137), killed.stdout + killed.stderr
     rerun = kthw_install(root, v2)
     assert rerun.returncode == 0, rerun.stderr
     assert "an earlier installation was interrupted; undoing what it had done" in rerun.stdout
