@@ -28,7 +28,7 @@ from .errors import KthwError, StateError
 from .fsutil import PUBLIC_MODE, SECRET_MODE, atomic_write
 from .kubeconfig import kubeconfig
 from .layout import KeyPairPaths
-from .renewal import Reason, renewal_reason
+from .renewal import Reason, date_reason, renewal_reason
 
 ROOT_DUE_HINT = ("doit never renews the root CA: replacing it means distributing a new trust anchor "
                  "to every node (see README, 'Replacing the root CA')")
@@ -127,12 +127,17 @@ def pending_reason(spec: CertSpec, paths: KeyPairPaths, issuer_cert: Path | None
 
 def stored_reason(spec: CertSpec, chain: tuple[x509.Certificate, ...], issuer: x509.Certificate | None,
                   now: datetime, window: timedelta) -> Reason | None:
-    """:func:`~kthw.renewal.renewal_reason` for a cert file: a leaf's file also carries its issuer's
-    current cert after the leaf, which servers present with it."""
-    reason = renewal_reason(spec, chain[0] if chain else None, issuer, now, window)
-    if reason is None and not spec.is_ca and issuer is not None and chain[1:2] != (issuer,):
-        return Reason("its file carries an earlier cert of its issuer")
-    return reason
+    """:func:`~kthw.renewal.renewal_reason` for a cert file, which for a leaf also carries its issuer."""
+    return renewal_reason(spec, chain[0] if chain else None, issuer, now, window) \
+        or _chain_reason(spec, chain, issuer)
+
+
+def _chain_reason(spec: CertSpec, chain: tuple[x509.Certificate, ...],
+                  issuer: x509.Certificate | None) -> Reason | None:
+    """A leaf's file holds its issuer's current cert after the leaf: servers present the two."""
+    if spec.is_ca or issuer is None or chain[1:2] == (issuer,):
+        return None
+    return Reason("its file carries an earlier cert of its issuer")
 
 
 def ensure_ca(spec: CertSpec, paths: KeyPairPaths, parent: CertificateAuthority | None, now: datetime,
@@ -204,8 +209,12 @@ def ensure_leaf(spec: CertSpec, paths: KeyPairPaths, ca: CertificateAuthority, n
 
 def _require_current(spec: CertSpec, chain: tuple[x509.Certificate, ...], issuer: x509.Certificate | None,
                      now: datetime, window: timedelta, ca_name: str) -> None:
-    """Never write a cert the next run would issue again: that run would do the same, forever."""
-    reason = stored_reason(spec, chain, issuer, now, window)
+    """Never write a cert the next run would issue again: that run would do the same, forever.
+
+    Its names and signature are its issuer's to get right (a remote CA's answer is checked
+    where it arrives, see kthw.vault); its dates come from the issuer's clock.
+    """
+    reason = date_reason(chain[0], issuer, now, window) or _chain_reason(spec, chain, issuer)
     if reason is not None:
         raise KthwError(f"{spec.name}: CA {ca_name} issued a cert that would have to be issued again at once "
                         f"({reason.text}); nothing was written. Certs are dated by their issuer's clock: check "

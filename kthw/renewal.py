@@ -54,9 +54,15 @@ def renewal_reason(spec: CertSpec, cert: x509.Certificate | None, issuer: x509.C
         expected_end = min(expected_end, issuer.not_valid_after_utc)
     if abs(facts.not_after - expected_end) > _LIFETIME_SLACK:
         return Reason("lifetime changed")
-    reason = validity_reason(facts.not_before, facts.not_after, now, window)
+    return date_reason(cert, issuer, now, window)
+
+
+def date_reason(cert: x509.Certificate, issuer: x509.Certificate | None, now: datetime,
+                window: timedelta) -> Reason | None:
+    """What the calendar says of ``cert`` at ``now``: not valid yet, or due (see :class:`Reason`)."""
+    reason = validity_reason(cert.not_valid_before_utc, cert.not_valid_after_utc, now, window)
     if reason is not None and reason.due and issuer is not None \
-            and issuer.not_valid_after_utc - facts.not_after <= _LIFETIME_SLACK:
+            and issuer.not_valid_after_utc - cert.not_valid_after_utc <= _LIFETIME_SLACK:
         # Already as long as the issuer allows: a new cert would end at the same moment.
         # The issuer is the one due; the expiry report shows it.
         return None
