@@ -20,8 +20,8 @@ from typing import Any, Callable
 
 from . import clock, components
 from .crypto import KEY_ALGORITHMS, LAST_CERT_DATE
-from .oci import Repository
 from .errors import InventoryError
+from .oci import Repository
 from .yamldoc import Bad as _Bad, Reader as _Reader, kind as _kind, parse, read_text
 
 ROLES = ("control-plane", "etcd", "worker")
@@ -610,8 +610,8 @@ def _nodes(top: _Reader, service_cidr: IPNetwork, pod_cidr: IPNetwork) -> tuple[
     for index, (item, line) in enumerate(zip(raw, lines)):
         if item is None:
             raise InventoryError(top.source, line, f"nodes[{index}]", "an empty entry",
-                                 "describe the node, e.g. {name: node-az1, roles: [worker], arch: amd64, ip: 10.0.1.21}, "
-                                 "or remove the '-' line")
+                                 "describe the node, e.g. {name: node-az1, roles: [worker], arch: amd64, "
+                                 "ip: 10.0.1.21}, or remove the '-' line")
         reader = _Reader(top.source, item, f"nodes[{index}]", line)
         reader.check_keys(NODE_KEYS)
         name = reader.get("name", _node_name)

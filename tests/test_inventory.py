@@ -218,7 +218,8 @@ def _load_file(tmp_path, text: str):
     ("bootstrap_token_ttl: 14d", "bootstrap_token_ttl: 9000y", "bootstrap_token_ttl", ["would end after 9999-12-31"]),
     ("ip: 10.0.2.21, pod_cidr", "ip: 'fd00::21', pod_cidr", "nodes[4].ip",
      ["node IP fd00::21 is IPv6 but the cluster is IPv4-only", "use the node's IPv4 address"]),
-    ("pod_cidr: 10.244.0.0/16", "pod_cidr: 'fd00:244::/56'", "pod_cidr", ["is IPv6 but service CIDR", "one address family"]),
+    ("pod_cidr: 10.244.0.0/16", "pod_cidr: 'fd00:244::/56'", "pod_cidr",
+     ["is IPv6 but service CIDR", "one address family"]),
     ("{name: node-az2,", f"{{name: {LONG_NAME},", "nodes[1].name", ["is longer than 63 characters (64)"]),
     ("port: 6443", 'port: "6443"', "api_endpoint.port", ["'6443' is text, not a number", "without quotes"]),
 ])

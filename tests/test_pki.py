@@ -240,7 +240,8 @@ def test_an_unreadable_leaf_key_stops_the_build_and_is_left_alone(project, damag
     key = project.root / "build/pki/nodes/cp1/apiserver.key"
     copy = project.node_file("cp1", "etc/k8s/kube-apiserver/apiserver.key")
     placed = copy.read_bytes()
-    key.write_bytes(b"" if damage == "emptied" else b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    garbage = b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n"
+    key.write_bytes(b"" if damage == "emptied" else garbage)
     damaged = key.read_bytes()
     report = project.doit("expiry", "--check", check=False)
     fails_cleanly(report, "bad key", f"its key {key} is not a readable private key")
