@@ -15,7 +15,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from conftest import Project, changed, fails_cleanly, loopback_inventory, require, require_module
+from conftest import Project, changed, fails_cleanly, loopback_inventory, require, require_module, system_clock_at
 from test_bundle_support import stand_in_vendor
 from kthw import encryption, tokens
 from kthw.errors import StateError
@@ -132,7 +132,7 @@ def test_each_worker_gets_a_bootstrap_kubeconfig_with_its_own_token(built):
 def test_tokens_expire_after_the_inventory_ttl(tmp_path):
     project = Project(tmp_path)
     project.write_inventory(loopback_inventory(workers=1, extra="bootstrap_token_ttl: 5d"))
-    project.doit("pki", "secrets", env={"KTHW_NOW": "2031-03-01T08:00:00"})
+    project.doit("pki", "secrets", env=system_clock_at(datetime(2031, 3, 1, 8, 0, tzinfo=timezone.utc)))
     assert _token_file(project, "worker1")["expiration"] == "2031-03-06T08:00:00Z"
 
 
@@ -374,18 +374,18 @@ def test_an_expired_token_is_replaced_everywhere_and_a_valid_one_never(tmp_path)
     project = Project(tmp_path)
     project.write_inventory(loopback_inventory())
     start = datetime(2031, 3, 1, 8, 0, tzinfo=timezone.utc)
-    project.doit("pki", "secrets", env={"KTHW_NOW": start.isoformat()})
+    project.doit("pki", "secrets", env=system_clock_at(start))
     old = {node: _token_file(project, node) for node in WORKERS}
     assert old["worker1"]["expiration"] == "2031-03-15T08:00:00Z"  # default ttl: 14 days
 
     # Six days later the token still has eight days: outside the 7-day window, kept.
-    kept = project.doit("pki", "secrets", env={"KTHW_NOW": (start + timedelta(days=6)).isoformat()})
+    kept = project.doit("pki", "secrets", env=system_clock_at(start + timedelta(days=6)))
     assert not [name for name in kept.executed if name.startswith("secrets:")]
     assert {node: _token_file(project, node) for node in WORKERS} == old
 
     # Past the expiration: a new token, and the old one is gone from every output.
     later = start + timedelta(days=14, seconds=1)
-    renewed = project.doit("pki", "secrets", env={"KTHW_NOW": later.isoformat()})
+    renewed = project.doit("pki", "secrets", env=system_clock_at(later))
     assert "secrets:bootstrap-token-worker1" in renewed.executed
     outputs = _all_output_bytes(project)
     for node in WORKERS:
@@ -408,9 +408,9 @@ def test_a_token_inside_the_renewal_window_is_replaced(tmp_path):
     project = Project(tmp_path)
     project.write_inventory(loopback_inventory(workers=1))
     start = datetime(2031, 3, 1, 8, 0, tzinfo=timezone.utc)
-    project.doit("pki", "secrets", env={"KTHW_NOW": start.isoformat()})
+    project.doit("pki", "secrets", env=system_clock_at(start))
     old = _token_file(project, "worker1")["token"]
-    run = project.doit("pki", "secrets", env={"KTHW_NOW": (start + timedelta(days=8)).isoformat()})
+    run = project.doit("pki", "secrets", env=system_clock_at(start + timedelta(days=8)))
     assert "secrets:bootstrap-token-worker1" in run.executed
     assert _token_file(project, "worker1")["token"] != old
 

@@ -39,7 +39,7 @@ from kthw import components
 
 from conftest import free_port, require, sign_jwt
 
-K8S = "1.99.0"
+K8S = "1.37.90"  # a supported minor that the shipped pins do not pin
 RELEASE = {"etcd": "9.5.1", "containerd": "9.2.1", "runc": "9.3.4", "cni-plugins": "9.8.0", "crictl": "1.99.0",
            "pause": "3.99", "coredns": "9.14.2"}
 # The templates the site pins use: real upstream URLs (a mirror replaces them in the tests).

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Project, etcd_member_command, etcdctl_command, loopback_inventory, stop_processes, \
-    wait_etcd_healthy
+    system_clock_at, wait_etcd_healthy
 from kthw.render import ETCD_CLIENT_PORT
 from test_kubectl_tls import serve, whoami
 from test_vendor import NO_PROXY_ENV, vendor_section
@@ -44,7 +44,8 @@ K8S = "1.36.0"
 MEMBERS = {"cp1": "127.0.0.1", "cp2": "127.0.0.2", "cp3": "127.0.0.3"}
 NODES = ["cp1", "cp2", "cp3", "worker1", "worker2"]
 ARM64_NODES = {"worker2"}  # loopback_inventory makes every second worker arm64
-LATER = {"KTHW_NOW": (datetime.now(timezone.utc) + timedelta(days=335)).isoformat(timespec="seconds")}
+# Eleven months later, on the workstation's clock: certs are dated by it.
+LATER = system_clock_at(datetime.now(timezone.utc).replace(microsecond=0) + timedelta(days=335))
 
 
 class Installed:
