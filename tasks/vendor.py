@@ -30,7 +30,8 @@ def task_vendor():
     try:
         items = vendor.plan(inv, vendor.load_pins(inv), layout)
     except KthwError as err:
-        # Only `doit vendor` fails on an unpinned version or a bad pins file; other stages still load.
+        # The inventory check refuses an unpinned version; what else the pins lack for this
+        # inventory (a checksum of one arch, an image digest) fails `doit vendor` alone.
         yield failing("pins", "the pins table does not cover the inventory", str(err))
         return
     for item in items:
