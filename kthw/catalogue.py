@@ -177,6 +177,18 @@ def applies(roles: frozenset[str], node: Node) -> bool:
     return bool(roles & node.roles)
 
 
+def node_paths() -> list[str]:
+    """Every node path the pki stage may write on some node: leaf certs and keys,
+    kubeconfigs, trust bundles and the cluster-signing key."""
+    paths = []
+    for row in LEAVES:
+        paths += [row.installed_as + ".crt", row.installed_as + ".key"] if row.installed_as else []
+        paths += [row.kubeconfig] if row.kubeconfig else []
+    for trust in TRUST:
+        paths += [trust.installed_as + ".crt"] + ([trust.installed_as + ".key"] if trust.with_key else [])
+    return sorted(set(paths))
+
+
 def leaves_for(inv: Inventory, node: Node) -> tuple[NodeCert, ...]:
     result = []
     for row in LEAVES:

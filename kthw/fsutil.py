@@ -96,3 +96,23 @@ def remove(paths) -> None:
             os.unlink(path)
         except FileNotFoundError:
             pass
+
+
+def stale_outputs(node_root: Path, node_paths: list[str], keep: list[Path]) -> list[Path]:
+    """Files a stage can write on a node (``node_paths``, a directory meaning every file in
+    it) that exist but are no longer the node's (not in ``keep``): left in place, a former control plane
+    would carry sa.key, the encryption keys or the cluster-signing key in its bundle."""
+    keep_set = set(keep)
+    found = []
+    for node_path in node_paths:
+        path = node_root / node_path.lstrip("/")
+        candidates = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+        found += [p for p in candidates if p not in keep_set and p.exists()]
+    return found
+
+
+def remove_stale(node_root: Path, node_paths: list[str], keep: list[Path]) -> str:
+    removed = stale_outputs(node_root, node_paths, keep)
+    for path in removed:
+        path.unlink()
+    return "\n".join(f"removed {path} (no longer part of this node)" for path in removed)

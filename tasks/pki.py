@@ -22,15 +22,18 @@ and the cluster signer is a CA of its own whose key is made here (see kthw.vault
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from doit import create_after, get_var
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
 from kthw import clock
 from kthw.ca import open_ca, open_local_ca
-from kthw.catalogue import LOCAL_APISERVER_URL, ROOT, NodeCert, ca_specs, key_in_vault, leaves_for, trust_for
+from kthw.catalogue import (LOCAL_APISERVER_URL, ROOT, NodeCert, ca_specs, key_in_vault, leaves_for, node_paths,
+                            trust_for)
 from kthw.crypto import CertSpec
-from kthw.fsutil import PUBLIC_MODE, SECRET_MODE, atomic_write, remove, remove_orphans
+from kthw.fsutil import PUBLIC_MODE, SECRET_MODE, atomic_write, remove, remove_orphans, remove_stale, stale_outputs
 from kthw.inventory import CASettings, Inventory, Node
 from kthw.layout import KeyPairPaths, Layout
 from kthw.pki import ensure_ca, ensure_leaf, pair_digest, pending_reason, place_all, write_cert_kubeconfig
@@ -169,6 +172,14 @@ def _trust_task(layout: Layout, node: Node, backend: str) -> dict:
     }
 
 
+# Every node path this stage writes; what a node should not have is removed from it.
+NODE_PATHS = node_paths()
+
+
+def _nothing_stale(node_root: Path, keep: list[Path]) -> bool:
+    return not stale_outputs(node_root, NODE_PATHS, keep)
+
+
 def task_pki():
     """CA hierarchy, then every node's certs, keys and kubeconfigs."""
     inv, layout = context()
@@ -180,14 +191,21 @@ def task_pki():
         else:
             yield _ca_task(spec, layout, parent, inv.ca, inv.renew_before)
     for node in inv.nodes:
-        names = []
-        for item in leaves_for(inv, node):
-            for task in _leaf_tasks(inv, layout, node, item):
-                names.append(f"pki:{task['name']}")
-                yield task
-        trust = _trust_task(layout, node, inv.ca.backend)
-        names.append(f"pki:{trust['name']}")
-        yield trust
+        names, keep = [], []
+        tasks = [task for item in leaves_for(inv, node) for task in _leaf_tasks(inv, layout, node, item)]
+        for task in tasks + [_trust_task(layout, node, inv.ca.backend)]:
+            names.append(f"pki:{task['name']}")
+            keep += task["targets"]
+            yield task
+        node_root = layout.node_root(node.name)
+        yield {
+            "name": f"{node.name}/stale",
+            "doc": f"remove certs, keys and kubeconfigs {node.name} no longer gets (a role it lost)",
+            "actions": [(guarded, [remove_stale, node_root, NODE_PATHS, keep])],
+            "uptodate": [(checked, [_nothing_stale, node_root, keep])],
+            "task_dep": list(names),  # after the node's writers, whose temp files are not stale
+        }
+        names.append(f"pki:{node.name}/stale")
         yield {"name": node.name, "doc": f"every cert, key and kubeconfig of {node.name}",
                "actions": None, "task_dep": names}
 

@@ -25,14 +25,14 @@ from doit.tools import config_changed
 
 from kthw import clock, encryption, sa_rotation, tokens
 from kthw.errors import KthwError
-from kthw.fsutil import SECRET_MODE
+from kthw.fsutil import SECRET_MODE, remove_stale, stale_outputs
 from kthw.inventory import Inventory, Node
 from kthw.layout import Layout
 from kthw.manifests import APPLY_TEMPLATE, BOOTSTRAP_DIR, SMOKE_TEMPLATE, bootstrap_targets, write_bootstrap_dir
 from kthw.pki import place_all
 from kthw.render import PATHS, template_files
 from kthw.vendor import pin_files
-from kthw.secrets import SecretsState, remove_stale, stale_outputs, state_of
+from kthw.secrets import SecretsState, state_of
 
 from .common import checked, context, guarded
 from .render import TEMPLATES

@@ -663,3 +663,33 @@ def test_a_node_removed_from_the_inventory_loses_its_bundle_and_the_others_their
     assert "services whose files changed: kthw-pod-routes\n" in first.stdout
     assert "nothing changed" in install(new, *args, check=True).stdout
     assert "bundle:.removed" not in project.doit("bundle").executed
+
+
+def test_a_node_that_loses_a_role_loses_its_files_and_its_services_are_named_on_the_node(tmp_path):
+    project = example_project(tmp_path / "project")
+    project.doit("bundle:node-az1")
+    old = unpack(project, "node-az1", tmp_path / "v1")
+    project.write_inventory(project.inventory.read_text().replace(
+        "{name: node-az1, roles: [control-plane, etcd]", "{name: node-az1, roles: [etcd]"))
+    run = project.doit("bundle:node-az1")
+    assert "pki:node-az1/stale" in run.executed
+    tree = project.node_files("node-az1")
+    assert not [path for path in tree if "kube-apiserver" in path or "kube-scheduler" in path
+                or "kube-controller-manager" in path or path.endswith(("sa.key", "admin.kubeconfig"))], tree
+    new = unpack(project, "node-az1", tmp_path / "v2")
+    root = tmp_path / "root"
+    root.mkdir()
+    args = ["--root", str(root), "--no-start", "--any-hostname", "--fingerprint", fingerprint(project)]
+    install(old, *args, check=True)
+    first = install(new, *args, check=True)
+    lost = ["kube-apiserver", "kube-controller-manager", "kube-scheduler"]
+    assert f"no longer carried, stop and disable them: {' '.join(lost)}" in first.stdout
+    for service in lost:
+        assert f"  remove: /etc/systemd/system/{service}.service\n" in first.stdout
+        assert not (root / f"etc/systemd/system/{service}.service").exists()
+    assert not (root / "etc/k8s/kube-apiserver/apiserver.key").exists()
+    assert not (root / "etc/k8s/kube-controller-manager/cluster-signing-ca.key").exists()
+    assert (root / "etc/k8s/etcd/peer.key").exists()
+    second = install(new, *args, check=True)
+    assert "nothing changed" in second.stdout and "no longer carried" not in second.stdout
+    assert project.doit("bundle:node-az1").executed == []
