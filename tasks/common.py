@@ -12,6 +12,7 @@ from doit.exceptions import TaskFailed
 
 from kthw import inventory
 from kthw.errors import KthwError
+from kthw.fsutil import remove_stale, stale_outputs
 from kthw.layout import Layout
 
 INVENTORY_ENV = "KTHW_INVENTORY"
@@ -62,3 +63,20 @@ def failing(name: str, doc: str, message: str) -> dict:
     """A task that fails with ``message`` when it runs: a stage that cannot plan says why
     when it is asked for, and the other stages still load."""
     return {"name": name, "doc": doc, "actions": [(_fail, [message])], "uptodate": [False]}
+
+
+def _nothing_stale(node_root: Path, node_paths: list[str], keep: list[Path]) -> bool:
+    return not stale_outputs(node_root, node_paths, keep)
+
+
+def stale_task(node: str, node_root: Path, node_paths: list[str], keep: list[Path], doc: str,
+               task_dep: list[str]) -> dict:
+    """`<stage>:<node>/stale`: removes the files of ``node_paths`` the node no longer gets (not
+    in ``keep``). It runs after the node's writers (``task_dep``): their temp files are not stale."""
+    return {
+        "name": f"{node}/stale",
+        "doc": doc,
+        "actions": [(guarded, [remove_stale, node_root, node_paths, keep])],
+        "uptodate": [(checked, [_nothing_stale, node_root, node_paths, keep])],
+        "task_dep": list(task_dep),
+    }

@@ -22,8 +22,6 @@ and the cluster signer is a CA of its own whose key is made here (see kthw.vault
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from doit import create_after, get_var
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
@@ -33,12 +31,12 @@ from kthw.ca import open_ca, open_local_ca
 from kthw.catalogue import (LOCAL_APISERVER_URL, ROOT, NodeCert, ca_specs, key_in_vault, leaves_for, node_paths,
                             trust_for)
 from kthw.crypto import CertSpec
-from kthw.fsutil import PUBLIC_MODE, SECRET_MODE, atomic_write, remove, remove_orphans, remove_stale, stale_outputs
+from kthw.fsutil import PUBLIC_MODE, SECRET_MODE, atomic_write, remove, remove_orphans
 from kthw.inventory import CASettings, Inventory, Node
 from kthw.layout import KeyPairPaths, Layout
 from kthw.pki import ensure_ca, ensure_leaf, pair_digest, pending_reason, place_all, write_cert_kubeconfig
 
-from .common import checked, context, guarded
+from .common import checked, context, guarded, stale_task
 
 PLACED = "placed"  # the leaf task's saved value: the digest of the cert and key it last placed
 
@@ -176,10 +174,6 @@ def _trust_task(layout: Layout, node: Node, backend: str) -> dict:
 NODE_PATHS = node_paths()
 
 
-def _nothing_stale(node_root: Path, keep: list[Path]) -> bool:
-    return not stale_outputs(node_root, NODE_PATHS, keep)
-
-
 def task_pki():
     """CA hierarchy, then every node's certs, keys and kubeconfigs."""
     inv, layout = context()
@@ -197,14 +191,8 @@ def task_pki():
             names.append(f"pki:{task['name']}")
             keep += task["targets"]
             yield task
-        node_root = layout.node_root(node.name)
-        yield {
-            "name": f"{node.name}/stale",
-            "doc": f"remove certs, keys and kubeconfigs {node.name} no longer gets (a role it lost)",
-            "actions": [(guarded, [remove_stale, node_root, NODE_PATHS, keep])],
-            "uptodate": [(checked, [_nothing_stale, node_root, keep])],
-            "task_dep": list(names),  # after the node's writers, whose temp files are not stale
-        }
+        yield stale_task(node.name, layout.node_root(node.name), NODE_PATHS, keep,
+                         f"remove certs, keys and kubeconfigs {node.name} no longer gets (a role it lost)", names)
         names.append(f"pki:{node.name}/stale")
         yield {"name": node.name, "doc": f"every cert, key and kubeconfig of {node.name}",
                "actions": None, "task_dep": names}

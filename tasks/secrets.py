@@ -25,7 +25,7 @@ from doit.tools import config_changed
 
 from kthw import clock, encryption, sa_rotation, tokens
 from kthw.errors import KthwError
-from kthw.fsutil import SECRET_MODE, remove_stale, stale_outputs
+from kthw.fsutil import SECRET_MODE
 from kthw.inventory import Inventory, Node
 from kthw.layout import Layout
 from kthw.manifests import APPLY_TEMPLATE, BOOTSTRAP_DIR, SMOKE_TEMPLATE, bootstrap_targets, write_bootstrap_dir
@@ -34,7 +34,7 @@ from kthw.render import PATHS, template_files
 from kthw.vendor import pin_files
 from kthw.secrets import SecretsState, state_of
 
-from .common import checked, context, guarded
+from .common import checked, context, guarded, stale_task
 from .render import TEMPLATES
 
 
@@ -54,10 +54,6 @@ def _encryption_current(config: Path, rotation: Path, provider: str) -> bool:
 # Every node path this stage writes; what a node should not have is removed from it.
 NODE_PATHS = [PATHS["sa_key"], PATHS["sa_pub"], *(PATHS[name] for name in sa_rotation.EXTRA_PUBLIC_KEY.values()),
               PATHS["encryption_config"], PATHS["kubelet_bootstrap_kubeconfig"], BOOTSTRAP_DIR]
-
-
-def _nothing_stale(node_root: Path, keep: list[Path]) -> bool:
-    return not stale_outputs(node_root, NODE_PATHS, keep)
 
 
 def _rotate(config: Path, rotation: Path, provider: str, secrets_rewritten: bool) -> str:
@@ -180,16 +176,10 @@ def task_secrets():
             names.append(f"secrets:{task['name']}")
             keep += task["targets"]
             yield task
-        node_root = layout.node_root(node.name)
-        yield {
-            "name": f"{node.name}/stale",
-            "doc": f"remove secret files {node.name} no longer gets (a changed role or credential mode)",
-            "actions": [(guarded, [remove_stale, node_root, NODE_PATHS, keep])],
-            "uptodate": [(checked, [_nothing_stale, node_root, keep])],
-            # What to keep follows the key rotation's phase: never prune while its state is unreadable;
-            # and after the node's writers, whose temp files (doit -n 2) are not stale.
-            "task_dep": ["secrets:sa-keypair", *names],
-        }
+        # What to keep follows the key rotation's phase: never prune while its state is unreadable.
+        yield stale_task(node.name, layout.node_root(node.name), NODE_PATHS, keep,
+                         f"remove secret files {node.name} no longer gets (a changed role or credential mode)",
+                         ["secrets:sa-keypair", *names])
         names.append(f"secrets:{node.name}/stale")
         yield {"name": node.name, "doc": f"every secret file of {node.name}", "actions": None, "task_dep": names}
 

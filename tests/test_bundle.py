@@ -635,14 +635,7 @@ def test_a_node_removed_from_the_inventory_loses_its_bundle_and_the_others_their
     project = example_project(tmp_path / "project")
     project.doit("bundle")
     old = unpack(project, "worker-az1-a", tmp_path / "v1")
-    removed = """  - name: worker-az3-a
-    roles: [worker]
-    arch: aarch64
-    zone: az3
-    ip: 10.0.3.21
-    pod_cidr: 10.244.3.0/24
-    extra_sans: [worker-az3-a.homelab.lan]
-"""
+    from test_render_routes import LAST_WORKER as removed
     assert removed in project.inventory.read_text()
     project.write_inventory(project.inventory.read_text().replace(removed, ""))
     run = project.doit("bundle")

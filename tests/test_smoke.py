@@ -80,9 +80,16 @@ def dns_server(tmp_path_factory):
                                "--cname=alias.kthw,kubernetes.default.svc.cluster.local", "--user=root",
                                "--pid-file="], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
+        # Ready once it answers a query for "." (opening a UDP socket tells nothing).
         deadline = time.monotonic() + 10
-        while subprocess.run(["bash", "-c", f"exec 3<>/dev/udp/127.0.0.1/{port}"]).returncode != 0:
+        while True:
             assert server.poll() is None and time.monotonic() < deadline, server.stderr.read()
+            ready = subprocess.run(["bash", "-c", f"exec 3<>/dev/udp/127.0.0.1/{port}; printf '\\x00\\x01\\x01\\x00"
+                                    f"\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x01\\x00\\x01' >&3; "
+                                    "timeout 1 dd bs=512 count=1 <&3 2>/dev/null | wc -c"],
+                                   capture_output=True, text=True)
+            if ready.stdout.strip() not in ("", "0"):
+                break
             time.sleep(0.1)
         yield port
     finally:
