@@ -313,10 +313,6 @@ def key_directories(lines: list[ManifestLine]) -> list[str]:
                    if line.path.startswith("/") and not line.mode & 0o077})
 
 
-# Header lines of the MANIFEST that carry data: "# <keyword> <words>".
-HEADER_KEYWORDS = ("node", "serial", "machines", "service", "image", "etcd")
-
-
 @dataclass(frozen=True)
 class NodePlan:
     """What the installer needs to know of the node besides its files; signed in the MANIFEST."""
@@ -622,7 +618,6 @@ def sha256_hex(data: bytes) -> str:
 class _Member:
     """What :func:`verify_tarball` keeps of one archive member, from a single pass."""
 
-    mode: int
     is_file: bool
     is_dir: bool
     sha256: str | None   # of a file's bytes
@@ -645,7 +640,7 @@ def _read_members(archive: tarfile.TarFile, path: Path) -> dict[str, _Member]:
                         chunks.append(chunk)
                 digest = sha256.hexdigest()
                 data = b"".join(chunks) if member.name in kept else None
-            members[member.name] = _Member(member.mode, member.isfile(), member.isdir(), digest, data)
+            members[member.name] = _Member(member.isfile(), member.isdir(), digest, data)
     except (OSError, tarfile.TarError, EOFError, ValueError) as err:
         raise KthwError(f"{path}: damaged archive ({err}); copy the bundle again") from None
     return members
