@@ -43,6 +43,15 @@ def _example_version() -> str:
     raise SystemExit("cluster.yaml has no kubernetes_version")
 
 
+def user_environment() -> dict[str, str]:
+    """This environment as an operator's shell has it: Python keeps its bytecode cache.
+
+    Some sandboxes export PYTHONDONTWRITEBYTECODE, which makes every run compile every
+    module of ours from source (about 0.15 s here) - a cost no installed copy pays.
+    """
+    return {name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"}
+
+
 class Scratch:
     """A fresh working directory holding one inventory."""
 
@@ -53,7 +62,7 @@ class Scratch:
     def doit(self, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
         result = subprocess.run([sys.executable, "-m", "doit", "-f", str(REPO / "dodo.py"), "-d", str(self.root),
                                  *args, f"inventory={self.root / 'cluster.yaml'}"],
-                                capture_output=True, text=True, env={**os.environ, **(env or {})})
+                                capture_output=True, text=True, env={**user_environment(), **(env or {})})
         if result.returncode != 0:
             raise SystemExit(f"doit {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
         return result

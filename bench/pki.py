@@ -1,6 +1,6 @@
 """bench/pki: the full cert set + kubeconfigs for 3 control planes and 50 workers.
 
-    python bench/pki.py [--rounds N] [--rsa-rounds N] [--parallel-rounds N]
+    python bench/pki.py [--rounds N] [--rsa-rounds N] [--parallel-rounds N] [--small-rounds N]
 
 Contenders, alternated round by round:
   ours            `doit pki` from an empty build directory: 134 keys and certs (4 CAs,
@@ -21,6 +21,13 @@ All baselines are generated from what ours produced, so they make exactly the sa
 number and kind of keys and certs (same subjects, SANs, issuers, lifetimes) and the
 hard-way one the same kubeconfigs (cluster, server, user, context, CA, client cert).
 Also: the same with RSA-2048, and `doit -n 2` vs `-n 1` (multiprocess) with both algorithms.
+
+Small cluster (3 control-plane + etcd nodes, ECDSA P-256), ours vs kubeadm when a kubeadm
+binary is given (`KUBEADM=/path/to/kubeadm`, or `kubeadm` on PATH): per node, `kubeadm
+init phase certs all` then `init phase kubeconfig all` with `encryptionAlgorithm:
+ECDSA-P256`, each node in its own directory; nodes 2 and 3 first get the CA and
+service-account files of node 1, as `kubeadm join --control-plane` copies them. Without
+kubeadm the bench says so and times ours alone.
 The scratch directories go under $TMPDIR (default /tmp): `TMPDIR=/dev/shm` takes the
 disk out of the comparison.
 """
@@ -178,12 +185,74 @@ def doit_alone_dodo(tasks: int) -> str:
             "        yield {'name': str(i), 'actions': [_nothing], 'uptodate': [False]}\n")
 
 
+KUBEADM_SHARED = ("ca.crt", "ca.key", "sa.key", "sa.pub", "front-proxy-ca.crt", "front-proxy-ca.key",
+                  "etcd/ca.crt", "etcd/ca.key")
+
+
+def kubeadm_config(version: str, node: int, certs: Path) -> str:
+    """kubeadm's v1beta4 config for control plane ``node`` of the bench inventory."""
+    return "\n".join([
+        "apiVersion: kubeadm.k8s.io/v1beta4", "kind: InitConfiguration",
+        f"localAPIEndpoint: {{advertiseAddress: 10.0.0.{10 + node}, bindPort: 6443}}",
+        f"nodeRegistration: {{name: cp{node}}}", "---",
+        "apiVersion: kubeadm.k8s.io/v1beta4", "kind: ClusterConfiguration",
+        f"kubernetesVersion: {version}", "clusterName: bench", "controlPlaneEndpoint: k8s.bench.lan:6443",
+        f"certificatesDir: {certs}", "encryptionAlgorithm: ECDSA-P256",
+        "networking: {serviceSubnet: 10.96.0.0/12, podSubnet: 10.128.0.0/9, dnsDomain: cluster.local}", ""])
+
+
+def kubeadm_nodes(kubeadm: str, version: str, out: Path) -> None:
+    for node in (1, 2, 3):
+        home = out / f"cp{node}"
+        (home / "pki" / "etcd").mkdir(parents=True)
+        if node > 1:
+            for name in KUBEADM_SHARED:
+                shutil.copy2(out / "cp1" / "pki" / name, home / "pki" / name)
+        config = home / "kubeadm.yaml"
+        config.write_text(kubeadm_config(version, node, home / "pki"))
+        subprocess.run([kubeadm, "init", "phase", "certs", "all", "--config", str(config)],
+                       check=True, capture_output=True)
+        subprocess.run([kubeadm, "init", "phase", "kubeconfig", "all", "--config", str(config),
+                        "--kubeconfig-dir", str(home / "kubeconfigs")], check=True, capture_output=True)
+
+
+def small_cluster(rounds: int) -> None:
+    """3 control-plane + etcd nodes: ours against kubeadm doing the same job, if there is one."""
+    scratch = Scratch(inventory(workers=0))
+    kubeadm = os.environ.get("KUBEADM") or shutil.which("kubeadm")
+    contenders = {"ours": lambda: scratch.doit("pki")}
+    out = Path(tempfile.mkdtemp(prefix="kthw-bench-kubeadm-"))
+    if kubeadm:
+        version = subprocess.run([kubeadm, "version", "-o", "short"], check=True, capture_output=True,
+                                 text=True).stdout.strip()
+        contenders["kubeadm"] = lambda: kubeadm_nodes(kubeadm, version, out)
+    else:
+        print("\nkubeadm not found (set KUBEADM=/path/to/kubeadm or put it on PATH): timing ours alone")
+
+    def clean_outputs():
+        scratch.reset()
+        subprocess.run(["rm", "-rf", str(out)], check=True)
+        out.mkdir()
+
+    times = alternate(contenders, rounds, before_each=clean_outputs)
+    files = sum(1 for path in (scratch.root / "build").rglob("*") if path.is_file() and ".doit" not in path.name)
+    kubeadm_files = sum(1 for path in out.rglob("*") if path.is_file() and path.suffix != ".yaml")
+    report(f"pki, 3 control planes + etcd, ecdsa-p256: ours {files} files"
+           + (f", kubeadm {kubeadm_files} files" if kubeadm else ""),
+           times, "ours", {"kubeadm": ">= 1.0 (ours no slower)"})
+    scratch.remove()
+    subprocess.run(["rm", "-rf", str(out)], check=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--rsa-rounds", type=int, default=3)
     parser.add_argument("--parallel-rounds", type=int, default=5)
+    parser.add_argument("--small-rounds", type=int, default=7)
     args = parser.parse_args()
+    if args.small_rounds > 0:
+        small_cluster(args.small_rounds)
 
     for algorithm, rounds in (("ecdsa-p256", args.rounds), ("rsa-2048", args.rsa_rounds)):
         if rounds <= 0:
