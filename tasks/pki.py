@@ -24,14 +24,16 @@ do; a missing or stale CA stops the build, naming the command, and a due one is 
 
 from __future__ import annotations
 
+import sys
+
 from doit import create_after, get_var
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
 from kthw import clock
 from kthw.ca import open_ca, open_local_ca
-from kthw.catalogue import (INTERMEDIATES, LOCAL_APISERVER_URL, ROOT, VAULT_CLUSTER_SIGNER, NodeCert, ca_specs, key_in_vault,
-                            leaves_for, node_paths, trust_for)
+from kthw.catalogue import (INTERMEDIATES, LOCAL_APISERVER_URL, ROOT, VAULT_CLUSTER_SIGNER, NodeCert, ca_specs,
+                            key_in_vault, leaves_for, node_paths, trust_for)
 from kthw.crypto import CertSpec
 from kthw.fsutil import PUBLIC_MODE, SECRET_MODE, atomic_write, remove, remove_orphans
 from kthw.inventory import CASettings, Inventory, Node
@@ -68,14 +70,23 @@ def _issue_leaf(spec: CertSpec, paths: KeyPairPaths, issuer: str, node: str, lay
     return message
 
 
+def _warnings_on_stderr(message: str) -> str:
+    """Warnings (a CA due for renewal by the admin) are shown at doit's default verbosity; the rest is returned."""
+    lines = message.splitlines()
+    for line in lines:
+        if line.startswith("warning:"):
+            print(line, file=sys.stderr)
+    return "\n".join(line for line in lines if not line.startswith("warning:"))
+
+
 def _fetch_vault_ca(settings: CASettings, name: str, paths: KeyPairPaths, parent_cert, window) -> str:
     from kthw import vault  # hvac is loaded only when the vault backend is used
-    return vault.refresh_ca_cert(settings, name, paths, parent_cert, window)
+    return _warnings_on_stderr(vault.refresh_ca_cert(settings, name, paths, parent_cert, window))
 
 
 def _check_vault_signer(settings: CASettings, spec: CertSpec, paths: KeyPairPaths, vault_cas: dict, window) -> str:
     from kthw import vault
-    return vault.check_kubelet_signer(settings, spec, paths, vault_cas, window)
+    return _warnings_on_stderr(vault.check_kubelet_signer(settings, spec, paths, vault_cas, window))
 
 
 def _place_trust(layout: Layout, copies: list[tuple], signer: str | None) -> None:
