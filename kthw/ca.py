@@ -74,9 +74,13 @@ def require_matching_pair(paths: KeyPairPaths, key: PrivateKey, cert: x509.Certi
                          "Restore the matching pair from a backup")
 
 
-def open_ca(layout: Layout, name: str, settings: CASettings | None = None) -> CertificateAuthority:
-    """The CA ``name`` of the inventory's backend (``settings``; None means local files)."""
+def open_ca(layout: Layout, name: str, settings: CASettings | None = None, node: str | None = None) \
+        -> CertificateAuthority:
+    """The CA ``name`` of the inventory's backend (``settings``; None means local files).
+
+    ``node``: the node whose leaf it signs (Vault signs a node's certs with that node's role).
+    """
     if settings is not None and key_in_vault(name, settings.backend):
         from . import vault  # hvac is loaded only where Vault is used
-        return vault.open_vault_ca(settings, name, layout.ca(name))
+        return vault.open_vault_ca(settings, name, layout.ca(name), node)
     return open_local_ca(name, layout.ca(name))

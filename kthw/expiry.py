@@ -37,10 +37,14 @@ def collect(inv: Inventory, layout: Layout, now: datetime) -> list[ExpiryRow]:
     rows = []
     for name in ca_specs(inv):  # the root, the intermediates, and Vault's local kubelet signer
         in_vault = key_in_vault(name, inv.ca.backend)
-        if in_vault:
-            note = "its key is in Vault: renew it there; the next doit picks up the new cert"
+        if in_vault and name == ROOT:
+            note = f"its key is in Vault; {ROOT_DUE_HINT}"
+        elif in_vault:
+            note = "its key is in Vault: renewed by doit vault_renew_ca (admin token); the next doit picks it up"
         elif name == ROOT:
             note = ROOT_DUE_HINT
+        elif inv.ca.backend == "vault":
+            note = "renewed by doit vault_renew_ca (admin token) with the same key: Vault's root signs it"
         else:
             note = "renewed by doit with the same key"
         rows.append(_row("-", name, layout.ca(name), now, inv, note, has_local_key=not in_vault))

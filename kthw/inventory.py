@@ -93,6 +93,7 @@ class VaultNaming:
     root_mount: str = "k8s_pki_root_ca"
     intermediate_mount: str = "k8s_pki_intermediate_ca_for_service_{domain}"
     role: str = "{cert}"
+    policy: str | None = None  # the build identity's ACL policy; None: kthw-<cluster name>-build
 
 
 @dataclass(frozen=True)
@@ -530,11 +531,12 @@ def _ca(top: _Reader) -> CASettings:
                                "add 'role_id: <id>' or 'role_id_file: <path>'")
 
     naming_reader = reader.sub("naming")
-    naming_reader.check_keys(("root_mount", "intermediate_mount", "role"))
+    naming_reader.check_keys(("root_mount", "intermediate_mount", "role", "policy"))
     naming = VaultNaming(root_mount=naming_reader.get("root_mount", vault_path, VaultNaming.root_mount),
                          intermediate_mount=naming_reader.get("intermediate_mount", pattern("domain"),
                                                               VaultNaming.intermediate_mount),
-                         role=naming_reader.get("role", pattern("cert"), VaultNaming.role))
+                         role=naming_reader.get("role", pattern("cert"), VaultNaming.role),
+                         policy=naming_reader.get("policy", vault_path, None))
     return CASettings(backend=backend, address=reader.get("address", url),
                       namespace=reader.get("namespace", vault_path, None),
                       ca_bundle=reader.get("ca_bundle", file, None), auth=auth, naming=naming)

@@ -1,4 +1,4 @@
-"""Vault / OpenBao as the CA backend, through hvac.
+"""Vault / OpenBao as the CA backend, through hvac: the build's side.
 
 What lives where (mount and role names come from the inventory's ``ca.naming``; the
 defaults are the seed's)::
@@ -6,45 +6,50 @@ defaults are the seed's)::
     k8s_pki_root_ca                                  the root CA; its key is made in Vault and stays there
     k8s_pki_intermediate_ca_for_service_<domain>     one intermediate per trust domain (kubernetes, etcd,
                                                      front_proxy: '-' becomes '_'), signed by the root
-    <intermediate mount>/roles/<cert>                one role per cert class of the catalogue
-                                                     (apiserver, etcd-peer, admin, ...)
+    <intermediate mount>/roles/<cert>                one role per cert class that names no node (admin, ...)
+    <intermediate mount>/roles/<cert>.<node>         one role per node for the certs whose names are a
+                                                     node's (apiserver, etcd-peer, kubelet-serving, ...)
 
-``doit vault_setup`` (:func:`setup`) creates what is missing and leaves what exists: a
-mount, a CA or a role is never replaced; a role whose settings differ from what the
-inventory needs is reported and only rewritten with ``update_roles=1``. A role allows
-exactly the names of its cert class in this inventory (common names and DNS SANs as
-bare names, IP SANs as /32 or /128), its usages and its organizations, so a token that
-may use one role cannot get another class's identity.
+Two identities. The admin (``doit vault_setup``, ``doit vault_renew_ca``: see
+:mod:`kthw.vault_setup`) makes and renews every CA and writes the roles and the build
+policy. The build identity (``doit``) only signs leaf CSRs with those roles; what each role
+allows and both policies are in :mod:`kthw.vault_policy`. A CA that is missing, due or
+stale is never made or renewed by the build: it stops (or warns, while the CA is still
+valid) naming the admin command to run.
 
 Leaf certs: the key pair is made locally and Vault signs a CSR (``sign/<role>``), so a
 private key never travels. The issuing chain below the root is appended to the PEM.
-The CA certs are copied to ``build/pki/ca/<name>.crt`` by the CA tasks on every run, so
-the renewal rules, ``file_dep`` and the trust bundles work as with local files.
+The CA certs are copied to ``build/pki/ca/<name>.crt`` by the CA tasks on every run
+(``<mount>/cert/ca`` is public in Vault), so the renewal rules, ``file_dep`` and the trust
+bundles work as with local files.
 
 The kubelet signer: kube-controller-manager signs kubelet CSRs itself
 (``--cluster-signing-key-file``), so it must hold the key of that CA, and a Vault CA's
 key cannot leave Vault. With this backend the cluster signer is therefore a dedicated
 intermediate, ``kubelet-signer``: its key is generated locally (``build/pki/ca/
 kubelet-signer.key``, precious, like a local CA key) and the Vault root signs its CSR
-(``root/sign-intermediate``). It is a sibling of the ``kubernetes`` intermediate, not a
-child, so every intermediate keeps path length 0. Kubelet client certs it signs must
-verify against the API server's ``--client-ca-file``, so the kubernetes trust bundle
-holds both intermediates (see ``catalogue.TRUST``); kubeconfigs still trust the
-``kubernetes`` intermediate only, as it alone signs the API server's cert.
+(``root/sign-intermediate``, by the admin). It is a sibling of the ``kubernetes``
+intermediate, not a child, so every intermediate keeps path length 0. Kubelet client
+certs it signs must verify against the API server's ``--client-ca-file``, so the
+kubernetes trust bundle holds both intermediates (see ``catalogue.TRUST``); kubeconfigs
+still trust the ``kubernetes`` intermediate only, as it alone signs the API server's cert.
 
 Every failure becomes a :class:`VaultError` naming the server, the path and the fix;
 secrets (tokens, passwords, secret-ids) are read from the environment or files at the
-moment they are needed and never appear in a message or a file.
+moment they are needed and never appear in a message or a file. A token this process got
+by logging in (userpass, AppRole) is revoked when the process ends; a token given by the
+environment or a token file is the caller's and is left alone.
 """
 
 from __future__ import annotations
 
 import functools
-import ipaddress
 import os
 import re
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from multiprocessing import util as multiprocessing_util
 from pathlib import Path
 
 import hvac
@@ -53,20 +58,22 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from hvac import exceptions as hvac_errors
 
-from .catalogue import INTERMEDIATES, LEAVES, ROOT, ca_specs, leaves_for
 from . import clock
-from .crypto import BACKDATE, CertSpec, PrivateKey, build_csr, certs_pem, key_kind_and_size, load_certificates, \
-    read_facts, signed_by
+from .catalogue import ROOT
+from .crypto import BACKDATE, CertSpec, PrivateKey, build_csr, certs_pem, load_certificates, load_private_key, \
+    read_facts, same_public_key, signed_by
 from .errors import KthwError, StateError
 from .fsutil import PUBLIC_MODE, atomic_write
-from .inventory import CASettings, Inventory
+from .inventory import CASettings
 from .layout import KeyPairPaths
 from .renewal import renewal_reason, validity_reason
+from .vault_policy import mount_for, role_for, role_of  # noqa: F401 - role_for: the names, re-exported
 
-# Inventory key algorithm -> Vault key_type and key_bits (for the CAs Vault generates).
 TOKEN_ENVS = ("VAULT_TOKEN", "BAO_TOKEN")
 TIMEOUT = 30  # seconds per request
-SETUP_HINT = "run 'doit vault_setup' (with a token allowed to manage mounts) to create it"
+ADMIN = "with an admin token (its policy: 'doit vault_setup policies=1')"
+SETUP_HINT = f"run 'doit vault_setup' {ADMIN} to create it"
+RENEW_HINT = f"run 'doit vault_renew_ca' {ADMIN}"
 ROLE_HINT = "if the inventory changed, update the roles with 'doit vault_setup update_roles=1'"
 # Line breaks and other control characters (C0, DEL, C1, and the Unicode line and paragraph
 # separators that str.splitlines also breaks on): refused in a token, password or secret-id.
@@ -81,21 +88,6 @@ _REQUEST_ERRORS = (hvac_errors.VaultError, requests.exceptions.RequestException,
 
 class VaultError(KthwError):
     """Vault refused or could not be reached; local files were left as they were."""
-
-
-# --- names ---------------------------------------------------------------------------
-
-
-def mount_for(settings: CASettings, ca: str) -> str:
-    if ca == ROOT:
-        return settings.naming.root_mount
-    if ca not in INTERMEDIATES:
-        raise ValueError(f"{ca} is not a CA kept in Vault")
-    return settings.naming.intermediate_mount.format(domain=ca.replace("-", "_"))
-
-
-def role_for(settings: CASettings, cert: str) -> str:
-    return settings.naming.role.format(cert=cert)
 
 
 # --- talking to Vault ----------------------------------------------------------------
@@ -162,9 +154,15 @@ def _describe(err: Exception, server: str, path: str) -> VaultError:
                           "('bao status') and run again")
     if isinstance(err, hvac_errors.VaultNotInitialized):
         return VaultError(f"{where} is not initialised ({path}); initialise and unseal it first")
+    if isinstance(err, hvac_errors.Forbidden) and path.endswith("/cert/ca"):
+        # A PKI mount serves its CA cert to anyone: a refusal means there is no such mount
+        # (Vault answers "permission denied" for a path it cannot route, unless the token may go there).
+        return VaultError(f"{where}: mount '{_mount_of(path)}' does not exist ({path}: permission denied, which "
+                          f"is how Vault answers for a mount it does not have); {SETUP_HINT}, or fix ca.naming")
     if isinstance(err, hvac_errors.Forbidden):
         return VaultError(f"{where}: permission denied on {path}: the token is expired or revoked, or its "
-                          f"policy does not allow this path; grant it in the policy of the identity in ca.auth")
+                          f"policy does not allow this path; grant it in the policy of the identity in ca.auth "
+                          f"(the build policy 'doit vault_setup' writes allows every role of the inventory)")
     if isinstance(err, hvac_errors.InvalidPath) and "no handler for route" in detail:
         if path.startswith("auth/"):
             return VaultError(f"{where}: no auth method is enabled at {path.rsplit('/login', 1)[0]}; enable it or "
@@ -214,15 +212,15 @@ class Session:
     def __init__(self, settings: CASettings):
         self.settings = settings
         self.server = settings.address
-        if settings.ca_bundle is not None and not settings.ca_bundle.is_file():
-            raise VaultError(f"{settings.ca_bundle}: no such file (ca.ca_bundle, to verify Vault's TLS certificate); "
-                             "fix the path in the inventory")
+        if settings.ca_bundle is not None:
+            _check_ca_bundle(settings.ca_bundle)
         # verify=None lets hvac fall back to $VAULT_CACERT / $VAULT_CAPATH, then the system CAs.
         # token="" keeps hvac from picking a token up on its own (~/.vault-token).
         self.client = hvac.Client(url=settings.address, token="", namespace=settings.namespace, timeout=TIMEOUT,
                                   verify=str(settings.ca_bundle) if settings.ca_bundle else None)
         self._logged_in = False
         self._secrets: tuple[str, ...] = ()  # the credentials sent, kept out of every message
+        self._revoker = None  # set once this process holds a token it logged in for
 
     def _error(self, err: Exception, path: str) -> VaultError:
         return _translate(err, self.server, path, self._secrets)
@@ -265,6 +263,18 @@ class Session:
         self._logged_in = True
         if self.client.token:
             self._secrets += (self.client.token,)
+        if auth.method != "token" and self.client.token:
+            # The token is this process's own: revoked when the process ends (doit's worker
+            # processes included: multiprocessing runs these finalizers in each, for its own).
+            self._revoker = multiprocessing_util.Finalize(self, _revoke_self, args=(self.client, self.server),
+                                                          exitpriority=10)
+
+    def close(self) -> None:
+        """Revoke the token this session logged in for (none for a token from the environment or a file)."""
+        if self._revoker is not None:
+            self._revoker()
+            self._revoker = None
+            self._logged_in = False
 
     def _login(self, path: str, what: str, function, *args, **kwargs) -> None:
         try:
@@ -297,6 +307,24 @@ class Session:
         response = self.call(path, self.client.adapter.post, f"/v1/{path}", json=data)
         return (response.get("data") or {}) if isinstance(response, dict) else {}
 
+    def list(self, path: str) -> list[str]:
+        """The keys under ``path`` (LIST); none when there is nothing to list."""
+        self.login()
+        try:
+            response = self.client.adapter.list(f"/v1/{path}")
+        except hvac_errors.InvalidPath as err:
+            if "no handler for route" not in str(err):
+                return []
+            raise self._error(err, path) from None
+        except _REQUEST_ERRORS as err:
+            raise self._error(err, path) from None
+        data = response.get("data") if isinstance(response, dict) else None
+        return sorted((data or {}).get("keys") or [])
+
+    def delete(self, path: str) -> None:
+        self.login()
+        self.call(path, self.client.adapter.delete, f"/v1/{path}")
+
     def ca_pem(self, mount: str) -> bytes:
         """The default issuer's cert of a PKI mount."""
         data = self.read(f"{mount}/cert/ca") or {}
@@ -304,6 +332,38 @@ class Session:
         if not pem:
             raise VaultError(f"Vault at {self.server}: mount '{mount}' has no CA yet ({mount}/cert/ca); {SETUP_HINT}")
         return pem.encode() + b"\n"
+
+
+def _revoke_self(client: hvac.Client, server: str) -> None:
+    try:
+        client.auth.token.revoke_self()
+    except _REQUEST_ERRORS:
+        print(f"warning: Vault at {server}: the token this run logged in for could not be revoked "
+              "(auth/token/revoke-self); it lapses at the end of its TTL", file=sys.stderr)
+    client.token = ""
+
+
+def _check_ca_bundle(path: Path) -> None:
+    """ca.ca_bundle must hold a PEM certificate: else the TLS library's own words would be all the user sees."""
+    fix = ("put in it the PEM certificate (-----BEGIN CERTIFICATE-----) of the CA that signed Vault's TLS "
+           "certificate, or fix ca.ca_bundle in the inventory")
+    try:
+        data = Path(path).read_bytes()
+    except IsADirectoryError:
+        raise VaultError(f"{path}: is a directory, not a PEM file (ca.ca_bundle, to verify Vault's TLS certificate); "
+                         f"{fix}") from None
+    except FileNotFoundError:
+        raise VaultError(f"{path}: no such file (ca.ca_bundle, to verify Vault's TLS certificate); fix the path in "
+                         "the inventory") from None
+    except OSError as err:
+        raise VaultError(f"{path}: cannot read the ca.ca_bundle ({err.strerror}); {fix}") from None
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        certs = []
+    if not certs:
+        raise VaultError(f"{path}: holds no readable PEM certificate (ca.ca_bundle, to verify Vault's TLS "
+                         f"certificate); {fix}")
 
 
 # Secrets are checked where they are read, so a bad one is reported by where it came from
@@ -379,7 +439,7 @@ def _csr(spec: CertSpec, key: PrivateKey) -> str:
     return build_csr(spec, key).public_bytes(serialization.Encoding.PEM).decode()
 
 
-def _seconds(delta: timedelta) -> str:
+def seconds(delta: timedelta) -> str:
     return f"{int(delta.total_seconds())}s"
 
 
@@ -389,11 +449,15 @@ def _self_signed(cert: x509.Certificate) -> bool:
 
 @dataclass(frozen=True)
 class VaultCA:
-    """A CA whose key stays in Vault; ``certificate`` is the local copy the CA task refreshed."""
+    """A CA whose key stays in Vault; ``certificate`` is the local copy the CA task refreshed.
+
+    ``node`` names the node whose leaf this CA signs: node-bound certs have a role per node.
+    """
 
     name: str
     certificate: x509.Certificate
     settings: CASettings
+    node: str | None = None
 
     @property
     def mount(self) -> str:
@@ -401,19 +465,22 @@ class VaultCA:
 
     def issue(self, spec: CertSpec, key: PrivateKey, now: datetime) -> list[x509.Certificate]:
         vault = session(self.settings)
-        # Vault backdates by not_before_duration (the role's, or the request's for a CA) and
-        # ends the cert ttl after now, so the lifetime is exactly the spec's. Past the issuer's
-        # own end the issuer truncates (vault_setup sets leaf_not_after_behavior), as locally.
-        ttl = _seconds(spec.lifetime - BACKDATE)
+        # Every cert starts BACKDATE before Vault's now: the role's not_before_duration for a
+        # leaf, the request's for a CA, so a leaf never starts before its issuer. It ends ttl
+        # after now: the lifetime is exactly the spec's. Past the issuer's own end the issuer
+        # truncates (vault_setup sets leaf_not_after_behavior), as locally.
+        ttl = seconds(spec.lifetime - BACKDATE)
         if spec.is_ca:
+            # Only the admin's tasks sign a CA (vault_setup, vault_renew_ca): the build's policy
+            # has no root/sign-intermediate.
             path = f"{self.mount}/root/sign-intermediate"
             data = {"csr": _csr(spec, key), "common_name": spec.common_name, "ttl": ttl,
-                    "not_before_duration": _seconds(BACKDATE), "max_path_length": spec.path_length or 0,
+                    "not_before_duration": seconds(BACKDATE), "max_path_length": spec.path_length or 0,
                     "exclude_cn_from_sans": True, "use_csr_values": False, "format": "pem"}
             if spec.organizations:
                 data["organization"] = ",".join(spec.organizations)
         else:
-            path = f"{self.mount}/sign/{role_for(self.settings, spec.name)}"
+            path = f"{self.mount}/sign/{role_of(self.settings, spec.name, self.node)}"
             data = {"csr": _csr(spec, key), "ttl": ttl, "exclude_cn_from_sans": True, "format": "pem"}
         response = vault.write(path, data)
         try:
@@ -434,219 +501,109 @@ class VaultCA:
         return [cert] + [c for c in chain if not _self_signed(c) and c != cert]
 
 
-def open_vault_ca(settings: CASettings, name: str, paths: KeyPairPaths) -> VaultCA:
+def open_vault_ca(settings: CASettings, name: str, paths: KeyPairPaths, node: str | None = None) -> VaultCA:
     """The Vault CA ``name`` with its local cert copy (written by the CA task)."""
     if not paths.cert.exists():
         raise StateError(f"{paths.cert} is missing (the local copy of Vault's {name} CA); run 'doit pki' "
                          "to fetch it")
-    return VaultCA(name, load_certificates(paths.cert)[0], settings)
+    return VaultCA(name, load_certificates(paths.cert)[0], settings, node)
+
+
+def read_vault_ca(vault: Session, settings: CASettings, name: str) -> x509.Certificate:
+    """The current cert of a CA kept in Vault, as Vault serves it."""
+    mount = mount_for(settings, name)
+    pem = vault.ca_pem(mount)
+    try:
+        return x509.load_pem_x509_certificate(pem)
+    except ValueError:
+        raise VaultError(f"Vault at {vault.server}: {mount}/cert/ca is not a readable certificate") from None
+
+
+def _local_key_guard(name: str, paths: KeyPairPaths) -> None:
+    if paths.key.exists():
+        raise StateError(f"{paths.key} belongs to a local {name} CA, but the inventory's CA backend is vault. "
+                         "Switching a build to Vault replaces its whole PKI: move build/pki aside (keep it as a "
+                         "backup) and run again, or set ca.backend back to local")
+
+
+def _dates_note(vault: Session, settings: CASettings, name: str, cert: x509.Certificate, window: timedelta) -> str:
+    """A warning for a Vault CA due for renewal; a :class:`VaultError` for one expired or not valid yet."""
+    mount = mount_for(settings, name)
+    dates = validity_reason(cert.not_valid_before_utc, cert.not_valid_after_utc, clock.now(), window)
+    if dates is None:
+        return ""
+    fix = ("doit never replaces the root: see README, 'Replacing the root CA'" if name == ROOT
+           else f"{RENEW_HINT}; the next doit re-issues what it signed")
+    if dates.due and cert.not_valid_after_utc > clock.now():
+        return f"warning: CA {name} in Vault ({mount}): {dates.text}; {fix}"
+    raise VaultError(f"Vault at {vault.server}: CA {name} ({mount}): {dates.text}; nothing was written: {fix}")
 
 
 def refresh_ca_cert(settings: CASettings, name: str, paths: KeyPairPaths, parent: Path | None,
                     window: timedelta) -> str:
     """Copy a Vault CA's cert to ``paths.cert``; unchanged bytes leave the file (and its mtime) alone.
 
-    A CA due for renewal, or not valid yet, is only reported: its key is in Vault and vault_setup
-    never replaces it.
+    The build renews no CA: one due for renewal is reported with the admin command that
+    renews it; one expired or not valid yet stops the build before anything is written.
     """
-    if paths.key.exists():
-        raise StateError(f"{paths.key} belongs to a local {name} CA, but the inventory's CA backend is vault. "
-                         "Switching a build to Vault replaces its whole PKI: move build/pki aside (keep it as a "
-                         "backup) and run again, or set ca.backend back to local")
+    _local_key_guard(name, paths)
     vault = session(settings)
     mount = mount_for(settings, name)
-    pem = vault.ca_pem(mount)
-    try:
-        cert = x509.load_pem_x509_certificate(pem)
-    except ValueError:
-        raise VaultError(f"Vault at {vault.server}: {mount}/cert/ca is not a readable certificate") from None
+    cert = read_vault_ca(vault, settings, name)
     if "ca" not in read_facts(cert).usages:
         raise VaultError(f"Vault at {vault.server}: the cert of mount '{mount}' is not a CA certificate")
     if parent is not None:
         issuer = load_certificates(parent)[0]
         if not signed_by(cert, issuer):
             raise VaultError(f"Vault at {vault.server}: the CA of mount '{mount}' is not signed by the root of "
-                             f"mount '{settings.naming.root_mount}'; sign it with that root (vault_setup never "
-                             "replaces a CA), or fix ca.naming in the inventory")
+                             f"mount '{settings.naming.root_mount}'; have the root sign its key ({RENEW_HINT}), "
+                             "or fix ca.naming in the inventory")
     elif not _self_signed(cert):
         raise VaultError(f"Vault at {vault.server}: the CA of mount '{mount}' is not a self-signed root; "
                          "fix ca.naming.root_mount in the inventory")
+    note = _dates_note(vault, settings, name, cert, window)
     changed = atomic_write(paths.cert, certs_pem(cert), PUBLIC_MODE)
     notes = [f"CA {name}: fetched from Vault ({mount})"] if changed else []
-    dates = validity_reason(cert.not_valid_before_utc, cert.not_valid_after_utc, clock.now(), window)
-    if dates is not None:
-        notes.append(f"warning: CA {name} in Vault ({mount}): {dates.text}; renew or replace it in Vault "
-                     "(vault_setup never replaces a CA); doit then re-issues what it signed")
-    return "\n".join(notes)
+    return "\n".join(notes + ([note] if note else []))
 
 
-# --- vault_setup -------------------------------------------------------------------------
+def check_kubelet_signer(settings: CASettings, spec: CertSpec, paths: KeyPairPaths,
+                         vault_cas: dict[str, KeyPairPaths], window: timedelta) -> str:
+    """The build's first look at its CAs, before it writes anything: the Vault CAs (``vault_cas``:
+    their local copies) exist and are in date, and the locally-keyed kubelet signer, which
+    Vault's root signs, exists and is current.
 
-
-def role_settings(inv: Inventory) -> dict[tuple[str, str], dict]:
-    """(mount, role) -> the role settings each cert class of this inventory needs."""
-    settings = inv.ca
-    names: dict[str, set[str]] = {}
-    ips: dict[str, set[str]] = {}
-    rows = {row.name: row for row in LEAVES}
-    specs: dict[str, CertSpec] = {}
-    for node in inv.nodes:
-        for item in leaves_for(inv, node):
-            specs.setdefault(item.spec.name, item.spec)
-            names.setdefault(item.spec.name, set()).update({item.spec.common_name, *item.spec.dns_names})
-            ips.setdefault(item.spec.name, set()).update(item.spec.ip_addresses)
-    rsa = inv.key_algorithm.startswith("rsa")
-    result = {}
-    for cert, spec in specs.items():
-        allowed = sorted(names[cert])
-        result[(mount_for(settings, rows[cert].issuer), role_for(settings, cert))] = {
-            "allowed_domains": allowed,
-            "allow_bare_domains": True,
-            "allow_subdomains": False,
-            "allow_glob_domains": False,
-            "allow_wildcard_certificates": False,
-            "allow_localhost": "localhost" in allowed,
-            "allow_any_name": False,
-            "enforce_hostnames": False,   # common names such as system:node:<node> are not host names
-            "allow_ip_sans": bool(ips[cert]),
-            # OpenBao only: IP SANs limited to the inventory's addresses (Vault ignores the field).
-            "allowed_ip_sans_cidr": sorted(f"{ip}/{ipaddress.ip_address(ip).max_prefixlen}" for ip in ips[cert]),
-            "allowed_uri_sans": [],
-            "allowed_other_sans": [],
-            "server_flag": "server" in spec.usages,
-            "client_flag": "client" in spec.usages,
-            "code_signing_flag": False,
-            "email_protection_flag": False,
-            "key_type": "any",
-            "key_usage": ["DigitalSignature", "KeyEncipherment"] if rsa else ["DigitalSignature"],
-            "ext_key_usage": [],
-            "organization": list(spec.organizations),
-            "ou": [],
-            "use_csr_common_name": True,
-            "use_csr_sans": True,
-            "require_cn": True,
-            "basic_constraints_valid_for_non_ca": True,
-            "max_ttl": int(inv.lifetimes.leaf.total_seconds()),
-            "not_before_duration": int(BACKDATE.total_seconds()),
-        }
-    return result
-
-
-def _differences(have: dict, want: dict) -> list[str]:
-    """The managed fields whose value differs; fields this server does not know are skipped."""
-    result = []
-    for field, value in want.items():
-        if field not in have:
-            continue
-        current = have[field]
-        if isinstance(value, list):
-            same = sorted(map(str, current or [])) == sorted(map(str, value))
-        else:
-            same = current == value
-        if not same:
-            result.append(f"{field}: {current!r} -> {value!r}")
-    return result
-
-
-def setup(inv: Inventory, update_roles: bool = False) -> str:
-    """Create in Vault what is missing: mounts, the root, the intermediates, the roles."""
-    settings = inv.ca
-    if settings.backend != "vault":
-        raise KthwError(f"{inv.source}: ca.backend is '{settings.backend}'; vault_setup only applies with "
-                        "'ca: {backend: vault, ...}'")
+    The build never makes or renews a CA (its identity may not sign one): a missing or stale
+    one stops the build, one merely due is a warning; both name the admin command. The
+    issuer is read from Vault, not from the local copy, which this run has not refreshed yet.
+    """
+    for name, ca_paths in vault_cas.items():
+        _local_key_guard(name, ca_paths)
     vault = session(settings)
-    vault.login()
-    key_type, key_bits = key_kind_and_size(inv.key_algorithm)
-    specs = ca_specs(inv)
-    report: list[str] = []
-
-    mounts = vault.call("sys/mounts", vault.client.sys.list_mounted_secrets_engines).get("data") or {}
-    for name in (ROOT, *INTERMEDIATES):
-        mount = mount_for(settings, name)
-        # The root mount's max_lease_ttl caps the root and every CA it signs; leaves are
-        # capped by their role's max_ttl instead.
-        lifetime = specs[name].lifetime
-        existing = mounts.get(f"{mount}/")
-        if existing is None:
-            vault.call(f"sys/mounts/{mount}", vault.client.sys.enable_secrets_engine, "pki", path=mount,
-                       description=f"kthw {inv.name}: {name} CA", config={"max_lease_ttl": _seconds(lifetime)})
-            report.append(f"created mount {mount}")
-        elif existing.get("type") != "pki":
-            raise VaultError(f"Vault at {vault.server}: mount '{mount}' exists but is a {existing.get('type')} "
-                             "engine, not pki; choose another name in ca.naming")
-        elif name == ROOT:
-            tune = vault.call(f"sys/mounts/{mount}/tune", vault.client.sys.read_mount_configuration, mount)
-            max_ttl = (tune.get("data") or tune).get("max_lease_ttl", 0)
-            if max_ttl < lifetime.total_seconds():
-                fix = f"raise it with 'bao secrets tune -max-lease-ttl={_seconds(lifetime)} {mount}'"
-                if _existing_ca(vault, mount) is None:
-                    raise VaultError(f"Vault at {vault.server}: mount '{mount}' allows at most {max_ttl}s "
-                                     f"(max_lease_ttl), less than the root CA's lifetime ({_seconds(lifetime)}); "
-                                     f"nothing was generated: {fix}, then run vault_setup again")
-                report.append(f"mount {mount}: max_lease_ttl {max_ttl}s is shorter than the root lifetime "
-                              f"({_seconds(lifetime)}): the CAs it signs would be cut short. Left as it is: {fix}")
-
-    root_mount = mount_for(settings, ROOT)
-    root_pem = _existing_ca(vault, root_mount)
-    if root_pem is None:
-        spec = specs[ROOT]
-        vault.write(f"{root_mount}/root/generate/internal", {
-            "common_name": spec.common_name, "ttl": _seconds(spec.lifetime), "key_type": key_type,
-            "key_bits": key_bits, "max_path_length": spec.path_length, "exclude_cn_from_sans": True})
-        _truncate_leaves(vault, root_mount)
-        root_pem = vault.ca_pem(root_mount)
-        report.append(f"generated root CA {spec.common_name} in {root_mount}")
-    root = x509.load_pem_x509_certificate(root_pem)
-
-    for name in INTERMEDIATES:
-        mount = mount_for(settings, name)
-        pem = _existing_ca(vault, mount)
-        if pem is not None:
-            if not signed_by(x509.load_pem_x509_certificate(pem), root):
-                report.append(f"warning: the CA of {mount} is not signed by the root of {root_mount}; "
-                              "left as it is (vault_setup never replaces a CA)")
-            continue
-        spec = specs[name]
-        csr = vault.write(f"{mount}/intermediate/generate/internal", {
-            "common_name": spec.common_name, "key_type": key_type, "key_bits": key_bits,
-            "exclude_cn_from_sans": True})["csr"]
-        signed = vault.write(f"{root_mount}/root/sign-intermediate", {
-            "csr": csr, "common_name": spec.common_name, "ttl": _seconds(spec.lifetime),
-            "max_path_length": spec.path_length, "exclude_cn_from_sans": True, "use_csr_values": False,
-            "format": "pem"})
-        vault.write(f"{mount}/intermediate/set-signed",
-                    {"certificate": signed["certificate"].strip() + "\n" + root_pem.decode().strip()})
-        _truncate_leaves(vault, mount)
-        report.append(f"generated intermediate CA {spec.common_name} in {mount}, signed by {root_mount}")
-
-    for (mount, role), want in sorted(role_settings(inv).items()):
-        have = vault.read(f"{mount}/roles/{role}", missing_ok=True)
-        if have is None:
-            vault.write(f"{mount}/roles/{role}", want)
-            report.append(f"created role {mount}/roles/{role}")
-            continue
-        differences = _differences(have, want)
-        if not differences:
-            continue
-        if update_roles:
-            vault.write(f"{mount}/roles/{role}", want)
-            report.append(f"updated role {mount}/roles/{role} ({'; '.join(differences)})")
-        else:
-            report.append(f"role {mount}/roles/{role} differs from what the inventory needs "
-                          f"({'; '.join(differences)}); left as it is: run 'doit vault_setup update_roles=1' "
-                          "to update it")
-    return "\n".join(report) if report else f"Vault at {vault.server}: everything in place, nothing changed"
-
-
-def _existing_ca(vault: Session, mount: str) -> bytes | None:
-    try:
-        return vault.ca_pem(mount)
-    except VaultError as err:
-        if "has no CA yet" in str(err):
-            return None
-        raise
-
-
-def _truncate_leaves(vault: Session, mount: str) -> None:
-    """Certs asked to outlive this CA end with it (as the local CA does) instead of failing."""
-    vault.write(f"{mount}/issuer/default", {"leaf_not_after_behavior": "truncate"})
+    notes = []
+    for name in vault_cas:
+        note = _dates_note(vault, settings, name, read_vault_ca(vault, settings, name), window)
+        notes += [note] if note else []
+    name = spec.name
+    if not paths.cert.exists() and not paths.key.exists():
+        raise StateError(f"CA {name} is missing ({paths.cert}, {paths.key}): it is made once, by the admin, as "
+                         f"Vault's root signs it; {SETUP_HINT}, then run doit again")
+    if not paths.key.exists():
+        raise StateError(f"{paths.cert} exists but its key {paths.key} is missing. Restore the key from a backup; "
+                         "a CA is never re-created silently")
+    if not paths.cert.exists():
+        raise StateError(f"{paths.key} exists but its cert {paths.cert} is missing: {RENEW_HINT} to have the "
+                         "root sign that key again")
+    cert = load_certificates(paths.cert)[0]
+    if not same_public_key(load_private_key(paths.key), cert.public_key()):
+        raise StateError(f"{paths.key} does not match {paths.cert}; both were left as they are. Restore the "
+                         "matching pair from a backup")
+    root = read_vault_ca(vault, settings, ROOT)
+    now = clock.now()
+    reason = renewal_reason(spec, cert, root, now, window)
+    if reason is not None and reason.due and cert.not_valid_after_utc > now:
+        notes.append(f"warning: CA {name}: {reason.text}; renew it (same key): {RENEW_HINT}")
+    elif reason is not None:
+        raise StateError(f"CA {name}: {reason.text}; nothing was written. The build does not sign CAs: "
+                         f"{RENEW_HINT}, then run doit again")
+    return "\n".join(notes)

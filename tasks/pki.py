@@ -17,10 +17,14 @@ Each run first removes the temp files an interrupted one left in the store.
 
 With `ca: {backend: vault}` the root and intermediate keys stay in Vault: their CA tasks
 copy the CA certs from Vault on every run (so a CA replaced there re-issues its leaves),
-and the cluster signer is a CA of its own whose key is made here (see kthw.vault).
+and the cluster signer is a CA of its own whose key is kept here (see kthw.vault). The
+build makes and renews no CA there: the admin's `doit vault_setup` / `doit vault_renew_ca`
+do; a missing or stale CA stops the build, naming the command, and a due one is a warning.
 """
 
 from __future__ import annotations
+
+import sys
 
 from doit import create_after, get_var
 from doit.exceptions import TaskFailed
@@ -28,8 +32,8 @@ from doit.tools import config_changed
 
 from kthw import clock
 from kthw.ca import open_ca, open_local_ca
-from kthw.catalogue import (LOCAL_APISERVER_URL, ROOT, NodeCert, ca_specs, key_in_vault, leaves_for, node_paths,
-                            trust_for)
+from kthw.catalogue import (INTERMEDIATES, LOCAL_APISERVER_URL, ROOT, VAULT_CLUSTER_SIGNER, NodeCert, ca_specs,
+                            key_in_vault, leaves_for, node_paths, trust_for)
 from kthw.crypto import CertSpec
 from kthw.fsutil import PUBLIC_MODE, SECRET_MODE, atomic_write, remove, remove_orphans
 from kthw.inventory import CASettings, Inventory, Node
@@ -59,16 +63,30 @@ def _issue_ca(spec: CertSpec, layout: Layout, parent: str | None, settings: CASe
     return ensure_ca(spec, layout.ca(spec.name), parent_ca, clock.now(), window)
 
 
-def _issue_leaf(spec: CertSpec, paths: KeyPairPaths, issuer: str, layout: Layout, settings: CASettings, window,
-                copies: list[tuple], rekey: bool = False) -> str:
-    message = ensure_leaf(spec, paths, open_ca(layout, issuer, settings), clock.now(), window, rekey=rekey)
+def _issue_leaf(spec: CertSpec, paths: KeyPairPaths, issuer: str, node: str, layout: Layout, settings: CASettings,
+                window, copies: list[tuple], rekey: bool = False) -> str:
+    message = ensure_leaf(spec, paths, open_ca(layout, issuer, settings, node), clock.now(), window, rekey=rekey)
     place_all(copies)
     return message
 
 
+def _warnings_on_stderr(message: str) -> str:
+    """Warnings (a CA due for renewal by the admin) are shown at doit's default verbosity; the rest is returned."""
+    lines = message.splitlines()
+    for line in lines:
+        if line.startswith("warning:"):
+            print(line, file=sys.stderr)
+    return "\n".join(line for line in lines if not line.startswith("warning:"))
+
+
 def _fetch_vault_ca(settings: CASettings, name: str, paths: KeyPairPaths, parent_cert, window) -> str:
     from kthw import vault  # hvac is loaded only when the vault backend is used
-    return vault.refresh_ca_cert(settings, name, paths, parent_cert, window)
+    return _warnings_on_stderr(vault.refresh_ca_cert(settings, name, paths, parent_cert, window))
+
+
+def _check_vault_signer(settings: CASettings, spec: CertSpec, paths: KeyPairPaths, vault_cas: dict, window) -> str:
+    from kthw import vault
+    return _warnings_on_stderr(vault.check_kubelet_signer(settings, spec, paths, vault_cas, window))
 
 
 def _place_trust(layout: Layout, copies: list[tuple], signer: str | None) -> None:
@@ -109,6 +127,24 @@ def _vault_ca_task(spec: CertSpec, layout: Layout, parent: str | None, settings:
     }
 
 
+def _vault_signer_task(spec: CertSpec, layout: Layout, settings: CASettings, window) -> dict:
+    """The kubelet signer of the vault backend: a local key that Vault's root signed. The build only
+    checks it, and the dates of the Vault CAs (the admin's 'doit vault_setup' makes them,
+    'doit vault_renew_ca' renews them). It comes first, so a missing or stale CA stops the build
+    before anything is written."""
+    paths = layout.ca(spec.name)
+    root_cert = layout.ca(ROOT).cert
+    vault_cas = {name: layout.ca(name) for name in (ROOT, *INTERMEDIATES)}
+    return {
+        "name": f"ca-{spec.name}",
+        "doc": f"{spec.name} CA ({spec.common_name}): checked; made and renewed by the admin's vault tasks",
+        "actions": [(guarded, [_check_vault_signer, settings, spec, paths, vault_cas, window])],
+        "targets": [paths.cert, paths.key],
+        "uptodate": [(checked, [_current, spec, paths, root_cert, window])],
+        "clean": [],
+    }
+
+
 def _leaf_copies(layout: Layout, node: Node, item: NodeCert) -> list[tuple]:
     """Where a service cert and its key are copied in the node's tree (none for kubeconfig identities)."""
     if not item.row.installed_as:
@@ -126,7 +162,8 @@ def _leaf_tasks(inv: Inventory, layout: Layout, node: Node, item: NodeCert):
     yield {
         "name": f"{node.name}/{spec.name}",
         "doc": f"{spec.common_name} cert for {node.name}",
-        "actions": [(guarded, [_issue_leaf, spec, paths, row.issuer, layout, inv.ca, inv.renew_before, copies]),
+        "actions": [(guarded, [_issue_leaf, spec, paths, row.issuer, node.name, layout, inv.ca, inv.renew_before,
+                               copies]),
                     (_placed, [paths])],
         "file_dep": [issuer_cert],
         "targets": [paths.cert, paths.key] + [copy[1] for copy in copies],
@@ -178,11 +215,14 @@ def task_pki():
     """CA hierarchy, then every node's certs, keys and kubeconfigs."""
     inv, layout = context()
     remove_orphans(layout.pki)  # the precious store; other directories are tidied as they are written
-    for name, spec in ca_specs(inv).items():
+    specs = ca_specs(inv)
+    if inv.ca.backend == "vault":
+        yield _vault_signer_task(specs[VAULT_CLUSTER_SIGNER], layout, inv.ca, inv.renew_before)
+    for name, spec in specs.items():
         parent = None if name == ROOT else ROOT
         if key_in_vault(name, inv.ca.backend):
             yield _vault_ca_task(spec, layout, parent, inv.ca, inv.renew_before)
-        else:
+        elif not (inv.ca.backend == "vault" and name == VAULT_CLUSTER_SIGNER):
             yield _ca_task(spec, layout, parent, inv.ca, inv.renew_before)
     for node in inv.nodes:
         names, keep = [], []
@@ -219,7 +259,7 @@ def task_rekey():
             yield {
                 "basename": name,
                 "doc": f"new key for {item.spec.common_name} on {node.name}",
-                "actions": [(guarded, [_issue_leaf, item.spec, paths, item.row.issuer, layout, inv.ca,
+                "actions": [(guarded, [_issue_leaf, item.spec, paths, item.row.issuer, node.name, layout, inv.ca,
                                        inv.renew_before, _leaf_copies(layout, node, item), True])],
                 "file_dep": [layout.ca(item.row.issuer).cert],
                 "uptodate": [False],

@@ -21,6 +21,8 @@ from cryptography.hazmat.primitives import serialization
 
 from conftest import Project, fails_cleanly, loopback_inventory, system_clock_at
 from kthw.catalogue import leaf
+from kthw.inventory import CASettings
+from kthw.vault_policy import role_of
 from kthw.crypto import CertSpec, build_certificate, certs_pem, load_private_key, private_key_pem, generate_key, \
     same_public_key
 from kthw.kubeconfig import kubeconfig
@@ -37,15 +39,19 @@ from test_pki import test_each_node_gets_exactly_what_its_roles_need  # noqa: F4
 from test_pki import test_kubeconfigs_embed_identity_and_server  # noqa: F401
 from test_pki import test_private_keys_are_0600_and_never_left_half_written  # noqa: F401
 from test_pki import test_service_cert_fields  # noqa: F401
-from test_vault_support import dev_server, no_vault_env, vault_section
+from test_vault_support import BUILD_POLICY, dev_server, no_vault_env, policy_token, vault_section
 
 DOMAIN_MOUNTS = {"kubernetes": "k8s_pki_intermediate_ca_for_service_kubernetes",
                  "etcd": "k8s_pki_intermediate_ca_for_service_etcd",
                  "front-proxy": "k8s_pki_intermediate_ca_for_service_front_proxy"}
 ROOT_MOUNT = "k8s_pki_root_ca"
-ROLES = {"kubernetes": {"apiserver", "apiserver-kubelet-client", "admin", "controller-manager", "scheduler",
-                        "kube-proxy", "kubelet-client", "kubelet-serving"},
-         "etcd": {"apiserver-etcd-client", "etcd-server", "etcd-peer", "etcd-healthcheck-client"},
+# Certs whose names are a node's have one role per node (<cert>.<node>); the others one per class.
+CONTROL_PLANES, WORKERS = ("cp1", "cp2", "cp3"), ("worker1", "worker2")
+ROLES = {"kubernetes": {"apiserver-kubelet-client", "admin", "controller-manager", "scheduler", "kube-proxy",
+                        *(f"apiserver.{n}" for n in CONTROL_PLANES), *(f"kubelet-client.{n}" for n in WORKERS),
+                        *(f"kubelet-serving.{n}" for n in WORKERS)},
+         "etcd": {"apiserver-etcd-client", "etcd-healthcheck-client", *(f"etcd-server.{n}" for n in CONTROL_PLANES),
+                  *(f"etcd-peer.{n}" for n in CONTROL_PLANES)},
          "front-proxy": {"front-proxy-client"}}
 
 
@@ -81,10 +87,24 @@ def setup_runs(bao, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def built_loopback(setup_runs) -> Project:
-    """This module's build: the pki stage with every cert issued by Vault."""
-    project, env, _, _ = setup_runs
-    project.doit("pki", env=env)
+def build_env(bao, setup_runs) -> dict:
+    """doit's environment as the build identity: a token with the policy vault_setup wrote, alone."""
+    return no_vault_env(VAULT_TOKEN=policy_token(bao, BUILD_POLICY))
+
+
+@pytest.fixture(scope="module")
+def built_loopback(setup_runs, build_env) -> Project:
+    """This module's build: the pki stage with every cert issued by Vault, as the build identity."""
+    project, _, _, _ = setup_runs
+    project.doit("pki", env=build_env)
+    return project
+
+
+def new_build(bao, tmp_path, env: dict, **inventory) -> Project:
+    """A project of its own, prepared by the admin (vault_setup makes its kubelet signer)."""
+    project = Project(tmp_path)
+    project.write_inventory(loopback_inventory(**inventory, extra=vault_section(bao)))
+    project.doit("vault_setup", env=env)
     return project
 
 
@@ -101,10 +121,10 @@ def test_vault_setup_creates_the_mounts_cas_and_roles(bao, setup_runs):
         cert.verify_directly_issued_by(root)
         roles = {key.split("/roles/")[1] for key in state if key.startswith(f"{mount}/roles/")}
         assert roles == ROLES[domain]
-    # A role allows exactly its class's names in this inventory, its usages and its O.
-    serving = state[f"{DOMAIN_MOUNTS['kubernetes']}/roles/kubelet-serving"]
-    assert set(serving["allowed_domains"]) == {"system:node:worker1", "worker1", "system:node:worker2", "worker2"}
-    assert set(serving["allowed_ip_sans_cidr"]) == {"127.0.0.11/32", "127.0.0.12/32"}
+    # A role allows exactly its names in this inventory (a node's, for a node's cert), its usages and its O.
+    serving = state[f"{DOMAIN_MOUNTS['kubernetes']}/roles/kubelet-serving.worker1"]
+    assert set(serving["allowed_domains"]) == {"system:node:worker1", "worker1"}
+    assert set(serving["allowed_ip_sans_cidr"]) == {"127.0.0.11/32"}
     assert (serving["server_flag"], serving["client_flag"], serving["organization"]) == (True, False,
                                                                                        ["system:nodes"])
     assert not serving["allow_any_name"] and not serving["allow_subdomains"]
@@ -187,17 +207,16 @@ def test_a_kubelet_cert_from_the_cluster_signer_logs_in_to_the_api_server(apiser
     assert seen[-1][1:] == ("system:node:worker9", ["system:nodes"])
 
 
-def test_a_rerun_asks_vault_for_the_ca_certs_and_changes_no_file(setup_runs, built_loopback):
-    _, env, _, _ = setup_runs
+def test_a_rerun_asks_vault_for_the_ca_certs_and_changes_no_file(build_env, built_loopback):
     before = built_loopback.snapshot()
-    again = built_loopback.doit("pki", env=env)
+    again = built_loopback.doit("pki", env=build_env)
     assert sorted(again.executed) == ["pki:ca-etcd", "pki:ca-front-proxy", "pki:ca-kubernetes", "pki:ca-root"]
     assert again.stdout.strip() == ""
     assert built_loopback.snapshot() == before
 
 
-def test_the_expiry_report_lists_the_kubelet_signer_and_says_where_vault_cas_renew(setup_runs, built_loopback):
-    _, env, _, _ = setup_runs
+def test_the_expiry_report_lists_the_kubelet_signer_and_says_where_vault_cas_renew(build_env, built_loopback):
+    env = build_env
     rows = {(r["node"], r["cert"]): r for r in json.loads(built_loopback.doit("expiry", "--json", env=env).stdout)}
     assert {("-", name) for name in ("root", "kubernetes", "etcd", "front-proxy", "kubelet-signer")} <= set(rows)
     assert all(row["state"] == "ok" for row in rows.values())
@@ -222,10 +241,11 @@ def _age_every_leaf(bao, project: Project, days_left: int) -> None:
     and lifetime; as a year of real time would leave the build."""
     client = bao.client()
     lifetime = timedelta(days=365)
+    settings = CASettings(backend="vault", address=bao.address)
     for cert_path in sorted((project.root / "build/pki/nodes").rglob("*.crt")):
         name = cert_path.stem
         mount = DOMAIN_MOUNTS[leaf(name).issuer]
-        role = client.read(f"{mount}/roles/{name}")["data"]
+        role = client.read(f"{mount}/roles/{role_of(settings, name, cert_path.parent.name)}")["data"]
         client.write_data(f"{mount}/roles/aged-{name}", data={
             **role, "not_before_duration": int((lifetime - timedelta(days=days_left)).total_seconds())})
         old = x509.load_pem_x509_certificates(cert_path.read_bytes())[0]
@@ -242,11 +262,10 @@ def _age_every_leaf(bao, project: Project, days_left: int) -> None:
         cert_path.write_text(signed["certificate"].strip() + "\n" + signed["issuing_ca"].strip() + "\n")
 
 
-def test_renewal_asks_vault_again_and_keeps_the_keys(bao, setup_runs, tmp_path):
+def test_renewal_asks_vault_again_and_keeps_the_keys(bao, setup_runs, build_env, tmp_path):
     from test_pki_support import assert_build_is_true
-    _, env, _, _ = setup_runs
-    project = Project(tmp_path)
-    project.write_inventory(loopback_inventory(workers=1, extra=vault_section(bao)))
+    project = new_build(bao, tmp_path, setup_runs[1], workers=1)
+    env = build_env
     project.doit("pki", env=env)
     keys = {k: v for k, v in project.snapshot("build/pki").items() if k.endswith(".key")}
     # A year on: every leaf (365 days) has ten days left, inside the 30-day window; the CAs do not.
@@ -267,12 +286,11 @@ def test_renewal_asks_vault_again_and_keeps_the_keys(bao, setup_runs, tmp_path):
     assert [name for name in again.executed if not name.startswith("pki:ca-")] == []
 
 
-def test_a_later_kthw_now_never_makes_vault_sign(bao, setup_runs, tmp_path):
+def test_a_later_kthw_now_never_makes_vault_sign(bao, setup_runs, build_env, tmp_path):
     """A run with KTHW_NOW set would date nothing by it (Vault signs on its own clock) and
     renew the same certs on every run: it refuses before asking Vault for anything."""
-    _, env, _, _ = setup_runs
-    project = Project(tmp_path)
-    project.write_inventory(loopback_inventory(workers=1, extra=vault_section(bao)))
+    project = new_build(bao, tmp_path, setup_runs[1], workers=1)
+    env = build_env
     project.doit("pki", env=env)
     before, signed = project.snapshot(), _issued_by_vault(bao)
     later = (datetime.now(timezone.utc) + timedelta(days=340)).date().isoformat()
@@ -283,13 +301,12 @@ def test_a_later_kthw_now_never_makes_vault_sign(bao, setup_runs, tmp_path):
         assert project.snapshot() == before
 
 
-def test_a_workstation_clock_ahead_of_vault_stops_without_writing(bao, setup_runs, tmp_path):
+def test_a_workstation_clock_ahead_of_vault_stops_without_writing(bao, setup_runs, build_env, tmp_path):
     """This machine's clock says a year later than Vault's: every leaf looks due, and what
     Vault signs (dated by its clock) would look due again at once. The first such cert stops
     the run unwritten, so no run signs more than one, and none loops."""
-    _, env, _, _ = setup_runs
-    project = Project(tmp_path)
-    project.write_inventory(loopback_inventory(workers=1, extra=vault_section(bao)))
+    project = new_build(bao, tmp_path, setup_runs[1], workers=1)
+    env = build_env
     project.doit("pki", env=env)
     before, signed = project.snapshot(), _issued_by_vault(bao)
     ahead = system_clock_at(datetime.now(timezone.utc) + timedelta(days=340))
@@ -302,29 +319,30 @@ def test_a_workstation_clock_ahead_of_vault_stops_without_writing(bao, setup_run
 
 
 def test_a_role_that_forbids_a_new_san_fails_clearly_until_updated(bao, setup_runs, tmp_path):
-    # Own roles (naming.role), so the module's other builds keep theirs.
-    _, env, _, _ = setup_runs
+    # Own roles (naming.role) and build policy, so the module's other builds keep theirs.
+    _, admin_env, _, _ = setup_runs
     project = Project(tmp_path)
-    section = vault_section(bao, extra="naming: {role: 'san-test-{cert}'}")
+    section = vault_section(bao, extra="naming: {role: 'san-test-{cert}', policy: san-test-build}")
     text = loopback_inventory(workers=1, extra=section)
     project.write_inventory(text)
-    project.doit("vault_setup", env=env)
+    project.doit("vault_setup", env=admin_env)
+    env = no_vault_env(VAULT_TOKEN=policy_token(bao, "san-test-build"))
     project.doit("pki", env=env)
     project.write_inventory(text.replace("ip: 127.0.0.11,", "ip: 127.0.0.11, extra_sans: [w1.example.lan],"))
     before = project.snapshot()
     run = project.doit("pki", env=env, check=False)
     fails_cleanly(run, f"Vault at {bao.address}: the role refuses the request at "
-                       f"{DOMAIN_MOUNTS['kubernetes']}/sign/san-test-kubelet-serving: subject alternate name "
+                       f"{DOMAIN_MOUNTS['kubernetes']}/sign/san-test-kubelet-serving.worker1: subject alternate name "
                        "w1.example.lan not allowed by this role; if the inventory changed, update the roles with "
                        "'doit vault_setup update_roles=1'")
     assert project.snapshot() == before
-    report = project.doit("vault_setup", env=env)
-    assert (f"role {DOMAIN_MOUNTS['kubernetes']}/roles/san-test-kubelet-serving differs from what the inventory "
-            "needs") in report.stdout and "w1.example.lan" in report.stdout
+    report = project.doit("vault_setup", env=admin_env)
+    assert (f"role {DOMAIN_MOUNTS['kubernetes']}/roles/san-test-kubelet-serving.worker1 differs from what the "
+            "inventory needs") in report.stdout and "w1.example.lan" in report.stdout
     assert "left as it is" in report.stdout
     assert project.doit("pki", env=env, check=False).returncode != 0, "a report alone changes no role"
-    updated = project.doit("vault_setup", "update_roles=1", env=env)
-    assert f"updated role {DOMAIN_MOUNTS['kubernetes']}/roles/san-test-kubelet-serving" in updated.stdout
+    updated = project.doit("vault_setup", "update_roles=1", env=admin_env)
+    assert f"updated role {DOMAIN_MOUNTS['kubernetes']}/roles/san-test-kubelet-serving.worker1" in updated.stdout
     project.doit("pki", env=env)
     cert = x509.load_pem_x509_certificate(project.node_file("worker1", "etc/k8s/kubelet/kubelet-serving.crt")
                                           .read_bytes())
@@ -332,8 +350,9 @@ def test_a_role_that_forbids_a_new_san_fails_clearly_until_updated(bao, setup_ru
         .get_values_for_type(x509.DNSName)
 
 
-def test_a_missing_mount_points_at_vault_setup(bao, setup_runs, tmp_path):
-    _, env, _, _ = setup_runs
+def test_a_missing_mount_points_at_vault_setup(bao, build_env, tmp_path):
+    # As the build identity: Vault answers "permission denied" for a mount it does not have.
+    env = build_env
     project = Project(tmp_path)
     project.write_inventory(loopback_inventory(workers=1, extra=vault_section(
         bao, extra="naming: {intermediate_mount: 'other_pki_{domain}'}")))
@@ -368,8 +387,8 @@ def test_a_missing_role_points_at_vault_setup(bao, setup_runs, tmp_path):
     project.write_inventory(loopback_inventory(workers=1, extra=vault_section(
         bao, extra="naming: {role: 'not-set-up-{cert}'}")))
     run = project.doit("pki:cp1/etcd-peer", env=env, check=False)
-    fails_cleanly(run, f"Vault at {bao.address}: {DOMAIN_MOUNTS['etcd']}/sign/not-set-up-etcd-peer: unknown role: "
-                       "not-set-up-etcd-peer; run 'doit vault_setup'")
+    fails_cleanly(run, f"Vault at {bao.address}: {DOMAIN_MOUNTS['etcd']}/sign/not-set-up-etcd-peer.cp1: unknown role: "
+                       "not-set-up-etcd-peer.cp1; run 'doit vault_setup'")
     assert not (project.root / "build/pki/nodes/cp1/etcd-peer.key").exists()
 
 
@@ -394,13 +413,13 @@ def test_a_cert_vault_hands_out_shorter_than_asked_is_not_written(bao, setup_run
     _, env, _, _ = setup_runs
     project = Project(tmp_path)
     project.write_inventory(loopback_inventory(workers=1, extra=vault_section(
-        bao, extra="naming: {role: 'ttl-test-{cert}'}")))
+        bao, extra="naming: {role: 'ttl-test-{cert}', policy: ttl-test-build}")))
     project.doit("vault_setup", env=env)
-    role = f"{DOMAIN_MOUNTS['etcd']}/roles/ttl-test-etcd-peer"
+    role = f"{DOMAIN_MOUNTS['etcd']}/roles/ttl-test-etcd-peer.cp1"
     client = bao.client()
     client.write_data(role, data={**client.read(role)["data"], "max_ttl": "720h"})
     run = project.doit("pki:cp1/etcd-peer", env=env, check=False)
-    fails_cleanly(run, f"{DOMAIN_MOUNTS['etcd']}/sign/ttl-test-etcd-peer issued a cert that differs from what "
+    fails_cleanly(run, f"{DOMAIN_MOUNTS['etcd']}/sign/ttl-test-etcd-peer.cp1 issued a cert that differs from what "
                        "was asked (lifetime changed); nothing was written")
     assert not (project.root / "build/pki/nodes/cp1/etcd-peer.crt").exists()
     report = project.doit("vault_setup", env=env)

@@ -19,8 +19,8 @@ from kthw.inventory import CASettings
 from kthw.vault import Session, VaultError
 
 from conftest import Project, fails_cleanly, free_port, loopback_inventory
-from test_vault_support import ISSUER_POLICY, dev_server, no_vault_env, project_files, \
-    vault_section
+from test_vault_support import BUILD_POLICY, dev_server, no_vault_env, policy_token, project_files, \
+    token_accessors, vault_section
 
 INVENTORY_ARGS = {"workers": 1}
 KUBERNETES_MOUNT = "k8s_pki_intermediate_ca_for_service_kubernetes"
@@ -28,14 +28,20 @@ KUBERNETES_MOUNT = "k8s_pki_intermediate_ca_for_service_kubernetes"
 
 @pytest.fixture(scope="module")
 def bao(tmp_path_factory):
-    """A dev server prepared by `doit vault_setup` (root token) for the 3+1 loopback inventory."""
+    """A dev server prepared by `doit vault_setup` (root token) for the 3+1 loopback inventory: it
+    wrote the build policy (BUILD_POLICY) that the identities below log in with."""
     with dev_server(tmp_path_factory.mktemp("bao")) as server:
         admin = Project(tmp_path_factory.mktemp("admin"))
         admin.write_inventory(loopback_inventory(**INVENTORY_ARGS, extra=vault_section(server)))
         admin.doit("vault_setup", env=no_vault_env(VAULT_TOKEN=server.root_token))
-        client = server.client()
-        client.sys.create_or_update_policy("kthw-issuer", ISSUER_POLICY)
         yield server
+
+
+def prepared(project: Project, bao) -> Project:
+    """The admin ran `doit vault_setup` in this project: its kubelet signer exists (Vault's root signed it)."""
+    project.write_inventory(loopback_inventory(**INVENTORY_ARGS, extra=vault_section(bao)))
+    project.doit("vault_setup", env=no_vault_env(VAULT_TOKEN=bao.root_token))
+    return project
 
 
 def build(project: Project, bao, auth: str, env: dict, *tasks: str, check: bool = True):
@@ -63,13 +69,17 @@ def test_userpass_login_builds_the_certs_and_the_password_never_leaks(bao, proje
     if "userpass/" not in client.sys.list_auth_methods()["data"]:
         client.sys.enable_auth_method("userpass")
     password = secrets.token_urlsafe(18)
-    client.write_data("auth/userpass/users/kthw", data={"password": password, "token_policies": "kthw-issuer"})
+    client.write_data("auth/userpass/users/kthw", data={"password": password, "token_policies": BUILD_POLICY})
+    prepared(project, bao)
+    before = token_accessors(bao)
     run = build(project, bao, "{method: userpass, username: kthw}",
                 no_vault_env(KTHW_VAULT_PASSWORD=password))
     cert = x509.load_pem_x509_certificates(
         project.node_file("cp2", "etc/k8s/etcd/server.crt").read_bytes())
     assert cert[0].issuer.rfc4514_string() == "CN=testcluster-etcd-ca"
     assert_never_leaked(project, run, password, bao.root_token)
+    # The token the login made was revoked as doit ended: none outlives its run.
+    assert token_accessors(bao) == before
 
 
 def test_userpass_with_a_wrong_password_is_refused_clearly(bao, project):
@@ -86,14 +96,17 @@ def test_approle_login_with_a_secret_id_file_builds_the_certs(bao, project):
     client = bao.client()
     if "approle/" not in client.sys.list_auth_methods()["data"]:
         client.sys.enable_auth_method("approle")
-    client.write_data("auth/approle/role/kthw", data={"token_policies": "kthw-issuer"})
+    client.write_data("auth/approle/role/kthw", data={"token_policies": BUILD_POLICY})
     role_id = client.read("auth/approle/role/kthw/role-id")["data"]["role_id"]
     secret_id = client.write_data("auth/approle/role/kthw/secret-id")["data"]["secret_id"]
     (project.root / "secret-id").write_text(secret_id + "\n")
+    prepared(project, bao)
+    before = token_accessors(bao)
     run = build(project, bao, f"{{method: approle, role_id: {role_id}, secret_id_file: secret-id}}",
                 no_vault_env())
     assert project.node_file("worker1", "etc/k8s/kubelet/kubelet-serving.crt").exists()
     assert_never_leaked(project, run, secret_id, bao.root_token)
+    assert token_accessors(bao) == before
 
     other = Project(project.root / "wrong")
     other.root.mkdir()
@@ -105,9 +118,8 @@ def test_approle_login_with_a_secret_id_file_builds_the_certs(bao, project):
 
 def test_a_token_limited_to_one_role_is_refused_on_another(bao, project):
     client = bao.client()
+    # No read on <mount>/cert/ca: Vault serves a mount's CA cert to anyone.
     client.sys.create_or_update_policy("kube-proxy-only", f"""
-path "k8s_pki_root_ca/cert/ca" {{ capabilities = ["read"] }}
-path "{KUBERNETES_MOUNT}/cert/ca" {{ capabilities = ["read"] }}
 path "{KUBERNETES_MOUNT}/sign/kube-proxy" {{ capabilities = ["update"] }}
 """)
     token = client.auth.token.create(policies=["kube-proxy-only"], ttl="1h")["auth"]["client_token"]
@@ -117,7 +129,7 @@ path "{KUBERNETES_MOUNT}/sign/kube-proxy" {{ capabilities = ["update"] }}
     assert project.node_file("worker1", "etc/k8s/kube-proxy/kubeconfig").exists()
     before = project.snapshot()
     run = build(project, bao, auth, no_vault_env(), "pki:worker1/kubelet-serving", check=False)
-    fails_cleanly(run, f"Vault at {bao.address}: permission denied on {KUBERNETES_MOUNT}/sign/kubelet-serving: "
+    fails_cleanly(run, f"Vault at {bao.address}: permission denied on {KUBERNETES_MOUNT}/sign/kubelet-serving.worker1: "
                               "the token is expired or revoked, or its policy does not allow this path")
     assert project.snapshot() == before
     assert not (project.root / "build/pki/nodes/worker1/kubelet-serving.key").exists()
@@ -135,7 +147,7 @@ def test_token_from_bao_token_and_a_bad_or_missing_token(bao, project):
 
 
 def issuer_token(bao) -> str:
-    return bao.client().auth.token.create(policies=["kthw-issuer"], ttl="1h")["auth"]["client_token"]
+    return policy_token(bao, BUILD_POLICY)
 
 
 def assert_refused_without_leak(project: Project, run, secret: str, *needles: str):
@@ -180,7 +192,7 @@ def test_a_password_with_a_carriage_return_is_refused_and_never_shown(bao, proje
     if "userpass/" not in client.sys.list_auth_methods()["data"]:
         client.sys.enable_auth_method("userpass")
     password = secrets.token_urlsafe(18)
-    client.write_data("auth/userpass/users/kthw-cr", data={"password": password, "token_policies": "kthw-issuer"})
+    client.write_data("auth/userpass/users/kthw-cr", data={"password": password, "token_policies": BUILD_POLICY})
     broken = f"{password[:9]}\r{password[9:]}"
     run = build(project, bao, "{method: userpass, username: kthw-cr}", no_vault_env(KTHW_VAULT_PASSWORD=broken),
                 check=False)

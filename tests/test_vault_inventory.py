@@ -10,6 +10,7 @@ from conftest import loopback_inventory
 from kthw.errors import InventoryError
 from kthw.inventory import VaultAuth, VaultNaming, loads
 from kthw.vault import mount_for, role_for
+from kthw.vault_policy import build_policy_name, owned_role, role_of
 
 
 def ca(section: str):
@@ -33,7 +34,7 @@ def test_every_setting_and_relative_files():
   namespace: infra/k8s
   ca_bundle: vault-ca.pem
   auth: {method: approle, mount: approle-k8s, role_id_file: ids/role-id, secret_id_env: SITE_SECRET_ID}
-  naming: {root_mount: pki/root, intermediate_mount: 'pki/{domain}', role: 'kthw-{cert}'}
+  naming: {root_mount: pki/root, intermediate_mount: 'pki/{domain}', role: 'kthw-{cert}', policy: k8s-prod-build}
 """)
     assert settings.namespace == "infra/k8s"
     assert settings.ca_bundle == Path("/srv/site/vault-ca.pem")
@@ -41,6 +42,21 @@ def test_every_setting_and_relative_files():
     assert (settings.auth.method, settings.auth.mount, settings.auth.secret_id_env) == (
         "approle", "approle-k8s", "SITE_SECRET_ID")
     assert mount_for(settings, "front-proxy") == "pki/front_proxy" and role_for(settings, "admin") == "kthw-admin"
+    assert settings.naming.policy == "k8s-prod-build"
+
+
+def test_a_node_s_cert_has_a_role_per_node_and_kthw_knows_its_own_role_names():
+    settings = ca("ca: {backend: vault, address: 'https://v:8200', naming: {role: 'kthw-{cert}'}}")
+    assert role_of(settings, "kubelet-serving", "worker1") == "kthw-kubelet-serving.worker1"
+    assert role_of(settings, "apiserver", "cp1.example.lan") == "kthw-apiserver.cp1.example.lan"
+    assert role_of(settings, "admin", "cp1") == "kthw-admin"  # names no node: one role for the class
+    assert owned_role(settings, "kthw-etcd-peer.cp1.example.lan") == ("etcd-peer", "cp1.example.lan")
+    assert owned_role(settings, "kthw-admin") == ("admin", None)
+    for foreign in ("admin", "kthw-", "kthw-evil", "kthw-evil.cp1", "other-kubelet-serving.worker1"):
+        assert owned_role(settings, foreign) is None, foreign
+    inv = loads(loopback_inventory(workers=1, extra="ca: {backend: vault, address: 'https://v:8200'}"),
+                source="/srv/site/cluster.yaml")
+    assert build_policy_name(inv) == "kthw-testcluster-build"
 
 
 @pytest.mark.parametrize("section, field, words", [

@@ -22,15 +22,9 @@ import hvac
 from conftest import port_free, require, stop_processes
 from test_vendor import NO_PROXY_ENV
 
-# The policy a build needs (doit pki), for the default names: copy the CA certs, sign leaf
-# CSRs with any role, and let the root sign the kubelet signer's CSR.
-ISSUER_POLICY = """
-path "k8s_pki_root_ca/cert/ca" { capabilities = ["read"] }
-path "k8s_pki_root_ca/root/sign-intermediate" { capabilities = ["update"] }
-""" + "".join(f"""
-path "k8s_pki_intermediate_ca_for_service_{domain}/cert/ca" {{ capabilities = ["read"] }}
-path "k8s_pki_intermediate_ca_for_service_{domain}/sign/*" {{ capabilities = ["update"] }}
-""" for domain in ("kubernetes", "etcd", "front_proxy"))
+# The build identity's policy as `doit vault_setup` writes it, for the loopback inventory
+# (cluster name testcluster) with the default ca.naming.
+BUILD_POLICY = "kthw-testcluster-build"
 
 
 def free_port_pair() -> int:
@@ -189,3 +183,15 @@ def project_files(root: Path) -> dict[str, bytes]:
     build = root / "build"
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(build.rglob("*")) if p.is_file()} \
         if build.exists() else {}
+
+
+def policy_token(bao: Bao, policy: str = BUILD_POLICY, namespace: str | None = None) -> str:
+    """A token with this policy alone (not even Vault's default policy), as a build identity."""
+    return bao.client(namespace=namespace).auth.token.create(
+        policies=[policy], no_default_policy=True, ttl="1h")["auth"]["client_token"]
+
+
+def token_accessors(bao: Bao) -> set[str]:
+    """The accessors of every token the server holds (root token included)."""
+    listed = bao.client().list("auth/token/accessors")
+    return set((listed or {"data": {"keys": []}})["data"]["keys"])
