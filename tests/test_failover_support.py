@@ -209,8 +209,8 @@ def failover(config: dict, work: Path) -> list[dict]:
 
 def can_run() -> bool:
     """Whether this machine lets us make network namespaces with a veth pair."""
-    probe = subprocess.run(["unshare", "--net", "--fork", "ip", "link", "add", "a", "type", "veth", "peer", "name",
-                            "b"], capture_output=True)
+    probe = subprocess.run(["unshare", "--net", "--fork", "ip", "link", "add", "name", "probe-w", "type", "veth",
+                            "peer", "name", "probe-s"], capture_output=True)
     return probe.returncode == 0
 
 
