@@ -241,9 +241,16 @@ def _containerd_config(i: _Inputs, node: Node) -> dict:
             "sandbox_image": i.pause_image(), "paths": PATHS}
 
 
+# client-go's HTTP/2 health check (k8s.io/apimachinery util/net): a connection with no frame
+# for this long is pinged, and dropped when the ping goes unanswered; the next dial tries
+# every API server again. Its defaults, 30 s and 15 s, keep a kubelet or kube-proxy on a
+# control plane that vanished without a word for 45 s.
+API_CONNECTION_HEALTH = {"HTTP2_READ_IDLE_TIMEOUT_SECONDS": 10, "HTTP2_PING_TIMEOUT_SECONDS": 5}
+
+
 def _kubelet_unit(i: _Inputs, node: Node) -> dict:
     return {"kubernetes_minor": i.release.name, "node_name": node.name, "node_ip": str(node.ip),
-            "credentials": i.inv.kubelet_credentials,
+            "credentials": i.inv.kubelet_credentials, "api_connection_health": API_CONNECTION_HEALTH,
             "runtime_endpoint_in_config": i.release.runtime_endpoint_in_config, "paths": PATHS}
 
 
@@ -254,7 +261,7 @@ def _kubelet_config(i: _Inputs, node: Node) -> dict:
 
 
 def _kube_proxy_unit(i: _Inputs, node: Node) -> dict:
-    return {"kubernetes_minor": i.release.name, "paths": PATHS}
+    return {"kubernetes_minor": i.release.name, "api_connection_health": API_CONNECTION_HEALTH, "paths": PATHS}
 
 
 def _kube_proxy_config(i: _Inputs, node: Node) -> dict:

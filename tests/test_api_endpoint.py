@@ -109,6 +109,13 @@ def test_node_side_kubeconfigs_name_the_node_local_endpoint_and_control_planes_k
         assert NAME in sans and "k8s.homelab.lan" in sans
 
 
+def test_kubelet_and_kube_proxy_drop_a_silent_api_connection_within_15_seconds(built):
+    for unit in ("kubelet", "kube-proxy"):
+        text = built.node_file(WORKER, f"/etc/systemd/system/{unit}.service").read_text()
+        lines = [line for line in text.splitlines() if line.startswith("Environment=")]
+        assert lines == ["Environment=HTTP2_READ_IDLE_TIMEOUT_SECONDS=10 HTTP2_PING_TIMEOUT_SECONDS=5"], unit
+
+
 def _hosts_lines(project: Project, node: str) -> list[str]:
     text = project.node_file(node, HOSTS_FRAGMENT).read_text()
     return [line for line in text.splitlines() if line and not line.startswith("#")]
