@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .crypto import CertSpec
-from .inventory import Inventory, Node
+from .inventory import APISERVER_PORT, Inventory, Node
 
 CONTROL_PLANE, ETCD, WORKER = "control-plane", "etcd", "worker"
-# kube-apiserver's secure port on every control-plane node, and how that node's own
-# components (server="local" kubeconfigs, apply.sh) reach it.
-APISERVER_PORT = 6443
+# How a control-plane node's own components (server="local" kubeconfigs, apply.sh) reach
+# its API server, on kube-apiserver's secure port (APISERVER_PORT).
 LOCAL_APISERVER_URL = f"https://127.0.0.1:{APISERVER_PORT}"
 SERVER, CLIENT = frozenset({"server"}), frozenset({"client"})
 SERVER_CLIENT = SERVER | CLIENT
@@ -131,6 +130,8 @@ def _apiserver_sans(inv: Inventory, node: Node) -> tuple[list[str], list[str]]:
     dns = [node.name, "kubernetes", "kubernetes.default", "kubernetes.default.svc",
            f"kubernetes.default.svc.{inv.cluster_domain}", "localhost"]
     ips = [str(inv.kubernetes_service_ip), str(node.ip), "127.0.0.1"]
+    if inv.api_endpoint.node_local:
+        dns.append(inv.api_endpoint.name)
     if inv.api_endpoint.dns:
         dns.append(inv.api_endpoint.dns)
     if inv.api_endpoint.ip:

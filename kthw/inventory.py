@@ -31,6 +31,12 @@ CA_BACKENDS = ("local", "vault")
 VAULT_AUTH_METHODS = ("token", "userpass", "approle")
 KUBELET_CREDENTIALS = ("tls-bootstrap", "static")
 ENCRYPTION_PROVIDERS = ("secretbox", "aesgcm", "aescbc")
+API_MODES = ("node-local", "external")
+# kube-apiserver's secure port on every control-plane node.
+APISERVER_PORT = 6443
+# The default node-local name: under .internal, which ICANN keeps for private use, so no
+# public DNS answers it; only the nodes' /etc/hosts blocks do.
+NODE_LOCAL_NAME = "kube-apiserver.kthw.internal"
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -45,20 +51,35 @@ _DURATION_UNITS = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedel
 
 @dataclass(frozen=True)
 class ApiEndpoint:
-    """Where clients and kubelets reach the API: a VIP, a load balancer or one node."""
+    """Where the nodes' kubeconfigs reach the API servers.
+
+    ``node-local``: ``name``, which every node's /etc/hosts resolves to every control-plane
+    address (nearest first), on the API servers' own port; ``dns`` and ``ip`` are then only
+    further names of the API server cert. ``external``: the operator's VIP or load balancer,
+    ``dns`` or ``ip`` and ``port``.
+    """
 
     dns: str | None
     ip: IPAddress | None
     port: int
+    mode: str = "node-local"
+    name: str | None = None     # node-local: the name the /etc/hosts blocks resolve
+
+    @property
+    def node_local(self) -> bool:
+        return self.mode == "node-local"
 
     @property
     def host(self) -> str:
+        if self.node_local:
+            return self.name
         if self.dns:
             return self.dns
         return f"[{self.ip}]" if self.ip.version == 6 else str(self.ip)
 
     @property
     def url(self) -> str:
+        """The server of every kubeconfig that does not name the node's own API server."""
         return f"https://{self.host}:{self.port}"
 
 
@@ -369,14 +390,7 @@ def _build(top: _Reader) -> Inventory:
     version = top.get("kubernetes_version", _version)
     domain = top.get("cluster_domain", _dns_name, "cluster.local")
 
-    api = top.sub("api_endpoint")
-    api.check_keys(("dns", "ip", "port"))
-    endpoint = ApiEndpoint(dns=api.get("dns", _dns_name, None), ip=api.get("ip", _ip, None),
-                           port=api.get("port", _port, 6443))
-    if endpoint.dns is None and endpoint.ip is None:
-        raise top.fail("api_endpoint", "the API endpoint has neither 'dns' nor 'ip'",
-                       "give the address clients and kubelets use: a VIP, a load balancer or a node, "
-                       "e.g. api_endpoint: {dns: k8s.example.lan, ip: 10.0.0.10, port: 6443}")
+    endpoint = _api_endpoint(top, domain)
 
     service_cidr = top.get("service_cidr", _cidr)
     pod_cidr = top.get("pod_cidr", _cidr)
@@ -425,6 +439,7 @@ def _build(top: _Reader) -> Inventory:
     _until_last_date(top, "bootstrap_token_ttl", token_ttl, "a bootstrap token lifetime")
 
     nodes = _nodes(top, service_cidr, pod_cidr)
+    _check_node_local_name(top, endpoint, nodes)
     warnings = []
     etcd_count = sum(1 for n in nodes if n.is_etcd)
     if etcd_count % 2 == 0:
@@ -440,6 +455,54 @@ def _build(top: _Reader) -> Inventory:
         encryption_provider=top.get("encryption_provider", _choice(ENCRYPTION_PROVIDERS), "secretbox"),
         bootstrap_token_ttl=token_ttl,
         nodes=nodes, vendor=_vendor(top), warnings=tuple(warnings))
+
+
+API_ENDPOINT_KEYS = ("mode", "name", "dns", "ip", "port")
+
+
+def _api_endpoint(top: _Reader, domain: str) -> ApiEndpoint:
+    """The `api_endpoint:` section (absent: node-local with the default name)."""
+    api = top.sub("api_endpoint")
+    api.check_keys(API_ENDPOINT_KEYS)
+    mode = api.get("mode", _choice(API_MODES), "node-local")
+    endpoint = ApiEndpoint(dns=api.get("dns", _dns_name, None), ip=api.get("ip", _ip, None),
+                           port=api.get("port", _port, APISERVER_PORT), mode=mode,
+                           name=api.get("name", _dns_name, NODE_LOCAL_NAME) if mode == "node-local" else None)
+    if mode == "external":
+        if "name" in api.mapping:
+            raise api.fail("name", "'name' is the node-local mode's name, but the mode is 'external'",
+                           "remove 'name' (the nodes then use 'dns' or 'ip'), or set 'mode: node-local'")
+        if endpoint.dns is None and endpoint.ip is None:
+            raise top.fail("api_endpoint", "the external API endpoint has neither 'dns' nor 'ip'",
+                           "give the address of your VIP or load balancer, e.g. api_endpoint: {mode: external, "
+                           "dns: k8s.example.lan, ip: 10.0.0.10, port: 6443}; or use 'mode: node-local', "
+                           "which needs neither")
+        return endpoint
+    if endpoint.port != APISERVER_PORT:
+        raise api.fail("port", f"in node-local mode the nodes reach each API server directly, on its port "
+                       f"{APISERVER_PORT}, not {endpoint.port}",
+                       f"remove 'port' (or set {APISERVER_PORT}); for a load balancer on port {endpoint.port} "
+                       "set 'mode: external'")
+    name = endpoint.name
+    if name == endpoint.dns:
+        raise api.fail("name", f"'{name}' is both the node-local name and 'dns'",
+                       "the node-local name must be one only the nodes' /etc/hosts answers, so that no DNS "
+                       f"answer can send a node to a single API server: remove 'name' (default {NODE_LOCAL_NAME})")
+    for reserved, answered_by in (("localhost", "every machine itself"), (domain, "the cluster DNS")):
+        if name == reserved or name.endswith("." + reserved):
+            raise api.fail("name", f"'{name}' is a name {answered_by} answers",
+                           f"pick a name under a domain no one serves, e.g. the default {NODE_LOCAL_NAME}")
+    return endpoint
+
+
+def _check_node_local_name(top: _Reader, endpoint: ApiEndpoint, nodes: tuple[Node, ...]) -> None:
+    """The node-local name must not also name one machine."""
+    if not endpoint.node_local:
+        return
+    for node in nodes:
+        if endpoint.name == node.name or endpoint.name in node.extra_sans:
+            raise top.sub("api_endpoint").fail("name", f"'{endpoint.name}' also names the node '{node.name}'",
+                                               f"pick a name of its own, e.g. the default {NODE_LOCAL_NAME}")
 
 
 CA_KEYS = ("backend", "address", "namespace", "ca_bundle", "auth", "naming")

@@ -101,6 +101,8 @@ PATHS: dict[str, str] = {
     "kubelet_config": "/etc/k8s/kubelet/kubelet-config.yaml",
     "kube_proxy_config": "/etc/k8s/kube-proxy/kube-proxy-config.yaml",
     "containerd_config": "/etc/k8s/containerd/config.toml",
+    # node-local API endpoint: the lines the installer keeps in /etc/hosts
+    "api_hosts": "/etc/k8s/shared/apiserver-hosts",
     # created at run time by the services themselves
     "containerd_socket": CONTAINERD_SOCKET,
     "etcd_data": "/var/lib/etcd",
@@ -239,9 +241,16 @@ def _containerd_config(i: _Inputs, node: Node) -> dict:
             "sandbox_image": i.pause_image(), "paths": PATHS}
 
 
+# client-go's HTTP/2 health check (k8s.io/apimachinery util/net): a connection with no frame
+# for this long is pinged, and dropped when the ping goes unanswered; the next dial tries
+# every API server again. Its defaults, 30 s and 15 s, keep a kubelet or kube-proxy on a
+# control plane that vanished without a word for 45 s.
+API_CONNECTION_HEALTH = {"HTTP2_READ_IDLE_TIMEOUT_SECONDS": 10, "HTTP2_PING_TIMEOUT_SECONDS": 5}
+
+
 def _kubelet_unit(i: _Inputs, node: Node) -> dict:
     return {"kubernetes_minor": i.release.name, "node_name": node.name, "node_ip": str(node.ip),
-            "credentials": i.inv.kubelet_credentials,
+            "credentials": i.inv.kubelet_credentials, "api_connection_health": API_CONNECTION_HEALTH,
             "runtime_endpoint_in_config": i.release.runtime_endpoint_in_config, "paths": PATHS}
 
 
@@ -252,7 +261,7 @@ def _kubelet_config(i: _Inputs, node: Node) -> dict:
 
 
 def _kube_proxy_unit(i: _Inputs, node: Node) -> dict:
-    return {"kubernetes_minor": i.release.name, "paths": PATHS}
+    return {"kubernetes_minor": i.release.name, "api_connection_health": API_CONNECTION_HEALTH, "paths": PATHS}
 
 
 def _kube_proxy_config(i: _Inputs, node: Node) -> dict:
@@ -277,6 +286,27 @@ def pod_routes(inv: Inventory, node: Node) -> list[dict]:
 
 def _pod_routes(i: _Inputs, node: Node) -> dict:
     return {"routes": pod_routes(i.inv, node), "proto": POD_ROUTE_PROTO}
+
+
+def apiserver_order(inv: Inventory, node: Node) -> tuple[Node, ...]:
+    """The control planes in the order ``node`` tries them: itself, then those of its zone,
+    then the others; the list starts at another control plane on each node, so that nodes
+    without a zone of their own spread their first tries."""
+    planes = inv.control_plane_nodes
+    start = inv.nodes.index(node) % len(planes)
+    turned = planes[start:] + planes[:start]
+    return tuple(sorted(turned, key=lambda cp: (cp.name != node.name, node.zone is None or cp.zone != node.zone)))
+
+
+def _api_hosts(i: _Inputs, node: Node) -> dict:
+    return {"cluster": i.inv.name, "name": i.inv.api_endpoint.name,
+            "addresses": [str(cp.ip) for cp in apiserver_order(i.inv, node)]}
+
+
+def _uses_node_local_endpoint(inv: Inventory, node: Node) -> bool:
+    """Workers (kubelet, kube-proxy) and control planes (the admin kubeconfig) reach the API
+    through the node-local name."""
+    return inv.api_endpoint.node_local and (node.is_worker or node.is_control_plane)
 
 
 def _nothing(i: _Inputs, node: Node) -> dict:
@@ -325,6 +355,8 @@ RULES: tuple[_Rule, ...] = (
     # plain routing: on every node that another worker's pod CIDR is not local to.
     _Rule(f"{UNIT_DIR}/kthw-pod-routes.service", "units/kthw-pod-routes.service.j2", None, _pod_routes,
           when=lambda inv, node: bool(pod_routes(inv, node))),
+    # The node-local API endpoint's name, resolved to every API server by /etc/hosts.
+    _Rule(PATHS["api_hosts"], "configs/apiserver-hosts.j2", None, _api_hosts, when=_uses_node_local_endpoint),
 )
 
 

@@ -211,7 +211,7 @@ def loopback_inventory(*, workers: int = 2, api_port: int = 6443, extra: str = "
     lines = [
         "name: testcluster",
         f'kubernetes_version: "{version}"',
-        "api_endpoint: {dns: localhost, ip: 127.0.0.1, port: %d}" % api_port,
+        "api_endpoint: {mode: external, dns: localhost, ip: 127.0.0.1, port: %d}" % api_port,
         "service_cidr: 10.96.0.0/12",
         "pod_cidr: 10.244.0.0/16",
         f"key_algorithm: {key_algorithm}",
