@@ -52,7 +52,7 @@ from .errors import KthwError
 from .fsutil import SECRET_MODE, atomic_write
 from .inventory import ARCH_ALIASES, Inventory, Node
 from .layout import Layout
-from .render import ETCD_CLIENT_PORT, PATHS, UNIT_DIR, _host
+from .render import ETCD_CLIENT_PORT, PATHS, UNIT_DIR, VERSIONS_FILE, _host
 
 TOP = "kthw-bundle"
 FILES = "files"
@@ -435,7 +435,7 @@ def _installer_context() -> dict:
             "backup_dir": BACKUP_DIR, "managed_dirs": MANAGED_DIRS, "managed_files": MANAGED_FILES,
             "ctr": f"{PATHS['bin']}/ctr", "etcdctl": f"{PATHS['bin']}/etcdctl", "etcd_ca": PATHS["etcd_ca"],
             "etcd_cert": PATHS["etcd_healthcheck_client_cert"], "etcd_key": PATHS["etcd_healthcheck_client_key"],
-            "safe_path": _SAFE_PATH.pattern, "spki_prefix": bundle_signing.SPKI_PREFIX,
+            "safe_path": _SAFE_PATH.pattern, "spki_prefix": bundle_signing.SPKI_PREFIX, "versions_file": VERSIONS_FILE,
             "endorsement_header": bundle_signing.ENDORSEMENT_HEADER}
 
 

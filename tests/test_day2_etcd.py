@@ -10,15 +10,14 @@ membership changes are made only by the installed etcd-member.sh, as the README 
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
 import pytest
 
-from conftest import Project, etcd_member_command, etcdctl_command, port_free, require, stop_processes, \
-    wait_etcd_healthy
+from conftest import Project, etcdctl_command, port_free, require
 from kthw.membership import MEMBER_SCRIPT
 from kthw.render import ETCD_CLIENT_PORT, ETCD_PEER_PORT, unit_exec_start
-from test_day2_support import MEMBER_IPS, Nodes, day2_inventory, fingerprint, install, vendor_stand_ins
+from test_day2_support import MEMBER_IPS, Members, Nodes, day2_inventory, endpoints, fingerprint, install, \
+    vendor_stand_ins
 
 ETCD_UNIT = "/etc/systemd/system/etcd.service"
 APISERVER_UNIT = "/etc/systemd/system/kube-apiserver.service"
@@ -33,32 +32,6 @@ def member_script(nodes: Nodes, node: str, *args: str) -> subprocess.CompletedPr
     """The installed membership script, run as the operator runs it (its files under --root)."""
     return subprocess.run(["bash", str(nodes.node_file(node, MEMBER_SCRIPT)), "--root", str(nodes.root / node), *args],
                           capture_output=True, text=True, timeout=60)
-
-
-def endpoints(*members: str) -> str:
-    return ",".join(f"https://{MEMBER_IPS[m]}:{ETCD_CLIENT_PORT}" for m in members)
-
-
-class Members:
-    """The etcd processes of the installed nodes."""
-
-    def __init__(self, nodes: Nodes, data: Path):
-        self.nodes, self.data, self.procs, self.logs = nodes, data, {}, {}
-        data.mkdir(parents=True, exist_ok=True)
-
-    def start(self, node: str) -> None:
-        self.logs[node] = self.data / f"{node}.log"
-        with open(self.logs[node], "wb") as log:
-            self.procs[node] = subprocess.Popen(etcd_member_command(self.nodes, node, self.data / node),
-                                                stdout=log, stderr=subprocess.STDOUT)
-
-    def healthy(self, *members: str):
-        """Every member of the cluster healthy (--cluster asks each member the list names)."""
-        return wait_etcd_healthy(etcdctl_command(self.nodes, endpoints(*members), node=members[0]), len(members),
-                                 self.logs, "--cluster")
-
-    def stop(self) -> None:
-        stop_processes(self.procs.values())
 
 
 @pytest.fixture(scope="module")

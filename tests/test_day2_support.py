@@ -12,7 +12,8 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from conftest import Project, require
+from conftest import Project, etcd_member_command, etcdctl_command, require, stop_processes, wait_etcd_healthy
+from kthw.render import ETCD_CLIENT_PORT
 from test_bundle_support import stand_in_vendor
 
 # Addresses of their own on the loopback network: the etcd tests of other modules use
@@ -22,8 +23,9 @@ WORKER_IPS = {"worker1": "127.0.18.11", "worker2": "127.0.18.12", "worker3": "12
 
 
 def day2_inventory(members: list[str], workers: list[str], *, joining: str | None = None,
-                   version: str = "1.36.0") -> str:
-    """Control-plane+etcd ``members`` and amd64 ``workers`` (pod CIDR 10.244.<n>.0/24), TLS bootstrap."""
+                   version: str = "1.36.0", net: str = "127.0.18") -> str:
+    """Control-plane+etcd ``members`` and amd64 ``workers`` (pod CIDR 10.244.<n>.0/24), TLS bootstrap;
+    addresses as in MEMBER_IPS and WORKER_IPS, in the /24 ``net``."""
     lines = ["name: day2", f'kubernetes_version: "{version}"',
              f"api_endpoint: {{dns: localhost, ip: {MEMBER_IPS['cp1']}, port: 6443}}",
              "service_cidr: 10.96.0.0/12", "pod_cidr: 10.244.0.0/16", "key_algorithm: ecdsa-p256",
@@ -34,7 +36,7 @@ def day2_inventory(members: list[str], workers: list[str], *, joining: str | Non
     for name in workers:
         lines.append(f"  - {{name: {name}, roles: [worker], arch: amd64, ip: {WORKER_IPS[name]}, "
                      f"pod_cidr: 10.244.{name[-1]}.0/24}}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines).replace("127.0.18.", f"{net}.") + "\n"
 
 
 def real_etcdctl(root: Path) -> bytes:
@@ -88,3 +90,29 @@ def install(project: Project, nodes: Nodes, node: str, fingerprint: str | None =
                             capture_output=True, text=True, timeout=120, env={**os.environ})
     assert result.returncode == 0, f"{node}: {result.stdout}\n{result.stderr}"
     return result
+
+
+def endpoints(*members: str, ips: dict[str, str] = MEMBER_IPS) -> str:
+    return ",".join(f"https://{ips[m]}:{ETCD_CLIENT_PORT}" for m in members)
+
+
+class Members:
+    """The etcd processes of the installed nodes, each its installed unit's ExecStart."""
+
+    def __init__(self, nodes: Nodes, data: Path, ips: dict[str, str] = MEMBER_IPS):
+        self.nodes, self.data, self.ips, self.procs, self.logs = nodes, data, ips, {}, {}
+        data.mkdir(parents=True, exist_ok=True)
+
+    def start(self, node: str) -> None:
+        self.logs[node] = self.data / f"{node}.log"
+        with open(self.logs[node], "wb") as log:
+            self.procs[node] = subprocess.Popen(etcd_member_command(self.nodes, node, self.data / node),
+                                                stdout=log, stderr=subprocess.STDOUT)
+
+    def healthy(self, *members: str):
+        """Every member of the cluster healthy (--cluster asks each member the list names)."""
+        return wait_etcd_healthy(etcdctl_command(self.nodes, endpoints(*members, ips=self.ips), node=members[0]),
+                                 len(members), self.logs, "--cluster")
+
+    def stop(self) -> None:
+        stop_processes(self.procs.values())
