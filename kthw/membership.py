@@ -12,9 +12,12 @@ towards the quorum until it is removed (https://etcd.io/docs/v3.5/op-guide/runti
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .inventory import Inventory, Node
 
 MEMBER_SCRIPT = "/etc/k8s/etcd/etcd-member.sh"
+ETCD_UNIT = "/etc/systemd/system/etcd.service"
 SCRIPT_TEMPLATE = "scripts/etcd-member.sh.j2"
 
 
@@ -32,3 +35,19 @@ def script_context(inv: Inventory, node: Node, *, host, client_port: int, peer_p
         "cert": paths["etcd_healthcheck_client_cert"],
         "key": paths["etcd_healthcheck_client_key"],
     }
+
+
+def removal_notes(bundles: Path, trees: Path, nodes: list[str]) -> str:
+    """For each node whose bundle is about to go (no longer in the inventory) and whose last
+    build ran etcd: how to take it out of the cluster. The cluster keeps a member until it is
+    removed, and a member that is gone but listed counts against the quorum."""
+    notes = []
+    for bundle in sorted(Path(bundles).glob("*.tar.gz")):
+        name = bundle.name.removesuffix(".tar.gz")
+        if name in nodes or not (Path(trees) / name / ETCD_UNIT.lstrip("/")).is_file():
+            continue
+        notes.append(f"{name} was an etcd member: take it out of the cluster. On a remaining member, once its new "
+                     f"bundle is installed: `sudo {MEMBER_SCRIPT}` shows the `etcdctl member remove <id>` for it "
+                     f"(the id from `etcdctl member list`), `sudo {MEMBER_SCRIPT} --apply` runs it (or: `sudo "
+                     f"{MEMBER_SCRIPT} remove {name}`)")
+    return "\n".join(notes)

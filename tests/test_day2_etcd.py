@@ -131,6 +131,8 @@ def test_a_fourth_member_joins_and_a_member_is_removed(cluster):
     run = project.doit()
     assert not (project.root / "bundles" / "cp3.tar.gz").exists()
     assert "cp3 is no longer in the inventory" in run.stdout
+    assert "cp3 was an etcd member: take it out of the cluster" in run.stdout
+    assert f"sudo {MEMBER_SCRIPT} remove cp3" in run.stdout
     assert not [t for t in run.executed if t.startswith("pki:") and not t.endswith("/stale")], run.executed
     install(project, nodes, "cp1")
     shown = member_script(nodes, "cp1")

@@ -90,6 +90,7 @@ def test_removing_a_worker_drops_its_bundle_and_token_and_reissues_nothing(proje
 
     assert not (project.root / "bundles" / "worker2.tar.gz").exists()
     assert "removed " in run.stdout and "worker2 is no longer in the inventory" in run.stdout
+    assert "etcd member" not in run.stdout, "a worker leaves no etcd membership behind"
     issued = [t for t in run.executed if stage_of(t) == "pki" and not t.endswith("/stale")]
     assert issued == [], f"no cert is issued again: {issued}"
     for cp in CONTROL_PLANES:
