@@ -147,3 +147,38 @@ def test_a_fourth_member_joins_and_a_member_is_removed(cluster):
                             text=True, timeout=30)
     assert sorted(line.split(", ")[2] for line in listed.stdout.splitlines()) == ["cp1", "cp2", "cp4"]
     assert "no change pending" in member_script(nodes, "cp1").stdout
+
+
+def test_a_dead_member_is_replaced_by_a_new_machine_of_the_same_name(cluster):
+    """After the test above: cp1, cp2 and cp4 run. cp2's machine dies; a new one takes its
+    name and address, as the README's replacement steps say."""
+    project, nodes, members, key = cluster
+    project.write_inventory(day2_inventory(["cp1", "cp2", "cp4"], ["worker1"]))
+    project.doit()
+    members.procs["cp2"].kill()
+    members.procs["cp2"].wait()
+    (nodes.root / "cp2").rename(nodes.root / "cp2-dead")  # the machine and its disk are gone
+    (members.data / "cp2").rename(members.data / "cp2-dead")
+
+    # 1. The dead member goes first, by name.
+    removed = member_script(nodes, "cp1", "remove", "cp2")
+    assert removed.returncode == 0, removed.stdout + removed.stderr
+    assert "member remove " in removed.stdout and "removed from cluster" in removed.stdout
+    members.healthy("cp1", "cp4")
+
+    # 2. cp2 joins again: the same certs (same name and address), a new data directory.
+    certs = sorted(p for p in (project.root / "build" / "pki" / "nodes" / "cp2").iterdir())
+    issued = {p: p.read_bytes() for p in certs}
+    project.write_inventory(day2_inventory(["cp1", "cp2", "cp4"], ["worker1"], joining="cp2"))
+    run = project.doit()
+    assert not [t for t in run.executed if t.startswith("pki:")], "no cert is issued again"
+    assert {p: p.read_bytes() for p in certs} == issued
+    assert flags(project, "cp2")["--initial-cluster-state"] == "existing"
+    install(project, nodes, "cp1")
+    applied = member_script(nodes, "cp1", "--apply")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert f"member add cp2 --peer-urls=https://{MEMBER_IPS['cp2']}:{ETCD_PEER_PORT}" in applied.stdout
+    install(project, nodes, "cp2", key)  # the new machine's first installation
+    members.start("cp2")
+    members.healthy("cp1", "cp2", "cp4")
+    assert "no change pending: cp2 is a member" in member_script(nodes, "cp1").stdout
