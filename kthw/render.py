@@ -200,13 +200,18 @@ VERSIONS_FILE = "/etc/k8s/versions"
 
 
 def node_versions(inv: Inventory, pins: Pins, node: Node) -> dict[str, str]:
-    """Kubernetes and every pinned component the node's roles install, with their versions."""
+    """Kubernetes (unless the node only runs etcd) and every pinned component the node's
+    roles install, with their versions."""
     release = pins.release(inv.kubernetes_version)
-    result = {"kubernetes": inv.kubernetes_version}
+    result = {}
     for component in (*components.FILE_COMPONENTS, *components.IMAGE_COMPONENTS):
-        if component.roles & node.roles and component.name not in components.KUBERNETES_FILES:
+        if not component.roles & node.roles:
+            continue
+        if component.name in components.KUBERNETES_FILES:
+            result["kubernetes"] = inv.kubernetes_version
+        else:
             result[component.name] = release[component.name]
-    return result
+    return dict(sorted(result.items(), key=lambda item: item[0] != "kubernetes"))
 
 
 def _versions(i: _Inputs, node: Node) -> dict:

@@ -114,18 +114,19 @@ def plan_text(inv: Inventory, pins: Pins, built: dict[str, dict[str, str]]) -> s
     etcd_only = tuple(n for n in inv.etcd_nodes if not n.is_control_plane)
     control_planes = inv.control_plane_nodes
     workers = tuple(n for n in inv.worker_nodes if not n.is_control_plane)
-    phases = [("etcd members, one at a time (install.sh saves an etcd snapshot first)", _steps(etcd_only, built, wanted)),
-              ("control planes, one at a time: each install saves an etcd snapshot before it replaces the "
-               "binaries, restarts etcd and waits until it is healthy, then the API server; wait until "
-               "`kubectl get --raw /readyz` answers ok before the next node", _steps(control_planes, built, wanted)),
-              ("workers, once every control plane runs the new release (a kubelet is never newer than the API "
-               "servers); drain each first: kubectl drain <node> --ignore-daemonsets, and uncordon it after",
-               _steps(workers, built, wanted))]
+    phases = [
+        ("etcd members, one at a time (install.sh saves an etcd snapshot first)", _steps(etcd_only, built, wanted)),
+        ("control planes, one at a time: on an etcd member the install saves an etcd snapshot before it replaces "
+         "the binaries, and etcd is healthy again before the API server restarts; wait until `kubectl get --raw "
+         "/readyz` answers ok before the next node", _steps(control_planes, built, wanted)),
+        ("workers, once every control plane runs the new release (a kubelet is never newer than the API "
+         "servers); drain each first: kubectl drain <node> --ignore-daemonsets, and uncordon it after",
+         _steps(workers, built, wanted))]
     headline = (f"Kubernetes {running} -> {target}" if running != target else f"Kubernetes {target} (unchanged)")
     lines = [f"{headline}; what runs now is what the last build carries ({VERSIONS_FILE} under build/nodes)"]
     if not any(steps for _, steps in phases):
-        lines.append(f"nothing to upgrade: every node's last build already carries these versions (if `doit` ran "
-                     f"since kubernetes_version changed, this compared with that new build)")
+        lines.append("nothing to upgrade: every node's last build already carries these versions (if `doit` ran "
+                     "since kubernetes_version changed, this compared with that new build)")
         return "\n".join(lines)
     lines.append("Run `doit`, then install the bundles in this order:")
     number = 0

@@ -15,7 +15,8 @@ import subprocess
 import pytest
 
 from conftest import Project, changed, fails_cleanly, port_free, require
-from kthw.render import ETCD_CLIENT_PORT, ETCD_PEER_PORT
+from kthw import inventory, pins, upgrade
+from kthw.render import ETCD_CLIENT_PORT, ETCD_PEER_PORT, node_versions
 from test_day2_support import Members, Nodes, day2_inventory, fingerprint, install, vendor_stand_ins
 
 NET = "127.0.19"
@@ -23,7 +24,7 @@ IPS = {"cp1": f"{NET}.1", "cp2": f"{NET}.2", "cp3": f"{NET}.3"}
 CONTROL_PLANES = ["cp1", "cp2", "cp3"]
 
 
-def inventory(version: str) -> str:
+def at(version: str) -> str:
     return day2_inventory(CONTROL_PLANES, ["worker1"], version=version, net=NET)
 
 
@@ -38,7 +39,7 @@ def cluster(tmp_path_factory):
     root = tmp_path_factory.mktemp("day2-upgrade")
     project = Project(root / "workstation")
     project.root.mkdir()
-    project.write_inventory(inventory("1.35.4"))
+    project.write_inventory(at("1.35.4"))
     vendor_stand_ins(project)
     project.doit()
     nodes = Nodes(root / "nodes")
@@ -57,18 +58,18 @@ def cluster(tmp_path_factory):
 
 def test_a_downgrade_and_a_skip_of_minors_are_refused(cluster, tmp_path):
     project, _ = cluster
-    project.write_inventory(inventory("1.35.4"))
+    project.write_inventory(at("1.35.4"))
     assert "nothing to upgrade" in project.doit("upgrade_plan").stdout
 
-    project.write_inventory(inventory("1.32.8"))
+    project.write_inventory(at("1.32.8"))
     refused = project.doit("upgrade_plan", check=False)
     fails_cleanly(refused, "kubernetes_version 1.32.8 is older than 1.35.4", "Set kubernetes_version back to 1.35.4")
 
     # A cluster built at 1.32.8 (the render stage writes what the plan compares with).
     old = Project(tmp_path)
-    old.write_inventory(inventory("1.32.8"))
+    old.write_inventory(at("1.32.8"))
     old.doit("render")
-    old.write_inventory(inventory("1.36.0"))
+    old.write_inventory(at("1.36.0"))
     skip = old.doit("upgrade_plan", check=False)
     fails_cleanly(skip, "kubernetes_version 1.36.0 skips minors: the last build carries 1.32.8",
                   "a 1.33 release (none is pinned: `doit pin version=1.33.<patch>` first)")
@@ -77,7 +78,7 @@ def test_a_downgrade_and_a_skip_of_minors_are_refused(cluster, tmp_path):
 
 def test_one_minor_up_rebuilds_what_changes_and_each_control_plane_install_saves_a_snapshot_first(cluster):
     project, nodes = cluster
-    project.write_inventory(inventory("1.36.0"))
+    project.write_inventory(at("1.36.0"))
     plan = project.doit("upgrade_plan").stdout
     assert plan.startswith("Kubernetes 1.35.4 -> 1.36.0")
     order = [plan.index(f"     {node}: kubernetes 1.35.4 -> 1.36.0") for node in [*CONTROL_PLANES, "worker1"]]
@@ -125,3 +126,24 @@ def test_one_minor_up_rebuilds_what_changes_and_each_control_plane_install_saves
     again = install(project, nodes, "cp1").stdout
     assert "nothing changed" in again and "snapshot" not in again
     assert "versions: unchanged (kubernetes 1.36.0, etcd 3.5.27)" in again
+
+
+def test_an_etcd_release_change_puts_the_etcd_members_first():
+    """The plan alone, from recorded versions (no build): a node that runs only etcd goes
+    first, then each control plane (whose own etcd member restarts first), then the workers."""
+    text = day2_inventory(["cp1"], ["worker1"], version="1.36.0", net=NET).replace(
+        "nodes:\n", f"nodes:\n  - {{name: etcd1, roles: [etcd], arch: amd64, ip: {NET}.21}}\n")
+    inv = inventory.loads(text)
+    shipped = pins.load(None)
+    built = {node.name: node_versions(inv, shipped, node) for node in inv.nodes}
+    assert "kubernetes" not in built["etcd1"], "a node that runs only etcd runs no Kubernetes release"
+    for name in ("cp1", "worker1"):
+        built[name]["kubernetes"] = "1.35.4"
+    for name in ("etcd1", "cp1"):
+        built[name]["etcd"] = "3.5.24"
+    plan = upgrade.plan_text(inv, shipped, built)
+    lines = plan.splitlines()
+    assert lines[2].startswith("1. etcd members, one at a time") and lines[3].strip() == "etcd1: etcd 3.5.24 -> 3.5.27"
+    assert lines[4].startswith("2. control planes") and \
+        lines[5].strip() == "cp1: kubernetes 1.35.4 -> 1.36.0, etcd 3.5.24 -> 3.5.27"
+    assert lines[6].startswith("3. workers") and lines[7].strip().startswith("worker1: kubernetes 1.35.4 -> 1.36.0")
