@@ -46,8 +46,7 @@ def removal_notes(bundles: Path, trees: Path, nodes: list[str]) -> str:
         name = bundle.name.removesuffix(".tar.gz")
         if name in nodes or not (Path(trees) / name / ETCD_UNIT.lstrip("/")).is_file():
             continue
-        notes.append(f"{name} was an etcd member: take it out of the cluster. On a remaining member, once its new "
-                     f"bundle is installed: `sudo {MEMBER_SCRIPT}` shows the `etcdctl member remove <id>` for it "
-                     f"(the id from `etcdctl member list`), `sudo {MEMBER_SCRIPT} --apply` runs it (or: `sudo "
-                     f"{MEMBER_SCRIPT} remove {name}`)")
+        notes.append(f"{name} was an etcd member: if the cluster still lists it, remove it before the other "
+                     f"members' new bundles are installed: on a running member, `sudo {MEMBER_SCRIPT} remove {name}` "
+                     f"(it runs `etcdctl member remove <id>`, the id looked up by name in `etcdctl member list`)")
     return "\n".join(notes)
