@@ -485,5 +485,10 @@ def remove_stale(node_root: Path, planned: tuple[NodeFile, ...]) -> str:
 
 
 def write_node_file(nf: NodeFile, templates: Path, destination: Path) -> None:
-    """Render and write one file; an unchanged file is left untouched (same bytes, same mtime)."""
-    atomic_write(destination, render(nf, templates), nf.mode)
+    """Render and write one file; an unchanged file is left untouched (same bytes, same mtime).
+    A node's versions file is not rewritten for a Kubernetes downgrade or skip of minors."""
+    data = render(nf, templates)
+    if nf.path == VERSIONS_FILE:
+        from .upgrade import check_rebuild  # here: kthw.upgrade reads this module's tables
+        check_rebuild(destination, data)
+    atomic_write(destination, data, nf.mode)

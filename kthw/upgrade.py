@@ -60,24 +60,44 @@ def running_version(built: dict[str, dict[str, str]]) -> str | None:
     return found[-1] if found else None
 
 
-def check_move(running: str, target: str, pins: Pins) -> None:
-    """A downgrade, or a move by more than one minor, is a KthwError naming the fix."""
+def check_move(running: str, target: str, pins: Pins | None = None) -> None:
+    """A downgrade, or a move by more than one minor, is a KthwError naming the fix
+    (with ``pins``: naming the pinned releases of the next minor)."""
+    fresh = (f" If no node runs the bundles of {running} yet (built, never installed), delete "
+             f"build/nodes/*{VERSIONS_FILE} and run doit again: the build then starts afresh at {target}")
     if version_key(target) < version_key(running):
         raise KthwError(
             f"kubernetes_version {target} is older than {running}, which the last build carries: Kubernetes does "
             f"not support going back ({SKEW_POLICY}). Set kubernetes_version back to {running}. Going back "
             "is a recovery, not an upgrade: the older bundles with the etcd snapshot the control-plane installs "
-            "saved before the upgrade (/var/backups/kthw/etcd-snapshot-*.db)")
+            "saved before the upgrade (/var/backups/kthw/etcd-snapshot-*.db)." + fresh)
     (major, minor), (to_major, to_minor) = minor_of(running), minor_of(target)
     if to_major != major or to_minor > minor + 1:
         following = f"{major}.{minor + 1}"
-        pinned = [v for v in sorted(pins.releases, key=version_key) if minor_of(v) == (major, minor + 1)]
-        pick = (f"a pinned {following} release ({', '.join(pinned)})" if pinned
-                else f"a {following} release (none is pinned: `doit pin version={following}.<patch>` first)")
+        if pins is None:
+            pick = f"a pinned {following} release (`doit upgrade_plan` names them)"
+        else:
+            pinned = [v for v in sorted(pins.releases, key=version_key) if minor_of(v) == (major, minor + 1)]
+            pick = (f"a pinned {following} release ({', '.join(pinned)})" if pinned
+                    else f"a {following} release (none is pinned: `doit pin version={following}.<patch>` first)")
         raise KthwError(
             f"kubernetes_version {target} skips minors: the last build carries {running}, and the control plane "
             f"moves one minor at a time ({SKEW_POLICY}). Set kubernetes_version to {pick}, run `doit`, install "
-            f"every bundle, then move on to the next minor")
+            "every bundle, then move on to the next minor." + fresh)
+
+
+def check_rebuild(previous: Path, new: bytes) -> None:
+    """Before a node's versions file is rewritten: the move from the release it records to the
+    new one must be allowed, so that `doit` never builds bundles for a skip or a downgrade."""
+    try:
+        before = parse_versions(previous.read_text()).get("kubernetes")
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise KthwError(f"{previous}: cannot read it ({err}); delete it and run doit again") from None
+    after = parse_versions(new.decode()).get("kubernetes")
+    if before and after and before != after:
+        check_move(before, after)
 
 
 @dataclass(frozen=True)

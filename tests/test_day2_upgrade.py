@@ -64,6 +64,15 @@ def test_a_downgrade_and_a_skip_of_minors_are_refused(cluster, tmp_path):
     project.write_inventory(at("1.32.8"))
     refused = project.doit("upgrade_plan", check=False)
     fails_cleanly(refused, "kubernetes_version 1.32.8 is older than 1.35.4", "Set kubernetes_version back to 1.35.4")
+    # `doit` itself does not build the downgrade: the bundles stay as they are.
+    bundles = project.snapshot("bundles")
+    built = project.doit(check=False)
+    fails_cleanly(built, "kubernetes_version 1.32.8 is older than 1.35.4", "build/nodes/*/etc/k8s/versions")
+    assert project.snapshot("bundles") == bundles
+    assert "kubernetes=1.35.4\n" in project.node_file("cp1", "/etc/k8s/versions").read_text()
+    project.write_inventory(at("1.35.4"))
+    project.doit()
+    assert project.snapshot("bundles") == bundles, "back where it was: nothing to rebuild"
 
     # A cluster built at 1.32.8 (the render stage writes what the plan compares with).
     old = Project(tmp_path)
@@ -74,6 +83,9 @@ def test_a_downgrade_and_a_skip_of_minors_are_refused(cluster, tmp_path):
     fails_cleanly(skip, "kubernetes_version 1.36.0 skips minors: the last build carries 1.32.8",
                   "a 1.33 release (none is pinned: `doit pin version=1.33.<patch>` first)")
     assert not old.node_file("cp1", "/etc/k8s/versions").read_text().count("1.36.0"), "the plan writes nothing"
+    fails_cleanly(old.doit("render", check=False), "kubernetes_version 1.36.0 skips minors",
+                  "Set kubernetes_version to a pinned 1.33 release")
+    assert "kubernetes=1.32.8\n" in old.node_file("cp1", "/etc/k8s/versions").read_text()
 
 
 def test_one_minor_up_rebuilds_what_changes_and_each_control_plane_install_saves_a_snapshot_first(cluster):
