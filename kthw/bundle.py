@@ -435,8 +435,8 @@ def _installer_context() -> dict:
             "backup_dir": BACKUP_DIR, "managed_dirs": MANAGED_DIRS, "managed_files": MANAGED_FILES,
             "ctr": f"{PATHS['bin']}/ctr", "etcdctl": f"{PATHS['bin']}/etcdctl", "etcd_ca": PATHS["etcd_ca"],
             "etcd_cert": PATHS["etcd_healthcheck_client_cert"], "etcd_key": PATHS["etcd_healthcheck_client_key"],
-            "safe_path": _SAFE_PATH.pattern, "spki_prefix": bundle_signing.SPKI_PREFIX, "versions_file": VERSIONS_FILE,
-            "endorsement_header": bundle_signing.ENDORSEMENT_HEADER}
+            "safe_path": _SAFE_PATH.pattern, "spki_prefix": bundle_signing.SPKI_PREFIX,
+            "endorsement_header": bundle_signing.ENDORSEMENT_HEADER, "versions_file": VERSIONS_FILE}
 
 
 def _readme_context(plan: NodePlan) -> dict:
