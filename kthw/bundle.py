@@ -52,7 +52,7 @@ from .errors import KthwError
 from .fsutil import SECRET_MODE, atomic_write
 from .inventory import ARCH_ALIASES, Inventory, Node
 from .layout import Layout
-from .render import ETCD_CLIENT_PORT, PATHS, UNIT_DIR, _host
+from .render import ETCD_CLIENT_PORT, PATHS, UNIT_DIR, VERSIONS_FILE, _host
 
 TOP = "kthw-bundle"
 FILES = "files"
@@ -437,7 +437,7 @@ def _installer_context() -> dict:
             "etcd_cert": PATHS["etcd_healthcheck_client_cert"], "etcd_key": PATHS["etcd_healthcheck_client_key"],
             "api_hosts": PATHS["api_hosts"],
             "safe_path": _SAFE_PATH.pattern, "spki_prefix": bundle_signing.SPKI_PREFIX,
-            "endorsement_header": bundle_signing.ENDORSEMENT_HEADER}
+            "endorsement_header": bundle_signing.ENDORSEMENT_HEADER, "versions_file": VERSIONS_FILE}
 
 
 def _readme_context(plan: NodePlan) -> dict:

@@ -149,6 +149,9 @@ class Node:
     ip: IPAddress
     extra_sans: tuple[str, ...] = ()
     pod_cidr: IPNetwork | None = None
+    # An etcd member being added to the running cluster: its etcd starts with
+    # --initial-cluster-state=existing. Removed from the inventory once the member is in.
+    joining: bool = False
 
     @property
     def is_control_plane(self) -> bool:
@@ -314,6 +317,12 @@ def _inside(inner: IPNetwork, outer: IPNetwork) -> bool:
     return inner.version == outer.version and inner.subnet_of(outer)
 
 
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Bad(f"expected true or false, got {_kind(value)}", "write joining: true, or leave the key out")
+    return value
+
+
 def _list_of(parse: Callable[[Any], Any]) -> Callable[[Any], tuple]:
     def parse_list(value: Any) -> tuple:
         if not isinstance(value, list):
@@ -327,7 +336,7 @@ def _list_of(parse: Callable[[Any], Any]) -> Callable[[Any], tuple]:
 TOP_KEYS = ("name", "kubernetes_version", "cluster_domain", "api_endpoint", "service_cidr", "pod_cidr",
             "cluster_dns_ip", "ca", "key_algorithm", "lifetimes", "renew_before", "kubelet_credentials",
             "encryption_provider", "bootstrap_token_ttl", "nodes", "vendor")
-NODE_KEYS = ("name", "roles", "arch", "zone", "ip", "extra_sans", "pod_cidr")
+NODE_KEYS = ("name", "roles", "arch", "zone", "ip", "extra_sans", "pod_cidr", "joining")
 
 DEFAULT_LIFETIMES = Lifetimes(root_ca=timedelta(days=3650), intermediate_ca=timedelta(days=1825),
                               leaf=timedelta(days=365))
@@ -686,7 +695,7 @@ def _nodes(top: _Reader, service_cidr: IPNetwork, pod_cidr: IPNetwork) -> tuple[
         node = Node(name=name, roles=frozenset(roles), arch=reader.get("arch", _choice(ARCHES, ARCH_ALIASES)),
                     zone=reader.get("zone", _text, None), ip=reader.get("ip", _ip),
                     extra_sans=reader.get("extra_sans", _list_of(_san), ()),
-                    pod_cidr=reader.get("pod_cidr", _cidr, None))
+                    pod_cidr=reader.get("pod_cidr", _cidr, None), joining=reader.get("joining", _flag, False))
         if node.ip.version != service_cidr.version:
             raise reader.fail("ip", f"node IP {node.ip} is IPv{node.ip.version} but the cluster is "
                               f"IPv{service_cidr.version}-only (service_cidr {service_cidr}, pod_cidr {pod_cidr})",
@@ -719,6 +728,7 @@ def _nodes(top: _Reader, service_cidr: IPNetwork, pod_cidr: IPNetwork) -> tuple[
                        "add 'control-plane' to the roles of at least one node")
     if not any(n.is_etcd for n in nodes):
         raise top.fail("nodes", "no node has the 'etcd' role", "add 'etcd' to the roles of one or three nodes")
+    _check_joining(top, nodes, readers)
     workers = [(n, reader) for n, reader in zip(nodes, readers) if n.is_worker]
     if any(n.pod_cidr for n, _ in workers):
         for node, reader in workers:
@@ -726,3 +736,21 @@ def _nodes(top: _Reader, service_cidr: IPNetwork, pod_cidr: IPNetwork) -> tuple[
                 raise reader.fail("name", f"worker '{node.name}' has no pod_cidr while other workers have one",
                                   "give every worker a pod_cidr, or none (the controller-manager then allocates them)")
     return tuple(nodes)
+
+
+def _check_joining(top: _Reader, nodes: list[Node], readers: list[_Reader]) -> None:
+    """`joining: true` marks the one etcd member being added to a running cluster."""
+    joining = [(n, reader) for n, reader in zip(nodes, readers) if n.joining]
+    for node, reader in joining:
+        if not node.is_etcd:
+            raise reader.fail("joining", f"node '{node.name}' is not an etcd member, and only etcd members join "
+                              "a running cluster this way", "remove 'joining', or add 'etcd' to its roles")
+    if len(joining) > 1:
+        node, reader = joining[1]
+        raise reader.fail("joining", f"'{joining[0][0].name}' and '{node.name}' are both joining: etcd adds one "
+                          "member at a time", f"add '{joining[0][0].name}' first, remove its 'joining', then mark "
+                          f"'{node.name}'")
+    if joining and not any(n.is_etcd and not n.joining for n in nodes):
+        node, reader = joining[0]
+        raise reader.fail("joining", f"'{node.name}' is joining, but no other etcd member is running to join",
+                          "remove 'joining': a new cluster starts every member at once")

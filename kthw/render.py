@@ -25,7 +25,7 @@ from typing import Callable
 import jinja2
 import jinja2.meta
 
-from . import components, vendor, versions
+from . import components, membership, vendor, versions
 from .catalogue import APISERVER_PORT, CLUSTER_SIGNER, CONTROL_PLANE, ETCD, TRUST, WORKER, leaf
 from .errors import KthwError
 from .fsutil import PUBLIC_MODE, atomic_write
@@ -166,7 +166,8 @@ class _Inputs:
         return self.pins.image("pause", self.pinned("pause"), self.inv.kubernetes_version).reference
 
     def etcd_members(self) -> list[dict]:
-        return [{"name": n.name, "host": _host(n.ip)} for n in self.inv.etcd_nodes]
+        """The members of the running cluster: every etcd node but the one joining it."""
+        return [{"name": n.name, "host": _host(n.ip)} for n in self.inv.etcd_nodes if not n.joining]
 
 
 def _systemd_dir(path: str, base: str) -> str:
@@ -177,10 +178,46 @@ def _systemd_dir(path: str, base: str) -> str:
 
 def _etcd_unit(i: _Inputs, node: Node) -> dict:
     line = versions.etcd_line(i.pinned("etcd"))
-    return {"name": node.name, "host": _host(node.ip), "members": i.etcd_members(), "token": i.inv.name,
+    # --initial-cluster and --initial-cluster-state matter only at a member's first start
+    # (etcd ignores them once its data directory holds data): a new cluster starts every
+    # member with the same list; a member joining a running one lists the members plus itself.
+    members = i.etcd_members()
+    if node.joining:
+        members.append({"name": node.name, "host": _host(node.ip)})
+    return {"name": node.name, "host": _host(node.ip), "members": members, "token": i.inv.name,
+            "cluster_state": "existing" if node.joining else "new",
             "client_port": ETCD_CLIENT_PORT, "peer_port": ETCD_PEER_PORT,
             "extra_flags": [f"{flag}={value}" for flag, value in line.extra_flags], "paths": PATHS,
             "state_directory": _systemd_dir(PATHS["etcd_data"], "/var/lib")}
+
+
+def _etcd_member_script(i: _Inputs, node: Node) -> dict:
+    return membership.script_context(i.inv, node, host=_host, client_port=ETCD_CLIENT_PORT,
+                                     peer_port=ETCD_PEER_PORT, paths=PATHS)
+
+
+# What each node runs, one "<component>=<version>" line each: install.sh says which versions
+# it moves from and to, and `doit upgrade_plan` reads what the last build carries.
+VERSIONS_FILE = "/etc/k8s/versions"
+
+
+def node_versions(inv: Inventory, pins: Pins, node: Node) -> dict[str, str]:
+    """Kubernetes (unless the node only runs etcd) and every pinned component the node's
+    roles install, with their versions."""
+    release = pins.release(inv.kubernetes_version)
+    result = {}
+    for component in (*components.FILE_COMPONENTS, *components.IMAGE_COMPONENTS):
+        if not component.roles & node.roles:
+            continue
+        if component.name in components.KUBERNETES_FILES:
+            result["kubernetes"] = inv.kubernetes_version
+        else:
+            result[component.name] = release[component.name]
+    return dict(sorted(result.items(), key=lambda item: item[0] != "kubernetes"))
+
+
+def _versions(i: _Inputs, node: Node) -> dict:
+    return {"versions": node_versions(i.inv, i.pins, node)}
 
 
 def _apiserver_unit(i: _Inputs, node: Node) -> dict:
@@ -325,10 +362,13 @@ class _Rule:
     context: Callable[[_Inputs, Node], dict]
     needs_pins: bool = False
     when: Callable[[Inventory, Node], bool] = lambda inv, node: True
+    mode: int = PUBLIC_MODE
 
 
 RULES: tuple[_Rule, ...] = (
     _Rule(f"{UNIT_DIR}/etcd.service", "units/etcd.service.j2", ETCD, _etcd_unit, needs_pins=True),
+    _Rule(membership.MEMBER_SCRIPT, membership.SCRIPT_TEMPLATE, ETCD, _etcd_member_script, mode=0o755),
+    _Rule(VERSIONS_FILE, "configs/versions.j2", None, _versions, needs_pins=True),
     _Rule(f"{UNIT_DIR}/kube-apiserver.service", "units/kube-apiserver.service.j2", CONTROL_PLANE, _apiserver_unit),
     _Rule(PATHS["audit_policy"], "configs/audit-policy.yaml.j2", CONTROL_PLANE, _audit_policy),
     _Rule(f"{UNIT_DIR}/kube-controller-manager.service", "units/kube-controller-manager.service.j2", CONTROL_PLANE,
@@ -396,7 +436,7 @@ def plan(inv: Inventory, pins: Pins | None = None,
                     context = rule.context(inputs, node)
                 except KthwError as err:
                     error = str(err)
-            files.append(NodeFile(node.name, rule.path, rule.template, context, error=error))
+            files.append(NodeFile(node.name, rule.path, rule.template, context, mode=rule.mode, error=error))
         names = [PurePosixPath(f.path).name for f in files]
         assert len(names) == len(set(names)), f"two files of {node.name} share a name: {names}"
         result[node.name] = tuple(files)
@@ -477,5 +517,10 @@ def remove_stale(node_root: Path, planned: tuple[NodeFile, ...]) -> str:
 
 
 def write_node_file(nf: NodeFile, templates: Path, destination: Path) -> None:
-    """Render and write one file; an unchanged file is left untouched (same bytes, same mtime)."""
-    atomic_write(destination, render(nf, templates), nf.mode)
+    """Render and write one file; an unchanged file is left untouched (same bytes, same mtime).
+    A node's versions file is not rewritten for a Kubernetes downgrade or skip of minors."""
+    data = render(nf, templates)
+    if nf.path == VERSIONS_FILE:
+        from .upgrade import check_rebuild  # here: kthw.upgrade reads this module's tables
+        check_rebuild(destination, data)
+    atomic_write(destination, data, nf.mode)

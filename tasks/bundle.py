@@ -24,7 +24,7 @@ from pathlib import Path
 from doit import create_after, get_var
 from doit.tools import config_changed
 
-from kthw import bundle_signing, vendor
+from kthw import bundle_signing, membership, vendor
 from kthw.errors import KthwError
 from kthw.fsutil import remove
 
@@ -137,7 +137,9 @@ def task_bundle():
     yield {
         "name": ".removed",
         "doc": "delete the bundles of nodes no longer in the inventory",
-        "actions": [(guarded, [bundle.remove_obsolete, layout.bundles, names])],
+        # An etcd member's removal from the cluster is named before its bundle goes.
+        "actions": [(guarded, [membership.removal_notes, layout.bundles, layout.build / "nodes", names]),
+                    (guarded, [bundle.remove_obsolete, layout.bundles, names])],
         "uptodate": [(checked, [_no_obsolete_bundle, layout.bundles, names])],
         "verbosity": 2,  # names what it removed
     }

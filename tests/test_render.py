@@ -31,9 +31,10 @@ except ImportError:  # pragma: no cover - Python 3.10
 MINORS = sorted(versions.KUBERNETES)
 CONTROL_PLANE_FILES = {"/etc/systemd/system/kube-apiserver.service", "/etc/systemd/system/kube-controller-manager.service",
                        "/etc/systemd/system/kube-scheduler.service", PATHS["audit_policy"], PATHS["scheduler_config"]}
-ETCD_FILES = {"/etc/systemd/system/etcd.service"}
-# Every node another worker's pod CIDR must be routed to (all of them in these inventories).
-ROUTES_FILES = {"/etc/systemd/system/kthw-pod-routes.service"}
+ETCD_FILES = {"/etc/systemd/system/etcd.service", "/etc/k8s/etcd/etcd-member.sh"}
+# Every node another worker's pod CIDR must be routed to (all of them in these inventories),
+# and every node's record of the releases it installs.
+ROUTES_FILES = {"/etc/systemd/system/kthw-pod-routes.service", "/etc/k8s/versions"}
 WORKER_FILES = {"/etc/systemd/system/containerd.service", "/etc/systemd/system/kubelet.service",
                 "/etc/systemd/system/kube-proxy.service", PATHS["containerd_config"], PATHS["kubelet_config"],
                 PATHS["kube_proxy_config"], "/etc/cni/net.d/10-bridge.conflist", "/etc/cni/net.d/99-loopback.conf",
@@ -237,7 +238,7 @@ def test_pins_problems_stop_only_the_files_that_need_the_pins(tmp_path):
     assert b"kube-apiserver" in render(files["/etc/systemd/system/kube-apiserver.service"], TEMPLATES)
 
     missing = plan(load(pinned_inventory(tmp_path / "nowhere.yaml", "1.35.0")))["cp1"]
-    assert [f.path for f in missing if f.error] == ["/etc/systemd/system/etcd.service"]
+    assert [f.path for f in missing if f.error] == ["/etc/systemd/system/etcd.service", "/etc/k8s/versions"]
     with pytest.raises(KthwError, match=r"nowhere.yaml: cannot read the pins file[\s\S]*vendor.site_pins"):
         render(missing[0], TEMPLATES)
 
@@ -255,7 +256,7 @@ def test_pins_problems_stop_only_the_files_that_need_the_pins(tmp_path):
     (tmp_path / "broken.yaml").write_text('schema: 1\nreleases:\n  "1.35.0": {etcd: "3.5.24"}\n')
     planned = plan(load(pinned_inventory(tmp_path / "broken.yaml", "1.35.0")))
     problems = [f.error for files in planned.values() for f in files if f.error]
-    assert len(problems) == 3 + 2  # every etcd unit and every containerd config
+    assert len(problems) == 3 + 2 + 5  # every etcd unit, containerd config and versions record
     assert all(re.search(r"broken.yaml:3: releases.*containerd.*required key is missing", p) for p in problems)
 
 

@@ -4,6 +4,7 @@ touches, and that every path a rendered file names will be on the node."""
 from __future__ import annotations
 
 import re
+from pathlib import PurePosixPath
 
 from conftest import Project, loopback_inventory
 from test_render_common import (named_paths, pinned_inventory, release, rendered_cluster,  # noqa: F401
@@ -84,13 +85,15 @@ def test_a_rerun_renders_nothing_and_an_ip_change_rerenders_only_the_files_that_
 
     project.write_inventory(text.replace("ip: 127.0.0.2}", "ip: 127.0.0.4}"))
     changed = project.doit("render")
-    expected = {f"render:{node}/{unit}" for node in ("cp1", "cp2", "cp3")
-                for unit in ("etcd.service", "kube-apiserver.service")}
+    # Every file that lists the etcd members: the units and the membership script.
+    naming_members = ("etc/systemd/system/etcd.service", "etc/systemd/system/kube-apiserver.service",
+                      "etc/k8s/etcd/etcd-member.sh")
+    expected = {f"render:{node}/{PurePosixPath(path).name}" for node in ("cp1", "cp2", "cp3")
+                for path in naming_members}
     assert set(changed.executed) == expected, changed.executed
     after = project.snapshot()
     rewritten = {path for path in after if path.startswith("build/nodes/") and after[path] != before.get(path)}
-    assert rewritten == {f"build/nodes/{node}/etc/systemd/system/{unit}" for node in ("cp1", "cp2", "cp3")
-                         for unit in ("etcd.service", "kube-apiserver.service")}
+    assert rewritten == {f"build/nodes/{node}/{path}" for node in ("cp1", "cp2", "cp3") for path in naming_members}
     for path in rewritten:
         content = (tmp_path / path).read_text()
         assert "127.0.0.4" in content and "127.0.0.2" not in content, path
@@ -128,26 +131,30 @@ def test_a_release_missing_from_the_pins_fails_with_the_pinned_ones(tmp_path):
 
 def test_a_pins_change_rerenders_exactly_the_files_that_use_it(tmp_path):
     """The pins feed two files: each etcd unit (its flags follow the etcd minor) and each
-    worker's containerd config (its schema follows the containerd minor; the pause image)."""
+    worker's containerd config (its schema follows the containerd minor; the pause image),
+    and each node's record of the versions it installs (/etc/k8s/versions)."""
     project = Project(tmp_path)
     pins = tmp_path / "pins.yaml"
     project.write_inventory(pinned_inventory(write_pins(pins, [release(etcd="3.5.24", containerd="2.1.5")])))
     project.doit("render")
     etcd_units = {f"render:{node}/etcd.service" for node in ("cp1", "cp2", "cp3")}
     containerd_configs = {f"render:{node}/config.toml" for node in ("worker1", "worker2")}
+    cp_versions = {f"render:{node}/versions" for node in ("cp1", "cp2", "cp3")}
+    worker_versions = {f"render:{node}/versions" for node in ("worker1", "worker2")}
 
     write_pins(pins, [release(etcd="3.5.27", containerd="2.1.5")])  # same etcd minor: same unit
-    assert project.doit("render").executed == []
+    assert set(project.doit("render").executed) == cp_versions
+    assert "etcd=3.5.27\n" in project.node_file("cp1", "/etc/k8s/versions").read_text()
     write_pins(pins, [release(etcd="3.6.5", containerd="2.1.5")])
-    assert set(project.doit("render").executed) == etcd_units
+    assert set(project.doit("render").executed) == etcd_units | cp_versions
     assert "--feature-gates=InitialCorruptCheck=true" in project.node_file(
         "cp1", "/etc/systemd/system/etcd.service").read_text()
     write_pins(pins, [release(etcd="3.6.5", containerd="1.7.24")])
-    assert set(project.doit("render").executed) == containerd_configs
+    assert set(project.doit("render").executed) == containerd_configs | worker_versions
     assert "\nversion = 2\n" in project.node_file("worker1", "/etc/k8s/containerd/config.toml").read_text()
     write_pins(pins, [release(etcd="3.6.5", containerd="1.7.24", pause="3.99")],
                {("pause", "3.99"): "sha256:" + "99" * 32})
-    assert set(project.doit("render").executed) == containerd_configs
+    assert set(project.doit("render").executed) == containerd_configs | worker_versions
     assert 'sandbox_image = "registry.k8s.io/pause:3.99"' in project.node_file(
         "worker1", "/etc/k8s/containerd/config.toml").read_text()
 
