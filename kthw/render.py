@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import shlex
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable
@@ -327,12 +328,22 @@ def _pod_routes(i: _Inputs, node: Node) -> dict:
 
 def apiserver_order(inv: Inventory, node: Node) -> tuple[Node, ...]:
     """The control planes in the order ``node`` tries them: itself, then those of its zone,
-    then the others; the list starts at another control plane on each node, so that nodes
-    without a zone of their own spread their first tries."""
+    then the other zones in turn (az2 after az1, ...). Ties start at a point taken from the
+    node's own name, so nodes spread their first tries, and adding or removing another
+    node changes no node's order."""
     planes = inv.control_plane_nodes
-    start = inv.nodes.index(node) % len(planes)
+    start = zlib.crc32(node.name.encode()) % len(planes)
     turned = planes[start:] + planes[:start]
-    return tuple(sorted(turned, key=lambda cp: (cp.name != node.name, node.zone is None or cp.zone != node.zone)))
+    ring = sorted({cp.zone for cp in planes if cp.zone is not None} | ({node.zone} if node.zone else set()))
+
+    def distance(cp: Node) -> tuple[int, int]:
+        if cp.name == node.name:
+            return (0, 0)
+        if node.zone is None or cp.zone is None:
+            return (2, 0)
+        return (1, (ring.index(cp.zone) - ring.index(node.zone)) % len(ring))
+
+    return tuple(sorted(turned, key=distance))
 
 
 def _api_hosts(i: _Inputs, node: Node) -> dict:
