@@ -1,7 +1,7 @@
 """Bundle stage: one signed, reproducible tarball per node, with a verifying installer.
 
     bundles/<node>.tar.gz
-      kthw-bundle/install.sh         the installer (templates/bundle/install.sh.j2): the same for
+      kthw-bundle/install.sh         the installer (kthw/templates/bundle/install.sh.j2): the same for
                                      every node, also installed as /usr/local/sbin/kthw-install
       kthw-bundle/README             what the operator does on the node
       kthw-bundle/MANIFEST           the node, its serial, services and images, and the mode,
@@ -39,15 +39,13 @@ import hashlib
 import json
 import os
 import re
-import shlex
 import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-import jinja2
 
-from . import bundle_signing, tarball, vendor
+from . import bundle_signing, tarball, templating, vendor
 from .errors import KthwError
 from .fsutil import SECRET_MODE, atomic_write
 from .inventory import ARCH_ALIASES, Inventory, Node
@@ -120,8 +118,8 @@ class BundleSpec:
     signing_key: Path
     endorsements: Path               # build/state/bundle-signing.endorsements (may be missing)
     serial: Path                     # build/state/bundle-serials/<node>
-    templates: Path
     epoch: int
+    templates: Path | None = None    # None: the package's templates
 
 
 # --- inputs ---------------------------------------------------------------------------------
@@ -155,14 +153,14 @@ def source_date_epoch(environ: dict | None = None) -> int:
     return int(text)
 
 
-def spec_for(layout: Layout, node: Node, vendored: Vendored, templates: Path,
-             expected: frozenset[str] | None = None, epoch: int = DEFAULT_EPOCH) -> BundleSpec:
+def spec_for(layout: Layout, node: Node, vendored: Vendored, expected: frozenset[str] | None = None,
+             epoch: int = DEFAULT_EPOCH, templates: Path | None = None) -> BundleSpec:
     return BundleSpec(node=node.name, arch=node.arch, roles=tuple(sorted(node.roles)), node_ip=str(node.ip),
                       tree=layout.node_root(node.name), expected=expected, vendored=vendored,
                       output=layout.bundles / f"{node.name}.tar.gz", cache=cache_dir(layout),
                       signing_key=bundle_signing.key_path(layout.state),
                       endorsements=bundle_signing.endorsements_path(layout.state),
-                      serial=layout.state / "bundle-serials" / node.name, templates=Path(templates), epoch=epoch)
+                      serial=layout.state / "bundle-serials" / node.name, epoch=epoch, templates=templates)
 
 
 def cache_dir(layout: Layout) -> Path:
@@ -391,25 +389,13 @@ def next_serial(record: Path, body_sha256: str) -> int:
 # --- templates ----------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=4)
-def _environment(templates: Path) -> jinja2.Environment:
+def template_paths(templates: Path | None = None) -> list[Path]:
+    return [path for name in TEMPLATES for path in templating.files(name, templates, comments=False)]
+
+
+def _render(templates: Path | None, name: str, **context) -> bytes:
     # Bash is full of "${#array[@]}": no Jinja comments, so "{#" stays text.
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates)), undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False,
-                             comment_start_string="<#jinja-comment", comment_end_string="jinja-comment#>")
-    env.filters["q"] = lambda value: shlex.quote(str(value))
-    return env
-
-
-def template_paths(templates: Path) -> list[Path]:
-    return [Path(templates) / name for name in TEMPLATES]
-
-
-def _render(env: jinja2.Environment, name: str, **context) -> bytes:
-    try:
-        return env.get_template(name).render(**context).encode()
-    except jinja2.TemplateError as err:
-        raise KthwError(f"template {name}: {err}") from None
+    return templating.render(name, context, templates, comments=False).encode()
 
 
 def machines_of(arch: str) -> list[str]:
@@ -448,8 +434,8 @@ def _readme_context(plan: NodePlan) -> dict:
 
 
 @functools.lru_cache(maxsize=4)
-def installer(templates: Path) -> bytes:
-    return _render(_environment(Path(templates)), INSTALL_TEMPLATE, **_installer_context())
+def installer(templates: Path | None = None) -> bytes:
+    return _render(templates, INSTALL_TEMPLATE, **_installer_context())
 
 
 # --- the vendored part: one gzip member per arch and role set, cached -----------------------------
@@ -559,7 +545,7 @@ def build(spec: BundleSpec) -> str:
     vendored_sums = shared.sha256
     installed = {path for path, _, _ in files} | set(vendored_sums)
     plan = node_plan(spec, files, installed)
-    readme = _render(_environment(spec.templates), README_TEMPLATE, **_readme_context(plan))
+    readme = _render(spec.templates, README_TEMPLATE, **_readme_context(plan))
 
     node_entries = [tarball.Entry(f"{TOP}/{FILES}{path}", mode, data=data) for path, data, mode in files]
     lines = [ManifestLine(mode, sha256_hex(data), path) for path, data, mode in files]

@@ -21,11 +21,12 @@ from pathlib import Path
 import yaml
 
 from .catalogue import LOCAL_APISERVER_URL, leaf
-from .errors import StateError
+from . import templating
+from .errors import KthwError, StateError
 from .fsutil import PUBLIC_MODE, SECRET_MODE, atomic_write
 from .inventory import Inventory
 from .pins import ImagePin
-from .render import ETCD_CLIENT_PORT, PATHS, NodeFile, _host, render
+from .render import ETCD_CLIENT_PORT, PATHS, _host
 from .tokens import BootstrapToken, kubelet_nodes, require as require_token
 from .vendor import images as pinned_images
 
@@ -256,17 +257,19 @@ def manifests(inv: Inventory, tokens: list[BootstrapToken], ca_pem: bytes,
     return files
 
 
-def _script(name: str, template: str, context: dict, templates: Path) -> bytes:
-    nf = NodeFile("control-plane", f"{BOOTSTRAP_DIR}/{name}", template,
-                  {"admin_kubeconfig": ADMIN_KUBECONFIG, "server": LOCAL_APISERVER_URL, **context}, mode=SCRIPT_MODE)
-    return render(nf, templates)
+def _script(name: str, template: str, context: dict, templates: Path | None) -> bytes:
+    try:
+        return templating.render(template, {"admin_kubeconfig": ADMIN_KUBECONFIG, "server": LOCAL_APISERVER_URL,
+                                            **context}, templates).encode()
+    except KthwError as err:
+        raise KthwError(f"control-plane: {BOOTSTRAP_DIR}/{name}: {err}") from None
 
 
-def apply_script(names: list[str], templates: Path) -> bytes:
+def apply_script(names: list[str], templates: Path | None = None) -> bytes:
     return _script(APPLY_SCRIPT, APPLY_TEMPLATE, {"manifests": names}, templates)
 
 
-def smoke_script(inv: Inventory, coredns_image: ImagePin, templates: Path) -> bytes:
+def smoke_script(inv: Inventory, coredns_image: ImagePin, templates: Path | None = None) -> bytes:
     """The end-to-end check of a running cluster; it runs the CoreDNS image as its test pods."""
     return _script(SMOKE_SCRIPT, SMOKE_TEMPLATE, {
         "workers": [node.name for node in inv.worker_nodes],
@@ -291,8 +294,7 @@ def read_tokens(token_paths: dict[str, Path]) -> list[BootstrapToken]:
     return tokens
 
 
-def write_bootstrap_dir(directory: Path, inv: Inventory, token_paths: dict[str, Path], ca_cert: Path,
-                        templates: Path) -> None:
+def write_bootstrap_dir(directory: Path, inv: Inventory, token_paths: dict[str, Path], ca_cert: Path) -> None:
     """Write the manifests and apply.sh into one control-plane node's bootstrap directory.
 
     Files an earlier inventory put there (a removed node's token Secret) are the secrets
@@ -300,9 +302,9 @@ def write_bootstrap_dir(directory: Path, inv: Inventory, token_paths: dict[str, 
     """
     image = pinned_images(inv)["coredns"] if inv.worker_nodes else None
     files = manifests(inv, read_tokens(token_paths), Path(ca_cert).read_bytes(), image)
-    files[APPLY_SCRIPT] = (apply_script(list(files), templates), SCRIPT_MODE)
+    files[APPLY_SCRIPT] = (apply_script(list(files)), SCRIPT_MODE)
     if image is not None:
-        files[SMOKE_SCRIPT] = (smoke_script(inv, image, templates), SCRIPT_MODE)
+        files[SMOKE_SCRIPT] = (smoke_script(inv, image), SCRIPT_MODE)
     for name, (data, mode) in files.items():
         atomic_write(directory / name, data, mode)
 

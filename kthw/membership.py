@@ -1,6 +1,6 @@
 """etcd membership changes on a running cluster: what the nodes' membership script knows.
 
-Every etcd member's bundle carries :data:`MEMBER_SCRIPT` (templates/scripts/etcd-member.sh.j2),
+Every etcd member's bundle carries :data:`MEMBER_SCRIPT` (kthw/templates/scripts/etcd-member.sh.j2),
 rendered from the inventory: the members the cluster should have (name and peer URL), the
 one marked ``joining: true`` (if any) and the client URLs of the running members. On a
 member it compares that with ``etcdctl member list`` and prints the exact ``etcdctl member

@@ -1,4 +1,4 @@
-"""Render stage: every systemd unit and component config a node needs, from templates/.
+"""Render stage: every systemd unit and component config a node needs, from kthw/templates/.
 
 :func:`plan` decides, per node and only for its roles, which files exist and the exact
 values each template receives (its *context*). The context is all a file depends on
@@ -15,17 +15,14 @@ against the version table before the unit is written.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
-import jinja2
-import jinja2.meta
 
-from . import components, membership, vendor, versions
+from . import components, membership, templating, vendor, versions
 from .catalogue import APISERVER_PORT, CLUSTER_SIGNER, CONTROL_PLANE, ETCD, TRUST, WORKER, leaf
 from .errors import KthwError
 from .fsutil import PUBLIC_MODE, atomic_write
@@ -446,32 +443,9 @@ def plan(inv: Inventory, pins: Pins | None = None,
 # --- rendering -----------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=4)
-def _environment(templates: str) -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(templates), undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True,
-                             autoescape=False)
-    env.filters["q"] = lambda value: shlex.quote(str(value))  # a shell word, in scripts
-    return env
-
-
-def template_files(template: str, templates: Path) -> list[Path]:
+def template_files(template: str, templates: Path | None = None) -> list[Path]:
     """The template and every template it includes or imports (its file dependencies)."""
-    return list(_template_files(template, str(templates)))
-
-
-@functools.lru_cache(maxsize=None)
-def _template_files(template: str, templates: str) -> tuple[Path, ...]:
-    env = _environment(templates)
-    seen, todo = [], [template]
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.append(name)
-        source = env.loader.get_source(env, name)[0]
-        todo.extend(ref for ref in jinja2.meta.find_referenced_templates(env.parse(source)) if ref)
-    return tuple(Path(templates) / name for name in seen)
+    return templating.files(template, templates)
 
 
 def unit_exec_start(text: str) -> list[str]:
@@ -483,14 +457,15 @@ def unit_exec_start(text: str) -> list[str]:
     raise KthwError("the unit has no ExecStart line")
 
 
-def render(nf: NodeFile, templates: Path) -> bytes:
-    """The file's bytes; a unit's flags are checked against the version table first."""
+def render(nf: NodeFile, templates: Path | None = None) -> bytes:
+    """The file's bytes; a unit's flags are checked against the version table first.
+    ``templates``: a directory to render from instead of the package's templates."""
     if nf.error:
         raise KthwError(f"{nf.node}: {nf.path}: {nf.error}")
     try:
-        text = _environment(str(templates)).get_template(nf.template).render(**nf.context)
-    except jinja2.TemplateError as err:
-        raise KthwError(f"{nf.node}: {nf.path}: template {nf.template}: {err}") from None
+        text = templating.render(nf.template, nf.context, templates)
+    except KthwError as err:
+        raise KthwError(f"{nf.node}: {nf.path}: {err}") from None
     if nf.path.startswith(UNIT_DIR + "/"):
         words = unit_exec_start(text)
         binary = PurePosixPath(words[0]).name
@@ -516,10 +491,10 @@ def remove_stale(node_root: Path, planned: tuple[NodeFile, ...]) -> str:
                      for path in removed)
 
 
-def write_node_file(nf: NodeFile, templates: Path, destination: Path) -> None:
+def write_node_file(nf: NodeFile, destination: Path) -> None:
     """Render and write one file; an unchanged file is left untouched (same bytes, same mtime).
     A node's versions file is not rewritten for a Kubernetes downgrade or skip of minors."""
-    data = render(nf, templates)
+    data = render(nf)
     if nf.path == VERSIONS_FILE:
         from .upgrade import check_rebuild  # here: kthw.upgrade reads this module's tables
         check_rebuild(destination, data)

@@ -29,7 +29,6 @@ from kthw.errors import KthwError
 from kthw.fsutil import remove
 
 from .common import checked, context, failing, guarded
-from .render import TEMPLATES
 
 
 def _stage_outputs(node_roots: dict[str, Path]) -> tuple[dict[str, set[Path]], dict[str, list[str]]]:
@@ -92,7 +91,7 @@ def task_bundle():
         return
     roots = {node.name: layout.node_root(node.name) for node in inv.nodes}
     targets, groups = _stage_outputs(roots)
-    templates = bundle.template_paths(TEMPLATES)
+    templates = bundle.template_paths()
     signing_key = bundle_signing.key_path(layout.state)
     try:
         items = vendor.plan(inv, vendor.load_pins(inv), layout)
@@ -113,7 +112,7 @@ def task_bundle():
             continue
         root = roots[node.name]
         expected = frozenset("/" + target.relative_to(root).as_posix() for target in targets[node.name])
-        spec = bundle.spec_for(layout, node, vendored, TEMPLATES, expected, epoch)
+        spec = bundle.spec_for(layout, node, vendored, expected, epoch)
         yield {
             "name": node.name,
             "doc": doc,

@@ -14,7 +14,7 @@ re-renders only the files whose values it changes.
 from __future__ import annotations
 
 import functools
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 from doit import create_after
 from doit.tools import config_changed
@@ -25,9 +25,6 @@ from kthw.sa_rotation import public_key_files
 from kthw.secrets import state_of
 
 from .common import checked, context, failing, guarded
-
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
-
 
 # Made when a render task is about to run, not whenever doit loads: `doit pki` then skips
 # some 700 tasks. Bundles wait for this whole group for that reason (tasks/bundle.py).
@@ -51,8 +48,8 @@ def task_render():
             yield {
                 "name": name,
                 "doc": f"{nf.path} on {node.name}",
-                "actions": [(guarded, [write_node_file, nf, TEMPLATES, destination])],
-                "file_dep": template_files(nf.template, TEMPLATES),
+                "actions": [(guarded, [write_node_file, nf, destination])],
+                "file_dep": template_files(nf.template),
                 "targets": [destination],
                 "uptodate": [config_changed(nf.fingerprint)],
                 "clean": True,

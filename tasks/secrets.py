@@ -35,7 +35,6 @@ from kthw.vendor import pin_files
 from kthw.secrets import SecretsState, state_of
 
 from .common import checked, context, guarded, stale_task
-from .render import TEMPLATES
 
 
 def _ensure_encryption(config: Path, rotation: Path, provider: str) -> str:
@@ -135,10 +134,10 @@ def _node_tasks(inv: Inventory, layout: Layout, state: SecretsState, node: Node)
         yield {
             "name": f"{node.name}/bootstrap-manifests",
             "doc": f"cluster-side manifests and apply.sh on {node.name}",
-            "actions": [(guarded, [write_bootstrap_dir, directory, inv, token_paths, ca_cert, TEMPLATES])],
+            "actions": [(guarded, [write_bootstrap_dir, directory, inv, token_paths, ca_cert])],
             # The pins name the CoreDNS image: read by the action, followed here as files.
-            "file_dep": [*token_paths.values(), ca_cert, *template_files(APPLY_TEMPLATE, TEMPLATES),
-                         *template_files(SMOKE_TEMPLATE, TEMPLATES), *pin_files(inv)],
+            "file_dep": [*token_paths.values(), ca_cert, *template_files(APPLY_TEMPLATE),
+                         *template_files(SMOKE_TEMPLATE), *pin_files(inv)],
             "targets": bootstrap_targets(inv, directory),
             "uptodate": [config_changed({"credentials": inv.kubelet_credentials, "server": inv.api_endpoint.url,
                                          "kubelets": sorted(token_paths), "domain": inv.cluster_domain,
