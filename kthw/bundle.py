@@ -40,14 +40,13 @@ import json
 import os
 import re
 import tarfile
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 
 from . import bundle_signing, tarball, templating, vendor
 from .errors import KthwError
-from .fsutil import SECRET_MODE, atomic_write
+from .fsutil import SECRET_MODE, atomic_file, atomic_write
 from .inventory import ARCH_ALIASES, Inventory, Node
 from .layout import Layout
 from .render import ETCD_CLIENT_PORT, PATHS, UNIT_DIR, VERSIONS_FILE, _host
@@ -479,7 +478,7 @@ def shared_part(spec: BundleSpec) -> SharedPart:
         pass
     spec.cache.mkdir(parents=True, exist_ok=True)
     entries = [tarball.Entry(e["name"], e["mode"], source=Path(e["source"])) for e in wanted["entries"]]
-    with _temporary(member) as (handle, tmp):
+    with _writing(member) as handle:
         # The gzip header comes first in the cached file, so that each bundle begins with a
         # copy from offset 0 to offset 0: page-aligned, as fast as cp.
         handle.write(tarball.GZIP_HEADER)
@@ -497,7 +496,6 @@ def shared_part(spec: BundleSpec) -> SharedPart:
         part_size = handle.tell()
         if _vendored_entries(spec) != wanted["entries"]:  # a source changed while it was read
             raise _vendor_changed(spec)
-        os.replace(tmp, member)
     shared = SharedPart(member, part.crc, part.size, {e["path"]: digests[e["name"]] for e in wanted["entries"]})
     atomic_write(index, (json.dumps({**wanted, "part_size": part_size, "crc": shared.crc, "size": shared.size,
                                      "sha256": shared.sha256}, indent=1) + "\n").encode())
@@ -511,17 +509,14 @@ def _vendor_changed(spec: BundleSpec, detail: str = "") -> KthwError:
 
 
 @contextlib.contextmanager
-def _temporary(target: Path):
-    """A temp file beside ``target`` (mode 0600: bundles hold private keys), deleted unless the
-    caller renamed it into place; a write error becomes a message naming ``target``."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+def _writing(target: Path):
+    """``target`` written through :func:`atomic_file` (mode 0600: bundles hold private keys); a
+    write error becomes a message naming ``target``."""
     try:
-        with os.fdopen(fd, "w+b") as handle:
-            yield handle, Path(tmp)
+        with atomic_file(target, SECRET_MODE) as handle:
+            yield handle
     except OSError as err:
         raise KthwError(f"{target}: cannot write ({err}); free some disk space, then run again") from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 # --- building -----------------------------------------------------------------------------------
@@ -565,7 +560,7 @@ def build(spec: BundleSpec) -> str:
     node_entries.sort(key=lambda entry: entry.name)
 
     spec.output.parent.mkdir(parents=True, exist_ok=True)
-    with _temporary(spec.output) as (handle, tmp):
+    with _writing(spec.output) as handle:
         tarball.copy_into(handle, shared.path)  # gzip header + deflate part of the vendored files
         part = tarball.DeflatePart(handle, final=True, crc=shared.crc, size=shared.size)
         tarball.write_entries(part, node_entries, spec.epoch, end=True)
@@ -573,7 +568,6 @@ def build(spec: BundleSpec) -> str:
         handle.write(tarball.gzip_trailer(part.crc, part.size))
         handle.flush()
         size = handle.tell()
-        os.replace(tmp, spec.output)
     count = len(files) + len(spec.vendored.files)
     return (f"{spec.output}: {count} files, serial {serial}, {size / 1e6:.1f} MB, signed by "
             f"{bundle_signing.fingerprint(key)}")

@@ -11,9 +11,7 @@ like a hand-written one before it replaces the file; comments in that file are k
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import yaml
@@ -21,6 +19,7 @@ import yaml
 from . import components, download, oci
 from . import pins as pins_table
 from .errors import KthwError
+from .fsutil import atomic_file
 from .inventory import ARCHES, Inventory
 from .vendor import file_source, image_source
 
@@ -208,20 +207,14 @@ def write(target: Path, entries: list[tuple[tuple[str, ...], object]]) -> None:
         # The file is not laid out as expected (flow style); write it plainly, keeping its header comments.
         header = "".join(line + "\n" for line in _leading_comments(text))
         new_text = header + yaml.safe_dump(expected, sort_keys=False, width=1 << 16)
-    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(new_text)
-        pins_table.read(Path(tmp))  # exactly the checks every pins file gets
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-        tmp = None
+        # sync: the site pins file is a source, not a build output that a rerun makes again.
+        with atomic_file(target, 0o644, sync=True) as handle:
+            handle.write(new_text.encode("utf-8"))
+            handle.flush()
+            pins_table.read(Path(handle.name))  # exactly the checks every pins file gets
     except OSError as err:
         raise KthwError(f"{target}: cannot write ({err.strerror}); it was left as it was") from None
-    finally:
-        if tmp is not None:
-            os.unlink(tmp)
 
 
 def _leading_comments(text: str) -> list[str]:

@@ -13,15 +13,14 @@ vendored files a node gets and where they go on the node.
 from __future__ import annotations
 
 import hashlib
-import os
 import tarfile
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import components, download, oci
 from . import pins as pins_table
 from .errors import KthwError
+from .fsutil import atomic_file
 from .inventory import ARCHES, Inventory, Node
 from .layout import Layout
 from .pins import ImagePin, Pins
@@ -196,20 +195,11 @@ def _extract(item: Item) -> None:
 
 
 def _write_binary(binary: Extracted, stream, item: Item) -> None:
-    binary.path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=binary.path.parent, prefix=f".{binary.name}.", suffix=".part")
-    try:
-        digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out:
-            os.fchmod(out.fileno(), 0o755)
-            while chunk := stream.read(1 << 20):
-                out.write(chunk)
-                digest.update(chunk)
-        os.replace(tmp, binary.path)
-        tmp = None
-    finally:
-        if tmp is not None:
-            os.unlink(tmp)
+    digest = hashlib.sha256()
+    with atomic_file(binary.path, 0o755, suffix=".part") as out:
+        while chunk := stream.read(1 << 20):
+            out.write(chunk)
+            digest.update(chunk)
     download.record(binary.path, f"sha256:{digest.hexdigest()}", binary.origin)
 
 
