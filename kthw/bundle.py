@@ -47,9 +47,9 @@ from pathlib import Path, PurePosixPath
 from . import bundle_signing, tarball, templating, vendor
 from .errors import KthwError
 from .fsutil import SECRET_MODE, atomic_file, atomic_write
-from .inventory import ARCH_ALIASES, Inventory, Node
+from .inventory import ARCH_ALIASES, Inventory, Node, url_host
 from .layout import Layout
-from .render import ETCD_CLIENT_PORT, PATHS, UNIT_DIR, VERSIONS_FILE, _host
+from .node_paths import ETCD_CLIENT_PORT, PATHS, UNIT_DIR, VERSIONS_FILE
 
 TOP = "kthw-bundle"
 FILES = "files"
@@ -409,7 +409,7 @@ def node_plan(spec: BundleSpec, files: list[tuple[str, bytes, int]], installed: 
     return NodePlan(node=spec.node, arch=spec.arch, roles=spec.roles, machines=tuple(machines_of(spec.arch)),
                     services=tuple((name, tuple(reads[name])) for name in service_order(units)),
                     images=spec.vendored.images,
-                    etcd_endpoint=f"https://{_host(spec.node_ip)}:{ETCD_CLIENT_PORT}" if "etcd" in units else None)
+                    etcd_endpoint=f"https://{url_host(spec.node_ip)}:{ETCD_CLIENT_PORT}" if "etcd" in units else None)
 
 
 def _installer_context() -> dict:

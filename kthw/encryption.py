@@ -30,7 +30,7 @@ import yaml
 from . import rotation
 from .errors import KthwError, StateError
 from .fsutil import SECRET_MODE, atomic_write
-from .render import PATHS
+from .node_paths import PATHS
 
 API_VERSION = "apiserver.config.k8s.io/v1"
 KIND = "EncryptionConfiguration"

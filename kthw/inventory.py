@@ -49,6 +49,12 @@ _DURATION_UNITS = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedel
                    "y": timedelta(days=365)}
 
 
+def url_host(ip) -> str:
+    """An address as it appears in a URL: IPv6 in brackets."""
+    ip = ipaddress.ip_address(str(ip))
+    return f"[{ip}]" if ip.version == 6 else str(ip)
+
+
 @dataclass(frozen=True)
 class ApiEndpoint:
     """Where the nodes' kubeconfigs reach the API servers.
@@ -75,7 +81,7 @@ class ApiEndpoint:
             return self.name
         if self.dns:
             return self.dns
-        return f"[{self.ip}]" if self.ip.version == 6 else str(self.ip)
+        return url_host(self.ip)
 
     @property
     def url(self) -> str:

@@ -24,9 +24,9 @@ from .catalogue import LOCAL_APISERVER_URL, leaf
 from . import templating
 from .errors import KthwError, StateError
 from .fsutil import PUBLIC_MODE, SECRET_MODE, atomic_write
-from .inventory import Inventory
+from .inventory import Inventory, url_host
+from .node_paths import ETCD_CLIENT_PORT, PATHS
 from .pins import ImagePin
-from .render import ETCD_CLIENT_PORT, PATHS, _host
 from .tokens import BootstrapToken, kubelet_nodes, require as require_token
 from .vendor import images as pinned_images
 
@@ -277,7 +277,7 @@ def smoke_script(inv: Inventory, coredns_image: ImagePin, templates: Path | None
         "domain": inv.cluster_domain, "dns_ip": str(inv.cluster_dns_ip),
         "api_service_ip": str(inv.kubernetes_service_ip), "provider": inv.encryption_provider,
         "namespace": SMOKE_NAMESPACE,
-        "etcd_endpoints": ",".join(f"https://{_host(node.ip)}:{ETCD_CLIENT_PORT}" for node in inv.etcd_nodes),
+        "etcd_endpoints": ",".join(f"https://{url_host(node.ip)}:{ETCD_CLIENT_PORT}" for node in inv.etcd_nodes),
         "etcd_ca": PATHS["etcd_ca"], "etcd_cert": PATHS["apiserver_etcd_client_cert"],
         "etcd_key": PATHS["apiserver_etcd_client_key"], "etcdctl": f"{PATHS['bin']}/etcdctl"}, templates)
 

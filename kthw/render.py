@@ -15,7 +15,6 @@ against the version table before the unit is written.
 
 from __future__ import annotations
 
-import ipaddress
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -23,16 +22,13 @@ from typing import Callable
 
 
 from . import components, membership, templating, vendor, versions
-from .catalogue import APISERVER_PORT, CLUSTER_SIGNER, CONTROL_PLANE, ETCD, TRUST, WORKER, leaf
+from .catalogue import CONTROL_PLANE, ETCD, WORKER, leaf
 from .errors import KthwError
 from .fsutil import PUBLIC_MODE, atomic_write
-from .inventory import Inventory, Node
+from .inventory import Inventory, Node, url_host
+from .node_paths import APISERVER_PORT, ETCD_CLIENT_PORT, ETCD_PEER_PORT, PATHS, UNIT_DIR, VERSIONS_FILE
 from .pins import Pins
 
-BIN_DIR = components.BIN_DIR
-UNIT_DIR = "/etc/systemd/system"
-ETCD_CLIENT_PORT, ETCD_PEER_PORT = 2379, 2380
-CONTAINERD_SOCKET = "unix:///run/containerd/containerd.sock"
 
 # --- what each role installs from the vendor stage --------------------------------
 
@@ -50,63 +46,6 @@ def binaries_for(node: Node) -> dict[str, str]:
             for binary in component.binaries:
                 result.setdefault(f"{binary.install_dir}/{binary.name}", component.name)
     return dict(sorted(result.items()))
-
-
-# --- where other stages put their files ------------------------------------------------
-
-
-def _leaf(name: str) -> str:
-    row = leaf(name)
-    return row.installed_as or row.kubeconfig
-
-
-def _trust(ca: str) -> str:
-    return next(t.installed_as for t in TRUST if t.ca == ca and not t.with_key)
-
-
-_SIGNER = next(t.installed_as for t in TRUST if t.ca == CLUSTER_SIGNER and t.with_key)
-
-# Node paths every template may name. Certs and kubeconfigs come from the pki stage's
-# catalogue; the secrets stage's files are the paths agreed in CONVENTIONS.md.
-PATHS: dict[str, str] = {
-    "bin": BIN_DIR,
-    "kubernetes_ca": _trust("kubernetes") + ".crt",
-    "etcd_ca": _trust("etcd") + ".crt",
-    "front_proxy_ca": _trust("front-proxy") + ".crt",
-    "cluster_signing_cert": _SIGNER + ".crt",
-    "cluster_signing_key": _SIGNER + ".key",
-    **{f"{name.replace('-', '_')}_{part}": _leaf(name) + f".{ext}"
-       for name in ("apiserver", "apiserver-kubelet-client", "apiserver-etcd-client", "front-proxy-client",
-                    "etcd-server", "etcd-peer", "etcd-healthcheck-client", "kubelet-serving")
-       for part, ext in (("cert", "crt"), ("key", "key"))},
-    "controller_manager_kubeconfig": _leaf("controller-manager"),
-    "scheduler_kubeconfig": _leaf("scheduler"),
-    "kube_proxy_kubeconfig": _leaf("kube-proxy"),
-    "kubelet_static_kubeconfig": _leaf("kubelet-client"),
-    "admin_kubeconfig": _leaf("admin"),
-    # secrets stage (CONVENTIONS.md, issue 4)
-    "sa_key": "/etc/k8s/shared/sa.key",
-    "sa_pub": "/etc/k8s/shared/sa.pub",
-    # the extra public key of a service-account key rotation (kthw.sa_rotation)
-    "sa_next_pub": "/etc/k8s/shared/sa-next.pub",
-    "sa_previous_pub": "/etc/k8s/shared/sa-previous.pub",
-    "encryption_config": "/etc/k8s/kube-apiserver/encryption-config.yaml",
-    "kubelet_bootstrap_kubeconfig": "/etc/k8s/kubelet/bootstrap-kubeconfig",
-    # written by this stage
-    "audit_policy": "/etc/k8s/kube-apiserver/audit-policy.yaml",
-    "scheduler_config": "/etc/k8s/kube-scheduler/kube-scheduler.yaml",
-    "kubelet_config": "/etc/k8s/kubelet/kubelet-config.yaml",
-    "kube_proxy_config": "/etc/k8s/kube-proxy/kube-proxy-config.yaml",
-    "containerd_config": "/etc/k8s/containerd/config.toml",
-    # node-local API endpoint: the lines the installer keeps in /etc/hosts
-    "api_hosts": "/etc/k8s/shared/apiserver-hosts",
-    # created at run time by the services themselves
-    "containerd_socket": CONTAINERD_SOCKET,
-    "etcd_data": "/var/lib/etcd",
-    "audit_log": "/var/log/kubernetes/audit.log",
-    "kubelet_kubeconfig": "/var/lib/kubelet/kubeconfig",  # written by the kubelet after TLS bootstrap
-    "kubelet_cert_dir": "/var/lib/kubelet/pki",
-}
 
 
 # --- the plan: which files each node gets, with which values ---------------------------
@@ -128,12 +67,6 @@ class NodeFile:
     def fingerprint(self) -> dict:
         """What decides the file's bytes besides its template text."""
         return {"template": self.template, "mode": self.mode, "context": self.context, "error": self.error}
-
-
-def _host(ip) -> str:
-    """An address as it appears in a URL: IPv6 in brackets."""
-    ip = ipaddress.ip_address(str(ip))
-    return f"[{ip}]" if ip.version == 6 else str(ip)
 
 
 def _go_duration(delta) -> str:
@@ -164,7 +97,7 @@ class _Inputs:
 
     def etcd_members(self) -> list[dict]:
         """The members of the running cluster: every etcd node but the one joining it."""
-        return [{"name": n.name, "host": _host(n.ip)} for n in self.inv.etcd_nodes if not n.joining]
+        return [{"name": n.name, "host": url_host(n.ip)} for n in self.inv.etcd_nodes if not n.joining]
 
 
 def _systemd_dir(path: str, base: str) -> str:
@@ -180,8 +113,8 @@ def _etcd_unit(i: _Inputs, node: Node) -> dict:
     # member with the same list; a member joining a running one lists the members plus itself.
     members = i.etcd_members()
     if node.joining:
-        members.append({"name": node.name, "host": _host(node.ip)})
-    return {"name": node.name, "host": _host(node.ip), "members": members, "token": i.inv.name,
+        members.append({"name": node.name, "host": url_host(node.ip)})
+    return {"name": node.name, "host": url_host(node.ip), "members": members, "token": i.inv.name,
             "cluster_state": "existing" if node.joining else "new",
             "client_port": ETCD_CLIENT_PORT, "peer_port": ETCD_PEER_PORT,
             "extra_flags": [f"{flag}={value}" for flag, value in line.extra_flags], "paths": PATHS,
@@ -189,13 +122,7 @@ def _etcd_unit(i: _Inputs, node: Node) -> dict:
 
 
 def _etcd_member_script(i: _Inputs, node: Node) -> dict:
-    return membership.script_context(i.inv, node, host=_host, client_port=ETCD_CLIENT_PORT,
-                                     peer_port=ETCD_PEER_PORT, paths=PATHS)
-
-
-# What each node runs, one "<component>=<version>" line each: install.sh says which versions
-# it moves from and to, and `doit upgrade_plan` reads what the last build carries.
-VERSIONS_FILE = "/etc/k8s/versions"
+    return membership.script_context(i.inv, node)
 
 
 def node_versions(inv: Inventory, pins: Pins, node: Node) -> dict[str, str]:

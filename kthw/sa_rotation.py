@@ -41,13 +41,13 @@ from . import rotation
 from .crypto import generate_key, load_private_key, private_key_pem, public_key_pem, public_key_sha256
 from .errors import KthwError, StateError
 from .fsutil import PUBLIC_MODE, SECRET_MODE, atomic_write
-from .render import PATHS
+from .node_paths import PATHS
 from .secrets import SecretsState, ensure_sa_keypair, load_sa_key, sa_keypair_current
 
 IDLE, ADD, PROMOTE, DROP = rotation.IDLE, "add", "promote", "drop"
 NEXT_PHASE = {IDLE: ADD, DROP: ADD, ADD: PROMOTE, PROMOTE: DROP}
 # The public key accepted besides the signing pair's, per phase: the name of its
-# SecretsState file and of its node path in kthw.render.PATHS (the same name).
+# SecretsState file and of its node path in kthw.node_paths.PATHS (the same name).
 EXTRA_PUBLIC_KEY = {ADD: "sa_next_pub", PROMOTE: "sa_previous_pub"}
 TASK = "doit rotate_sa_key"
 CONFIRM = "old_tokens_gone=yes"

@@ -30,7 +30,8 @@ from kthw.inventory import Inventory, Node
 from kthw.layout import Layout
 from kthw.manifests import APPLY_TEMPLATE, BOOTSTRAP_DIR, SMOKE_TEMPLATE, bootstrap_targets, write_bootstrap_dir
 from kthw.pki import place_all
-from kthw.render import PATHS, template_files
+from kthw.node_paths import PATHS
+from kthw.render import template_files
 from kthw.vendor import pin_files
 from kthw.secrets import SecretsState, state_of
 
