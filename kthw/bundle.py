@@ -44,12 +44,14 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 
-from . import bundle_signing, tarball, templating, vendor
+from . import bundle_signing, catalogue, secret_files, tarball, templating, vendor
 from .errors import KthwError
 from .fsutil import SECRET_MODE, atomic_file, atomic_write
 from .inventory import ARCH_ALIASES, Inventory, Node, url_host
 from .layout import Layout
 from .node_paths import ETCD_CLIENT_PORT, PATHS, UNIT_DIR, VERSIONS_FILE
+from .render import NodeFile
+from .secrets import state_of
 
 TOP = "kthw-bundle"
 FILES = "files"
@@ -135,6 +137,14 @@ def vendored_files(node: Node, inv: Inventory, layout: Layout, items: tuple | No
     files = tuple(sorted((Placed(f.install_as, Path(f.source), f.mode) for f in needs), key=lambda p: p.path))
     images = tuple((p.path, *image_names[p.source]) for p in files if p.source in image_names)
     return Vendored(files, images)
+
+
+def expected_files(inv: Inventory, layout: Layout, node: Node, rendered: tuple[NodeFile, ...] | None) -> frozenset[str]:
+    """Every node path the stages write into ``node``'s tree: its certs, keys and kubeconfigs
+    (pki), its secret files (secrets) and ``rendered``, its part of the render plan (None when
+    the plan cannot be made: no rendered file is expected then)."""
+    return frozenset(catalogue.node_files(inv, node) + secret_files.node_files(inv, node, state_of(layout))
+                     + [nf.path for nf in rendered or ()])
 
 
 def missing_vendored(vendored: Vendored) -> list[Path]:

@@ -58,6 +58,12 @@ class Leaf:
     server: str = "endpoint"         # kubeconfig server: "endpoint" (API endpoint) or "local"
     when: str | None = None          # "static-kubelet": only with kubelet_credentials: static
 
+    @property
+    def node_files(self) -> list[str]:
+        """The node paths this cert is written to: cert and key, or the kubeconfig."""
+        return ([self.installed_as + ".crt", self.installed_as + ".key"] if self.installed_as else []) + (
+            [self.kubeconfig] if self.kubeconfig else [])
+
 
 LEAVES: tuple[Leaf, ...] = (
     Leaf("apiserver", frozenset({CONTROL_PLANE}), "kubernetes", "kube-apiserver", (), SERVER, "apiserver",
@@ -115,6 +121,10 @@ class Trust:
         if self.with_key:
             return (signer,)
         return (self.ca, signer) if self.with_signer and signer != self.ca else (self.ca,)
+
+    @property
+    def node_files(self) -> list[str]:
+        return [self.installed_as + ".crt"] + ([self.installed_as + ".key"] if self.with_key else [])
 
 
 TRUST: tuple[Trust, ...] = (
@@ -181,13 +191,13 @@ def applies(roles: frozenset[str], node: Node) -> bool:
 def node_paths() -> list[str]:
     """Every node path the pki stage may write on some node: leaf certs and keys,
     kubeconfigs, trust bundles and the cluster-signing key."""
-    paths = []
-    for row in LEAVES:
-        paths += [row.installed_as + ".crt", row.installed_as + ".key"] if row.installed_as else []
-        paths += [row.kubeconfig] if row.kubeconfig else []
-    for trust in TRUST:
-        paths += [trust.installed_as + ".crt"] + ([trust.installed_as + ".key"] if trust.with_key else [])
-    return sorted(set(paths))
+    return sorted({path for row in (*LEAVES, *TRUST) for path in row.node_files})
+
+
+def node_files(inv: Inventory, node: Node) -> list[str]:
+    """The node paths the pki stage writes for ``node``."""
+    return [path for row in [item.row for item in leaves_for(inv, node)] + list(trust_for(node))
+            for path in row.node_files]
 
 
 def leaves_for(inv: Inventory, node: Node) -> tuple[NodeCert, ...]:

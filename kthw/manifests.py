@@ -309,7 +309,12 @@ def write_bootstrap_dir(directory: Path, inv: Inventory, token_paths: dict[str, 
         atomic_write(directory / name, data, mode)
 
 
+def bootstrap_files(inv: Inventory) -> list[str]:
+    """The names of the files :func:`write_bootstrap_dir` writes."""
+    scripts = [APPLY_SCRIPT, SMOKE_SCRIPT] if inv.worker_nodes else [APPLY_SCRIPT]
+    return manifest_names(inv) + scripts
+
+
 def bootstrap_targets(inv: Inventory, directory: Path) -> list[Path]:
     """The files :func:`write_bootstrap_dir` writes (doit's targets)."""
-    scripts = [APPLY_SCRIPT, SMOKE_SCRIPT] if inv.worker_nodes else [APPLY_SCRIPT]
-    return [directory / name for name in manifest_names(inv) + scripts]
+    return [directory / name for name in bootstrap_files(inv)]

@@ -72,6 +72,16 @@ def phase_of(state: SecretsState) -> str:
     return read_record(state.sa_rotation).phase
 
 
+def planned_phase(state: SecretsState) -> str:
+    """The recorded phase, for planning which files exist; an unreadable record counts as
+    none here, and the sa-keypair task, which every copy depends on, stops the build with
+    its error."""
+    try:
+        return phase_of(state)
+    except KthwError:
+        return IDLE
+
+
 # --- what the nodes get ------------------------------------------------------------------
 
 

@@ -20,11 +20,23 @@ from doit import create_after
 from doit.tools import config_changed
 
 from kthw.errors import KthwError
-from kthw.render import plan, remove_stale, stale_files, template_files, write_node_file
+from kthw.render import NodeFile, plan, remove_stale, stale_files, template_files, write_node_file
 from kthw.sa_rotation import public_key_files
 from kthw.secrets import state_of
 
 from .common import checked, context, failing, guarded
+
+@functools.lru_cache(maxsize=None)
+def planned() -> tuple[dict[str, tuple[NodeFile, ...]] | None, str]:
+    """The render plan of every node, made once per doit run (the bundle stage reads it too),
+    or None and why it cannot be made."""
+    inv, layout = context()
+    try:
+        # The API servers' service-account keys follow the rotation phase recorded by the secrets stage.
+        return plan(inv, service_account_keys=functools.partial(public_key_files, state_of(layout))), ""
+    except KthwError as err:
+        return None, str(err)
+
 
 # Made when a render task is about to run, not whenever doit loads: `doit pki` then skips
 # some 700 tasks. Bundles wait for this whole group for that reason (tasks/bundle.py).
@@ -32,12 +44,10 @@ from .common import checked, context, failing, guarded
 def task_render():
     """Systemd units and component configs for every node, only for its roles."""
     inv, layout = context()
-    try:
-        # The API servers' service-account keys follow the rotation phase recorded by the secrets stage.
-        files = plan(inv, service_account_keys=functools.partial(public_key_files, state_of(layout)))
-    except KthwError as err:
+    files, error = planned()
+    if files is None:
         # e.g. a Kubernetes minor outside the version table: nothing can be rendered.
-        yield failing("versions", "the inventory's Kubernetes version is not supported", str(err))
+        yield failing("versions", "the inventory's Kubernetes version is not supported", error)
         return
     for node in inv.nodes:
         names = []
