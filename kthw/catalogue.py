@@ -13,8 +13,8 @@ from typing import Callable
 
 from .crypto import CertSpec
 from .inventory import APISERVER_PORT, Inventory, Node
+from .roles import CONTROL_PLANE, ETCD, WORKER, Role
 
-CONTROL_PLANE, ETCD, WORKER = "control-plane", "etcd", "worker"
 # How a control-plane node's own components (server="local" kubeconfigs, apply.sh) reach
 # its API server, on kube-apiserver's secure port (APISERVER_PORT).
 LOCAL_APISERVER_URL = f"https://127.0.0.1:{APISERVER_PORT}"
@@ -47,7 +47,7 @@ class Leaf:
     """One row of the catalogue: a kind of leaf cert."""
 
     name: str
-    roles: frozenset[str]           # a node gets this cert if it has any of these roles
+    roles: frozenset[Role]          # a node gets this cert if it has any of these roles
     issuer: str
     common_name: str                # "{node}" is replaced by the node name
     organizations: tuple[str, ...]
@@ -110,7 +110,7 @@ class Trust:
     """A CA cert (and, for the cluster signer, its key) placed on nodes with these roles."""
 
     ca: str
-    roles: frozenset[str]
+    roles: frozenset[Role]
     installed_as: str
     with_key: bool = False      # the row of the cluster signer: the backend's signer CA, cert and key
     with_signer: bool = False   # the cluster signer's cert joins this bundle when it is a CA of its own
@@ -184,7 +184,7 @@ class NodeCert:
     spec: CertSpec
 
 
-def applies(roles: frozenset[str], node: Node) -> bool:
+def applies(roles: frozenset[Role], node: Node) -> bool:
     return bool(roles & node.roles)
 
 

@@ -22,9 +22,9 @@ from . import clock, components
 from .crypto import KEY_ALGORITHMS, LAST_CERT_DATE
 from .errors import InventoryError
 from .oci import Repository
+from .roles import CONTROL_PLANE, ETCD, ROLES, WORKER, Role
 from .yamldoc import Bad as _Bad, Reader as _Reader, kind as _kind, parse, read_text
 
-ROLES = ("control-plane", "etcd", "worker")
 ARCHES = ("amd64", "arm64")
 ARCH_ALIASES = {"amd64": "amd64", "x86_64": "amd64", "arm64": "arm64", "aarch64": "arm64"}
 CA_BACKENDS = ("local", "vault")
@@ -149,7 +149,7 @@ class VendorSettings:
 @dataclass(frozen=True)
 class Node:
     name: str
-    roles: frozenset[str]
+    roles: frozenset[Role]
     arch: str
     zone: str | None
     ip: IPAddress
@@ -161,15 +161,15 @@ class Node:
 
     @property
     def is_control_plane(self) -> bool:
-        return "control-plane" in self.roles
+        return CONTROL_PLANE in self.roles
 
     @property
     def is_etcd(self) -> bool:
-        return "etcd" in self.roles
+        return ETCD in self.roles
 
     @property
     def is_worker(self) -> bool:
-        return "worker" in self.roles
+        return WORKER in self.roles
 
 
 @dataclass(frozen=True)
@@ -730,8 +730,8 @@ def _nodes(top: _Reader, service_cidr: IPNetwork, pod_cidr: IPNetwork) -> tuple[
         readers.append(reader)
 
     if not any(n.is_control_plane for n in nodes):
-        raise top.fail("nodes", "no node has the 'control-plane' role",
-                       "add 'control-plane' to the roles of at least one node")
+        raise top.fail("nodes", f"no node has the '{CONTROL_PLANE}' role",
+                       f"add '{CONTROL_PLANE}' to the roles of at least one node")
     if not any(n.is_etcd for n in nodes):
         raise top.fail("nodes", "no node has the 'etcd' role", "add 'etcd' to the roles of one or three nodes")
     _check_joining(top, nodes, readers)

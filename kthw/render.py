@@ -22,12 +22,13 @@ from typing import Callable
 
 
 from . import components, membership, templating, vendor, versions
-from .catalogue import CONTROL_PLANE, ETCD, WORKER, leaf
+from .catalogue import leaf
 from .errors import KthwError
 from .fsutil import PUBLIC_MODE, atomic_write
 from .inventory import Inventory, Node, url_host
 from .node_paths import APISERVER_PORT, ETCD_CLIENT_PORT, ETCD_PEER_PORT, PATHS, UNIT_DIR, VERSIONS_FILE
 from .pins import Pins
+from .roles import CONTROL_PLANE, ETCD, WORKER
 
 
 # --- what each role installs from the vendor stage --------------------------------
