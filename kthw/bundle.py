@@ -51,7 +51,7 @@ from .inventory import ARCH_ALIASES, Inventory, Node, url_host
 from .layout import Layout
 from .node_paths import ETCD_CLIENT_PORT, PATHS, UNIT_DIR, VERSIONS_FILE
 from .render import NodeFile
-from .secrets import state_of
+from .secret_state import state_of
 
 TOP = "kthw-bundle"
 FILES = "files"

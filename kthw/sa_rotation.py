@@ -14,7 +14,7 @@ them. One phase per run of the rotation task:
                        accepted as sa-previous.pub, so tokens signed before stay valid
     phase 3 "drop"     the old public key removed, once its tokens are gone
 
-Workstation state (build/state, precious, see kthw.secrets):
+Workstation state (build/state, precious, see kthw.secret_state):
 
     phase     sa.key, sa.pub   sa-next.key, sa-next.pub   sa-previous.pub
     idle      signing pair     -                          -
@@ -42,7 +42,7 @@ from .crypto import generate_key, load_private_key, private_key_pem, public_key_
 from .errors import KthwError, StateError
 from .fsutil import PUBLIC_MODE, SECRET_MODE, atomic_write
 from .node_paths import PATHS
-from .secrets import SecretsState, ensure_sa_keypair, load_sa_key, sa_keypair_current
+from .secret_state import SecretsState, ensure_sa_keypair, load_sa_key, sa_keypair_current
 
 IDLE, ADD, PROMOTE, DROP = rotation.IDLE, "add", "promote", "drop"
 NEXT_PHASE = {IDLE: ADD, DROP: ADD, ADD: PROMOTE, PROMOTE: DROP}

@@ -1,4 +1,4 @@
-"""The files the secrets stage writes into a node's tree (its state under build/state: kthw.secrets)."""
+"""The files the secrets stage writes into a node's tree (its state under build/state: kthw.secret_state)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from . import sa_rotation, tokens
 from .inventory import Inventory, Node
 from .manifests import BOOTSTRAP_DIR, bootstrap_files
 from .node_paths import PATHS
-from .secrets import SecretsState
+from .secret_state import SecretsState
 
 # Every node path the stage may write on some node; what a node should not have is removed from it.
 NODE_PATHS = [PATHS["sa_key"], PATHS["sa_pub"], *(PATHS[name] for name in sa_rotation.EXTRA_PUBLIC_KEY.values()),

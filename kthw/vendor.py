@@ -68,7 +68,7 @@ class Item:
 
 
 @dataclass(frozen=True)
-class NodeFile:
+class VendoredFile:
     """A vendored file a node gets: ``source`` on the workstation, ``install_as`` on the node."""
 
     source: Path
@@ -204,7 +204,7 @@ def _write_binary(binary: Extracted, stream, item: Item) -> None:
 
 
 def needs(node: Node, inv: Inventory, layout: Layout, pins: Pins | None = None,
-          items: tuple[Item, ...] | None = None) -> tuple[NodeFile, ...]:
+          items: tuple[Item, ...] | None = None) -> tuple[VendoredFile, ...]:
     """The vendored files ``node`` gets for its arch and roles, and where each goes on the node.
 
     A binary two roles need (kubectl) is listed once, from the first component that has it.
@@ -213,7 +213,7 @@ def needs(node: Node, inv: Inventory, layout: Layout, pins: Pins | None = None,
     """
     if items is None:
         items = plan(inv, pins or load_pins(inv), layout)
-    files: dict[str, NodeFile] = {}
+    files: dict[str, VendoredFile] = {}
     for item in items:
         component = components.FILES.get(item.component) or components.IMAGES[item.component]
         if item.arch != node.arch or not component.roles & node.roles:
@@ -221,9 +221,9 @@ def needs(node: Node, inv: Inventory, layout: Layout, pins: Pins | None = None,
         task = f"vendor:{item.name}"
         if item.is_image:
             install_as = f"{components.IMAGE_DIR}/{item.component}-{item.version}.tar"
-            files.setdefault(install_as, NodeFile(item.path, install_as, 0o644, task))
+            files.setdefault(install_as, VendoredFile(item.path, install_as, 0o644, task))
         for binary in item.extracted:
-            files.setdefault(binary.install_as, NodeFile(binary.path, binary.install_as, 0o755, task))
+            files.setdefault(binary.install_as, VendoredFile(binary.path, binary.install_as, 0o755, task))
     return tuple(files.values())
 
 

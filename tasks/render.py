@@ -22,7 +22,7 @@ from doit.tools import config_changed
 from kthw.errors import KthwError
 from kthw.render import NodeFile, plan, remove_stale, stale_files, template_files, write_node_file
 from kthw.sa_rotation import public_key_files
-from kthw.secrets import state_of
+from kthw.secret_state import state_of
 
 from .common import checked, context, failing, guarded
 

@@ -9,7 +9,7 @@
     rotate_encryption_key  explicit, never a default task: one rotation phase per run
     rotate_sa_key          explicit, never a default task: one rotation phase per run
 
-The first three rows are precious state under build/state (kthw.secrets): never
+The first three rows are precious state under build/state (kthw.secret_state): never
 cleaned, never replaced silently. A token is replaced when its recorded expiration is
 past or inside the renewal window (kthw.tokens.pending_reason); everything derived
 from it follows through file_dep. Node copies are derived and cleanable.
@@ -33,7 +33,7 @@ from kthw.node_paths import PATHS
 from kthw.render import template_files
 from kthw.secret_files import NODE_PATHS
 from kthw.vendor import pin_files
-from kthw.secrets import SecretsState, state_of
+from kthw.secret_state import SecretsState, state_of
 
 from .common import checked, context, guarded, stale_task
 
