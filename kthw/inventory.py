@@ -23,6 +23,7 @@ from .crypto import KEY_ALGORITHMS, LAST_CERT_DATE
 from .errors import InventoryError
 from .oci import Repository
 from .roles import CONTROL_PLANE, ETCD, ROLES, WORKER, Role
+from .versions import Version, VersionError
 from .yamldoc import Bad as _Bad, Reader as _Reader, kind as _kind, parse, read_text
 
 ARCHES = ("amd64", "arm64")
@@ -43,7 +44,6 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
 _DNS_NAME = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*$")
-_VERSION = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)$")
 _DURATION = re.compile(r"^(\d+)\s*([hdwy])$")
 _DURATION_UNITS = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1),
                    "y": timedelta(days=365)}
@@ -272,10 +272,10 @@ def _port(value: Any) -> int:
 def _version(value: Any) -> str:
     if isinstance(value, float):
         raise _Bad(f"{value} was read as a number", 'quote the full version, e.g. "1.34.2"')
-    match = _VERSION.match(str(value).strip())
-    if not match:
-        raise _Bad(f"'{value}' is not a Kubernetes release version", 'write MAJOR.MINOR.PATCH, e.g. "1.34.2"')
-    return ".".join(match.groups())
+    try:
+        return str(Version.parse(str(value).strip(), patch=True))
+    except VersionError as err:
+        raise _Bad(err.problem, err.fix) from None
 
 
 def _duration(value: Any) -> timedelta:
@@ -381,10 +381,10 @@ def _top(text: str, source: str) -> _Reader:
 def _check_release(top: _Reader, inv: Inventory, pinning: str | None) -> None:
     """The version must be in the version table (:mod:`kthw.versions`) and pinned, shipped or by the site."""
     from . import pins as pins_table  # imported here: the pins module reads this one's ARCHES
-    from .versions import KUBERNETES, minor_of, supported_minors
+    from .versions import KUBERNETES, minor_of, supported_minors, version_key
     version = inv.kubernetes_version
     pins = pins_table.load(inv.vendor.site_pins)  # a bad site pins file is reported with its own line
-    pinned = sorted(pins.releases, key=pins_table.version_key)
+    pinned = sorted(pins.releases, key=version_key)
     minor = minor_of(version)
     if minor not in KUBERNETES:
         usable = [v for v in pinned if minor_of(v) in KUBERNETES]

@@ -22,10 +22,10 @@ from pathlib import Path
 from .errors import KthwError
 from .inventory import Inventory, Node
 from .layout import Layout
-from .pins import Pins, version_key
+from .pins import Pins
 from .node_paths import VERSIONS_FILE
 from .render import node_versions
-from .versions import minor_of
+from .versions import minor_of, version_key
 
 SKEW_POLICY = "https://kubernetes.io/releases/version-skew-policy/"
 

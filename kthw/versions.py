@@ -25,19 +25,57 @@ flag reference kubernetes/website content/en/docs/reference/command-line-tools-r
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import KthwError
 
 Minor = tuple[int, int]
 
+_VERSION = re.compile(r"^(v?)(\d+)\.(\d+)(?:\.(\d+))?$")
+
+
+class VersionError(KthwError):
+    """Text that is not a version: ``problem`` says so, ``fix`` what to write instead."""
+
+    def __init__(self, text: object, patch: bool, leading_v: bool, example: str):
+        self.problem = f"'{text}' is not a version"
+        form = "MAJOR.MINOR.PATCH" if patch else "MAJOR.MINOR or MAJOR.MINOR.PATCH"
+        self.fix = f"write {form}{'' if leading_v else ' (no leading v)'}, e.g. {example}"
+        super().__init__(f"{self.problem}; {self.fix}")
+
+
+@dataclass(frozen=True, order=True)
+class Version:
+    """A release version, compared by its numbers: 1.9.0 sorts before 1.10.0."""
+
+    numbers: tuple[int, ...]
+    text: str = field(compare=False)  # as written, less a leading "v"
+
+    @classmethod
+    def parse(cls, text: str, *, patch: bool = False, leading_v: bool = True, example: str = "1.34.2") -> Version:
+        """``patch``: the patch number is required; ``leading_v``: "v1.34.2" is accepted."""
+        match = _VERSION.match(text) if isinstance(text, str) else None
+        if not match or (patch and match.group(4) is None) or (match.group(1) and not leading_v):
+            raise VersionError(text, patch, leading_v, example)
+        digits = [part for part in match.groups()[1:] if part is not None]
+        return cls(tuple(int(part) for part in digits), ".".join(digits))
+
+    def __str__(self) -> str:
+        return self.text
+
+    @property
+    def minor(self) -> Minor:
+        return self.numbers[0], self.numbers[1]
+
 
 def minor_of(version: str) -> Minor:
-    """(1, 34) from "1.34.2", "v1.34" or "1.34"; a KthwError for anything else."""
-    match = re.match(r"^v?(\d+)\.(\d+)(?:\.\d+)?(?:[-+].*)?$", str(version).strip())
-    if not match:
-        raise KthwError(f"'{version}' is not a version number; write MAJOR.MINOR.PATCH, e.g. 1.34.2")
-    return int(match.group(1)), int(match.group(2))
+    """(1, 34) from "1.34.2", "v1.34" or "1.34"; a VersionError for anything else."""
+    return Version.parse(str(version).strip()).minor
+
+
+def version_key(version: str) -> Version:
+    """Sorts version strings numerically: 1.9.0 before 1.10.0."""
+    return Version.parse(version)
 
 
 def _text(minor: Minor) -> str:
