@@ -42,7 +42,32 @@ def key_in_vault(ca: str, backend: str) -> bool:
     return backend == "vault" and ca != cluster_signer(backend)
 
 
-@dataclass(frozen=True)
+# A cert's subject alternative names for one node: (DNS names, IP addresses).
+SanRule = Callable[[Inventory, Node], tuple[list[str], list[str]]]
+
+
+def _apiserver_sans(inv: Inventory, node: Node) -> tuple[list[str], list[str]]:
+    dns = [node.name, "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+           f"kubernetes.default.svc.{inv.cluster_domain}", "localhost"]
+    ips = [str(inv.kubernetes_service_ip), str(node.ip), "127.0.0.1"]
+    if inv.api_endpoint.node_local:
+        dns.append(inv.api_endpoint.name)
+    if inv.api_endpoint.dns:
+        dns.append(inv.api_endpoint.dns)
+    if inv.api_endpoint.ip:
+        ips.append(str(inv.api_endpoint.ip))
+    return dns, ips
+
+
+def _etcd_sans(inv: Inventory, node: Node) -> tuple[list[str], list[str]]:
+    return [node.name, "localhost"], [str(node.ip), "127.0.0.1", "::1"]
+
+
+def _node_sans(inv: Inventory, node: Node) -> tuple[list[str], list[str]]:
+    return [node.name], [str(node.ip)]
+
+
+@dataclass(frozen=True, kw_only=True)
 class Leaf:
     """One row of the catalogue: a kind of leaf cert."""
 
@@ -50,9 +75,9 @@ class Leaf:
     roles: frozenset[Role]          # a node gets this cert if it has any of these roles
     issuer: str
     common_name: str                # "{node}" is replaced by the node name
-    organizations: tuple[str, ...]
+    organizations: tuple[str, ...] = ()
     usages: frozenset[str]
-    sans: str                       # key of SAN_RULES
+    sans: SanRule | None = None     # None: no SANs (a client cert), and no extra_sans either
     installed_as: str | None = None  # "<path>" -> <path>.crt/.key on the node (service certs)
     kubeconfig: str | None = None    # node path of the kubeconfig that embeds it instead
     server: str = "endpoint"         # kubeconfig server: "endpoint" (API endpoint) or "local"
@@ -66,36 +91,41 @@ class Leaf:
 
 
 LEAVES: tuple[Leaf, ...] = (
-    Leaf("apiserver", frozenset({CONTROL_PLANE}), "kubernetes", "kube-apiserver", (), SERVER, "apiserver",
-         installed_as="/etc/k8s/kube-apiserver/apiserver"),
+    Leaf(name="apiserver", roles=frozenset({CONTROL_PLANE}), issuer="kubernetes", common_name="kube-apiserver",
+         usages=SERVER, sans=_apiserver_sans, installed_as="/etc/k8s/kube-apiserver/apiserver"),
     # Its rights come from a ClusterRoleBinding to system:kubelet-api-admin (secrets stage),
     # not from system:masters.
-    Leaf("apiserver-kubelet-client", frozenset({CONTROL_PLANE}), "kubernetes", "kube-apiserver-kubelet-client",
-         (), CLIENT, "none", installed_as="/etc/k8s/kube-apiserver/apiserver-kubelet-client"),
-    Leaf("apiserver-etcd-client", frozenset({CONTROL_PLANE}), "etcd", "kube-apiserver-etcd-client", (), CLIENT,
-         "none", installed_as="/etc/k8s/kube-apiserver/apiserver-etcd-client"),
-    Leaf("front-proxy-client", frozenset({CONTROL_PLANE}), "front-proxy", "front-proxy-client", (), CLIENT,
-         "none", installed_as="/etc/k8s/kube-apiserver/front-proxy-client"),
-    Leaf("etcd-server", frozenset({ETCD}), "etcd", "{node}", (), SERVER_CLIENT, "etcd",
-         installed_as="/etc/k8s/etcd/server"),
-    Leaf("etcd-peer", frozenset({ETCD}), "etcd", "{node}", (), SERVER_CLIENT, "etcd",
-         installed_as="/etc/k8s/etcd/peer"),
-    Leaf("etcd-healthcheck-client", frozenset({ETCD}), "etcd", "kube-etcd-healthcheck-client", (), CLIENT,
-         "none", installed_as="/etc/k8s/etcd/healthcheck-client"),
-    Leaf("admin", frozenset({CONTROL_PLANE}), "kubernetes", "kubernetes-admin", ("system:masters",), CLIENT,
-         "none", kubeconfig="/etc/k8s/shared/admin.kubeconfig"),
-    Leaf("controller-manager", frozenset({CONTROL_PLANE}), "kubernetes", "system:kube-controller-manager", (),
-         CLIENT, "none", kubeconfig="/etc/k8s/kube-controller-manager/kubeconfig", server="local"),
-    Leaf("scheduler", frozenset({CONTROL_PLANE}), "kubernetes", "system:kube-scheduler", (), CLIENT, "none",
-         kubeconfig="/etc/k8s/kube-scheduler/kubeconfig", server="local"),
-    Leaf("kube-proxy", frozenset({WORKER}), "kubernetes", "system:kube-proxy", ("system:node-proxier",), CLIENT,
-         "none", kubeconfig="/etc/k8s/kube-proxy/kubeconfig"),
-    Leaf("kubelet-client", frozenset({WORKER}), "kubernetes", "system:node:{node}", ("system:nodes",), CLIENT,
-         "none", kubeconfig="/etc/k8s/kubelet/kubeconfig", when="static-kubelet"),
+    Leaf(name="apiserver-kubelet-client", roles=frozenset({CONTROL_PLANE}), issuer="kubernetes",
+         common_name="kube-apiserver-kubelet-client", usages=CLIENT,
+         installed_as="/etc/k8s/kube-apiserver/apiserver-kubelet-client"),
+    Leaf(name="apiserver-etcd-client", roles=frozenset({CONTROL_PLANE}), issuer="etcd",
+         common_name="kube-apiserver-etcd-client", usages=CLIENT,
+         installed_as="/etc/k8s/kube-apiserver/apiserver-etcd-client"),
+    Leaf(name="front-proxy-client", roles=frozenset({CONTROL_PLANE}), issuer="front-proxy",
+         common_name="front-proxy-client", usages=CLIENT, installed_as="/etc/k8s/kube-apiserver/front-proxy-client"),
+    Leaf(name="etcd-server", roles=frozenset({ETCD}), issuer="etcd", common_name="{node}", usages=SERVER_CLIENT,
+         sans=_etcd_sans, installed_as="/etc/k8s/etcd/server"),
+    Leaf(name="etcd-peer", roles=frozenset({ETCD}), issuer="etcd", common_name="{node}", usages=SERVER_CLIENT,
+         sans=_etcd_sans, installed_as="/etc/k8s/etcd/peer"),
+    Leaf(name="etcd-healthcheck-client", roles=frozenset({ETCD}), issuer="etcd",
+         common_name="kube-etcd-healthcheck-client", usages=CLIENT, installed_as="/etc/k8s/etcd/healthcheck-client"),
+    Leaf(name="admin", roles=frozenset({CONTROL_PLANE}), issuer="kubernetes", common_name="kubernetes-admin",
+         organizations=("system:masters",), usages=CLIENT, kubeconfig="/etc/k8s/shared/admin.kubeconfig"),
+    Leaf(name="controller-manager", roles=frozenset({CONTROL_PLANE}), issuer="kubernetes",
+         common_name="system:kube-controller-manager", usages=CLIENT,
+         kubeconfig="/etc/k8s/kube-controller-manager/kubeconfig", server="local"),
+    Leaf(name="scheduler", roles=frozenset({CONTROL_PLANE}), issuer="kubernetes", common_name="system:kube-scheduler",
+         usages=CLIENT, kubeconfig="/etc/k8s/kube-scheduler/kubeconfig", server="local"),
+    Leaf(name="kube-proxy", roles=frozenset({WORKER}), issuer="kubernetes", common_name="system:kube-proxy",
+         organizations=("system:node-proxier",), usages=CLIENT, kubeconfig="/etc/k8s/kube-proxy/kubeconfig"),
+    Leaf(name="kubelet-client", roles=frozenset({WORKER}), issuer="kubernetes", common_name="system:node:{node}",
+         organizations=("system:nodes",), usages=CLIENT, kubeconfig="/etc/k8s/kubelet/kubeconfig",
+         when="static-kubelet"),
     # Pre-issued even with TLS bootstrap: kube-controller-manager never auto-approves
     # serving-cert CSRs, so a bootstrapped serving cert would wait for a human.
-    Leaf("kubelet-serving", frozenset({WORKER}), "kubernetes", "system:node:{node}", ("system:nodes",), SERVER,
-         "node", installed_as="/etc/k8s/kubelet/kubelet-serving"),
+    Leaf(name="kubelet-serving", roles=frozenset({WORKER}), issuer="kubernetes", common_name="system:node:{node}",
+         organizations=("system:nodes",), usages=SERVER, sans=_node_sans,
+         installed_as="/etc/k8s/kubelet/kubelet-serving"),
 )
 _LEAF_BY_NAME = {row.name: row for row in LEAVES}
 
@@ -134,35 +164,6 @@ TRUST: tuple[Trust, ...] = (
     Trust(CLUSTER_SIGNER, frozenset({CONTROL_PLANE}), "/etc/k8s/kube-controller-manager/cluster-signing-ca",
           with_key=True),
 )
-
-
-def _apiserver_sans(inv: Inventory, node: Node) -> tuple[list[str], list[str]]:
-    dns = [node.name, "kubernetes", "kubernetes.default", "kubernetes.default.svc",
-           f"kubernetes.default.svc.{inv.cluster_domain}", "localhost"]
-    ips = [str(inv.kubernetes_service_ip), str(node.ip), "127.0.0.1"]
-    if inv.api_endpoint.node_local:
-        dns.append(inv.api_endpoint.name)
-    if inv.api_endpoint.dns:
-        dns.append(inv.api_endpoint.dns)
-    if inv.api_endpoint.ip:
-        ips.append(str(inv.api_endpoint.ip))
-    return dns, ips
-
-
-def _etcd_sans(inv: Inventory, node: Node) -> tuple[list[str], list[str]]:
-    return [node.name, "localhost"], [str(node.ip), "127.0.0.1", "::1"]
-
-
-def _node_sans(inv: Inventory, node: Node) -> tuple[list[str], list[str]]:
-    return [node.name], [str(node.ip)]
-
-
-SAN_RULES: dict[str, Callable[[Inventory, Node], tuple[list[str], list[str]]]] = {
-    "apiserver": _apiserver_sans,
-    "etcd": _etcd_sans,
-    "node": _node_sans,
-    "none": lambda inv, node: ([], []),
-}
 
 
 def ca_specs(inv: Inventory) -> dict[str, CertSpec]:
@@ -207,8 +208,8 @@ def leaves_for(inv: Inventory, node: Node) -> tuple[NodeCert, ...]:
             continue
         if row.when == "static-kubelet" and inv.kubelet_credentials != "static":
             continue
-        dns, ips = SAN_RULES[row.sans](inv, node)
-        if row.sans != "none":
+        dns, ips = row.sans(inv, node) if row.sans else ([], [])
+        if row.sans:
             for san in node.extra_sans:
                 (ips if _is_ip(san) else dns).append(san)
         spec = CertSpec(
