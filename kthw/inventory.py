@@ -115,7 +115,7 @@ class VaultAuth:
 
 @dataclass(frozen=True)
 class VaultNaming:
-    """Vault paths; the defaults are the seed's names ({domain}: '-' becomes '_')."""
+    """Vault paths: one PKI mount for the root, one per intermediate ({domain}: '-' becomes '_')."""
 
     root_mount: str = "k8s_pki_root_ca"
     intermediate_mount: str = "k8s_pki_intermediate_ca_for_service_{domain}"

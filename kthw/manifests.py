@@ -8,7 +8,7 @@
     /etc/k8s/bootstrap/apply.sh                   `kubectl apply` of the above, on one control-plane node
     /etc/k8s/bootstrap/smoke-test.sh              checks the running cluster end to end (with workers)
 
-Objects are built as data (REFERENCE section 5) and dumped as YAML, so no value can
+Objects are built as Python data and dumped with yaml.safe_dump, so no value can
 break the syntax. The directory belongs to this stage: files it no longer produces
 (a replaced credential mode, a removed node) are deleted from it.
 """

@@ -92,14 +92,14 @@ class KubernetesRelease:
     minor: Minor
     # config-api/kubelet-config.v1beta1: the only served version of KubeletConfiguration.
     kubelet_config_api: str
-    # config-api/kube-scheduler-config.v1: v1 since 1.25, v1beta3 removed in 1.29 (REFERENCE 8).
+    # config-api/kube-scheduler-config.v1: v1 since 1.25, v1beta3 removed in 1.29 (CHANGELOG-1.29).
     scheduler_config_api: str
     # config-api/kube-proxy-config.v1alpha1: still the only version; the v1alpha2 proposal
     # (kubernetes PR #121830) closed unmerged, KEP-784 postponed.
     proxy_config_api: str
     # config-api/apiserver-audit.v1: audit.k8s.io/v1 since 1.12.
     audit_policy_api: str
-    # KubeletConfiguration.containerRuntimeEndpoint since 1.27 (REFERENCE 8); the flag
+    # KubeletConfiguration.containerRuntimeEndpoint since 1.27 (CHANGELOG-1.27); the flag
     # --container-runtime-endpoint is deprecated in its favour (ref/kubelet).
     runtime_endpoint_in_config: bool
     # KubeletConfiguration.failCgroupV1 exists since 1.31 (KEP-4569). Written explicitly
@@ -205,7 +205,7 @@ FLAGS: dict[str, dict[str, Span]] = {
             "--cluster-signing-key-file", "--controllers", "--kubeconfig", "--leader-elect",
             "--requestheader-client-ca-file", "--root-ca-file", "--service-account-private-key-file",
             "--service-cluster-ip-range", "--use-service-account-credentials", "--v")},
-        # --cluster-signing-duration since 1.19; the experimental name is gone in 1.25 (REFERENCE 8).
+        # --cluster-signing-duration since 1.19; the experimental name is gone in 1.25 (CHANGELOG-1.25).
         "--cluster-signing-duration": Span((1, 19)),
         "--experimental-cluster-signing-duration": Span((1, 0), (1, 24)),
         # No-op since 1.31, removed in 1.37 (CHANGELOG-1.37, #138002).
@@ -229,7 +229,7 @@ FLAGS: dict[str, dict[str, Span]] = {
         "--pod-infra-container-image": Span((1, 0), (1, 34)),
         # Removed in 1.34 (CHANGELOG-1.34, #130161).
         "--cloud-config": Span((1, 0), (1, 33)),
-        # Gone with dockershim (REFERENCE 8): 1.24 and 1.27.
+        # Gone with dockershim: 1.24 and 1.27 (CHANGELOG-1.24, CHANGELOG-1.27).
         "--network-plugin": Span((1, 0), (1, 23)),
         "--container-runtime": Span((1, 0), (1, 26)),
     },
