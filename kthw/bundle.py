@@ -47,7 +47,8 @@ from pathlib import Path, PurePosixPath
 from . import bundle_signing, catalogue, secret_files, tarball, templating, vendor
 from .errors import KthwError
 from .fsutil import SECRET_MODE, atomic_file, atomic_write
-from .inventory import ARCH_ALIASES, Inventory, Node, url_host
+from .components import ARCH_ALIASES
+from .inventory import Inventory, Node, url_host
 from .layout import Layout
 from .node_paths import ETCD_CLIENT_PORT, PATHS, UNIT_DIR, VERSIONS_FILE
 from .render import NodeFile

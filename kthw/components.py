@@ -15,6 +15,11 @@ from dataclasses import dataclass
 
 from .roles import CONTROL_PLANE, ETCD, WORKER, Role
 
+# The architectures a node may have (release files and images are fetched per arch), and
+# what `uname -m` or an inventory may call each.
+ARCHES = ("amd64", "arm64")
+ARCH_ALIASES = {"amd64": "amd64", "x86_64": "amd64", "arm64": "arm64", "aarch64": "arm64"}
+
 BIN_DIR = "/usr/local/bin"
 CNI_BIN_DIR = "/opt/cni/bin"
 IMAGE_DIR = "/var/lib/kthw/images"  # the node imports these with `ctr -n k8s.io images import`

@@ -19,15 +19,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import clock, components
+from . import pins as pins_table
+from .components import ARCH_ALIASES, ARCHES
 from .crypto import KEY_ALGORITHMS, LAST_CERT_DATE
 from .errors import InventoryError
 from .oci import Repository
 from .roles import CONTROL_PLANE, ETCD, ROLES, WORKER, Role
-from .versions import Version, VersionError
+from .versions import KUBERNETES, Version, VersionError, minor_of, supported_minors, version_key
 from .yamldoc import Bad as _Bad, Reader as _Reader, kind as _kind, parse, read_text
 
-ARCHES = ("amd64", "arm64")
-ARCH_ALIASES = {"amd64": "amd64", "x86_64": "amd64", "arm64": "arm64", "aarch64": "arm64"}
 CA_BACKENDS = ("local", "vault")
 VAULT_AUTH_METHODS = ("token", "userpass", "approle")
 KUBELET_CREDENTIALS = ("tls-bootstrap", "static")
@@ -380,8 +380,6 @@ def _top(text: str, source: str) -> _Reader:
 
 def _check_release(top: _Reader, inv: Inventory, pinning: str | None) -> None:
     """The version must be in the version table (:mod:`kthw.versions`) and pinned, shipped or by the site."""
-    from . import pins as pins_table  # imported here: the pins module reads this one's ARCHES
-    from .versions import KUBERNETES, minor_of, supported_minors, version_key
     version = inv.kubernetes_version
     pins = pins_table.load(inv.vendor.site_pins)  # a bad site pins file is reported with its own line
     pinned = sorted(pins.releases, key=version_key)

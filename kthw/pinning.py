@@ -18,11 +18,12 @@ import yaml
 
 from . import components, download, oci
 from . import pins as pins_table
+from .components import ARCHES
 from .errors import KthwError
-from .versions import Version, VersionError, version_key
 from .fsutil import atomic_file
-from .inventory import ARCHES, Inventory
+from .inventory import Inventory
 from .vendor import file_source, image_source
+from .versions import Version, VersionError, version_key
 
 
 

@@ -18,9 +18,9 @@ from typing import Any
 
 
 from . import components
+from .components import ARCHES
 from .download import Checksum
 from .errors import KthwError
-from .inventory import ARCHES
 from .versions import Version, VersionError, version_key
 from .yamldoc import Bad as _Bad, Map as _Map, Reader as _Reader, parse, read_text
 from .oci import DIGEST, Repository

@@ -21,7 +21,8 @@ from . import components, download, oci
 from . import pins as pins_table
 from .errors import KthwError
 from .fsutil import atomic_file
-from .inventory import ARCHES, Inventory, Node
+from .components import ARCHES
+from .inventory import Inventory, Node
 from .layout import Layout
 from .pins import ImagePin, Pins
 

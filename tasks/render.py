@@ -26,6 +26,7 @@ from kthw.secret_state import state_of
 
 from .common import checked, context, failing, guarded
 
+
 @functools.lru_cache(maxsize=None)
 def planned() -> tuple[dict[str, tuple[NodeFile, ...]] | None, str]:
     """The render plan of every node, made once per doit run (the bundle stage reads it too),
