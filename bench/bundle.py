@@ -77,9 +77,8 @@ def main() -> None:
         scratch.doit("pki", "secrets", "render", "bundle_signing_key")
         inv = load(scratch.root / "cluster.yaml")
         layout = Layout(scratch.root)
-        templates = BENCH.parent / "templates"
         workers = [node for node in inv.nodes if node.is_worker]
-        specs = [bundle.spec_for(layout, node, bundle.vendored_files(node, inv, layout), templates)
+        specs = [bundle.spec_for(layout, node, bundle.vendored_files(node, inv, layout))
                  for node in workers]
         vendored_mb = sum(p.source.stat().st_size for p in specs[0].vendored.files) / 1e6
         copy = scratch.root / "copy.tar.gz"

@@ -1,7 +1,7 @@
 """Bundle stage: one signed, reproducible tarball per node, with a verifying installer.
 
     bundles/<node>.tar.gz
-      kthw-bundle/install.sh         the installer (templates/bundle/install.sh.j2): the same for
+      kthw-bundle/install.sh         the installer (kthw/templates/bundle/install.sh.j2): the same for
                                      every node, also installed as /usr/local/sbin/kthw-install
       kthw-bundle/README             what the operator does on the node
       kthw-bundle/MANIFEST           the node, its serial, services and images, and the mode,
@@ -39,20 +39,20 @@ import hashlib
 import json
 import os
 import re
-import shlex
 import tarfile
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-import jinja2
 
-from . import bundle_signing, tarball, vendor
+from . import bundle_signing, catalogue, secret_files, tarball, templating, vendor
 from .errors import KthwError
-from .fsutil import SECRET_MODE, atomic_write
-from .inventory import ARCH_ALIASES, Inventory, Node
+from .fsutil import SECRET_MODE, atomic_file, atomic_write
+from .components import ARCH_ALIASES
+from .inventory import Inventory, Node, url_host
 from .layout import Layout
-from .render import ETCD_CLIENT_PORT, PATHS, UNIT_DIR, VERSIONS_FILE, _host
+from .node_paths import ETCD_CLIENT_PORT, PATHS, UNIT_DIR, VERSIONS_FILE
+from .render import NodeFile
+from .secret_state import state_of
 
 TOP = "kthw-bundle"
 FILES = "files"
@@ -120,8 +120,8 @@ class BundleSpec:
     signing_key: Path
     endorsements: Path               # build/state/bundle-signing.endorsements (may be missing)
     serial: Path                     # build/state/bundle-serials/<node>
-    templates: Path
     epoch: int
+    templates: Path | None = None    # None: the package's templates
 
 
 # --- inputs ---------------------------------------------------------------------------------
@@ -140,6 +140,14 @@ def vendored_files(node: Node, inv: Inventory, layout: Layout, items: tuple | No
     return Vendored(files, images)
 
 
+def expected_files(inv: Inventory, layout: Layout, node: Node, rendered: tuple[NodeFile, ...] | None) -> frozenset[str]:
+    """Every node path the stages write into ``node``'s tree: its certs, keys and kubeconfigs
+    (pki), its secret files (secrets) and ``rendered``, its part of the render plan (None when
+    the plan cannot be made: no rendered file is expected then)."""
+    return frozenset(catalogue.node_files(inv, node) + secret_files.node_files(inv, node, state_of(layout))
+                     + [nf.path for nf in rendered or ()])
+
+
 def missing_vendored(vendored: Vendored) -> list[Path]:
     return [placed.source for placed in vendored.files if not placed.source.is_file()]
 
@@ -155,14 +163,14 @@ def source_date_epoch(environ: dict | None = None) -> int:
     return int(text)
 
 
-def spec_for(layout: Layout, node: Node, vendored: Vendored, templates: Path,
-             expected: frozenset[str] | None = None, epoch: int = DEFAULT_EPOCH) -> BundleSpec:
+def spec_for(layout: Layout, node: Node, vendored: Vendored, expected: frozenset[str] | None = None,
+             epoch: int = DEFAULT_EPOCH, templates: Path | None = None) -> BundleSpec:
     return BundleSpec(node=node.name, arch=node.arch, roles=tuple(sorted(node.roles)), node_ip=str(node.ip),
                       tree=layout.node_root(node.name), expected=expected, vendored=vendored,
                       output=layout.bundles / f"{node.name}.tar.gz", cache=cache_dir(layout),
                       signing_key=bundle_signing.key_path(layout.state),
                       endorsements=bundle_signing.endorsements_path(layout.state),
-                      serial=layout.state / "bundle-serials" / node.name, templates=Path(templates), epoch=epoch)
+                      serial=layout.state / "bundle-serials" / node.name, epoch=epoch, templates=templates)
 
 
 def cache_dir(layout: Layout) -> Path:
@@ -391,25 +399,13 @@ def next_serial(record: Path, body_sha256: str) -> int:
 # --- templates ----------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=4)
-def _environment(templates: Path) -> jinja2.Environment:
+def template_paths(templates: Path | None = None) -> list[Path]:
+    return [path for name in TEMPLATES for path in templating.files(name, templates, comments=False)]
+
+
+def _render(templates: Path | None, name: str, **context) -> bytes:
     # Bash is full of "${#array[@]}": no Jinja comments, so "{#" stays text.
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates)), undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False,
-                             comment_start_string="<#jinja-comment", comment_end_string="jinja-comment#>")
-    env.filters["q"] = lambda value: shlex.quote(str(value))
-    return env
-
-
-def template_paths(templates: Path) -> list[Path]:
-    return [Path(templates) / name for name in TEMPLATES]
-
-
-def _render(env: jinja2.Environment, name: str, **context) -> bytes:
-    try:
-        return env.get_template(name).render(**context).encode()
-    except jinja2.TemplateError as err:
-        raise KthwError(f"template {name}: {err}") from None
+    return templating.render(name, context, templates, comments=False).encode()
 
 
 def machines_of(arch: str) -> list[str]:
@@ -424,7 +420,7 @@ def node_plan(spec: BundleSpec, files: list[tuple[str, bytes, int]], installed: 
     return NodePlan(node=spec.node, arch=spec.arch, roles=spec.roles, machines=tuple(machines_of(spec.arch)),
                     services=tuple((name, tuple(reads[name])) for name in service_order(units)),
                     images=spec.vendored.images,
-                    etcd_endpoint=f"https://{_host(spec.node_ip)}:{ETCD_CLIENT_PORT}" if "etcd" in units else None)
+                    etcd_endpoint=f"https://{url_host(spec.node_ip)}:{ETCD_CLIENT_PORT}" if "etcd" in units else None)
 
 
 def _installer_context() -> dict:
@@ -448,8 +444,8 @@ def _readme_context(plan: NodePlan) -> dict:
 
 
 @functools.lru_cache(maxsize=4)
-def installer(templates: Path) -> bytes:
-    return _render(_environment(Path(templates)), INSTALL_TEMPLATE, **_installer_context())
+def installer(templates: Path | None = None) -> bytes:
+    return _render(templates, INSTALL_TEMPLATE, **_installer_context())
 
 
 # --- the vendored part: one gzip member per arch and role set, cached -----------------------------
@@ -493,7 +489,7 @@ def shared_part(spec: BundleSpec) -> SharedPart:
         pass
     spec.cache.mkdir(parents=True, exist_ok=True)
     entries = [tarball.Entry(e["name"], e["mode"], source=Path(e["source"])) for e in wanted["entries"]]
-    with _temporary(member) as (handle, tmp):
+    with _writing(member) as handle:
         # The gzip header comes first in the cached file, so that each bundle begins with a
         # copy from offset 0 to offset 0: page-aligned, as fast as cp.
         handle.write(tarball.GZIP_HEADER)
@@ -511,7 +507,6 @@ def shared_part(spec: BundleSpec) -> SharedPart:
         part_size = handle.tell()
         if _vendored_entries(spec) != wanted["entries"]:  # a source changed while it was read
             raise _vendor_changed(spec)
-        os.replace(tmp, member)
     shared = SharedPart(member, part.crc, part.size, {e["path"]: digests[e["name"]] for e in wanted["entries"]})
     atomic_write(index, (json.dumps({**wanted, "part_size": part_size, "crc": shared.crc, "size": shared.size,
                                      "sha256": shared.sha256}, indent=1) + "\n").encode())
@@ -525,17 +520,14 @@ def _vendor_changed(spec: BundleSpec, detail: str = "") -> KthwError:
 
 
 @contextlib.contextmanager
-def _temporary(target: Path):
-    """A temp file beside ``target`` (mode 0600: bundles hold private keys), deleted unless the
-    caller renamed it into place; a write error becomes a message naming ``target``."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+def _writing(target: Path):
+    """``target`` written through :func:`atomic_file` (mode 0600: bundles hold private keys); a
+    write error becomes a message naming ``target``."""
     try:
-        with os.fdopen(fd, "w+b") as handle:
-            yield handle, Path(tmp)
+        with atomic_file(target, SECRET_MODE) as handle:
+            yield handle
     except OSError as err:
         raise KthwError(f"{target}: cannot write ({err}); free some disk space, then run again") from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 # --- building -----------------------------------------------------------------------------------
@@ -559,7 +551,7 @@ def build(spec: BundleSpec) -> str:
     vendored_sums = shared.sha256
     installed = {path for path, _, _ in files} | set(vendored_sums)
     plan = node_plan(spec, files, installed)
-    readme = _render(_environment(spec.templates), README_TEMPLATE, **_readme_context(plan))
+    readme = _render(spec.templates, README_TEMPLATE, **_readme_context(plan))
 
     node_entries = [tarball.Entry(f"{TOP}/{FILES}{path}", mode, data=data) for path, data, mode in files]
     lines = [ManifestLine(mode, sha256_hex(data), path) for path, data, mode in files]
@@ -579,7 +571,7 @@ def build(spec: BundleSpec) -> str:
     node_entries.sort(key=lambda entry: entry.name)
 
     spec.output.parent.mkdir(parents=True, exist_ok=True)
-    with _temporary(spec.output) as (handle, tmp):
+    with _writing(spec.output) as handle:
         tarball.copy_into(handle, shared.path)  # gzip header + deflate part of the vendored files
         part = tarball.DeflatePart(handle, final=True, crc=shared.crc, size=shared.size)
         tarball.write_entries(part, node_entries, spec.epoch, end=True)
@@ -587,7 +579,6 @@ def build(spec: BundleSpec) -> str:
         handle.write(tarball.gzip_trailer(part.crc, part.size))
         handle.flush()
         size = handle.tell()
-        os.replace(tmp, spec.output)
     count = len(files) + len(spec.vendored.files)
     return (f"{spec.output}: {count} files, serial {serial}, {size / 1e6:.1f} MB, signed by "
             f"{bundle_signing.fingerprint(key)}")

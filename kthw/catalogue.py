@@ -13,8 +13,8 @@ from typing import Callable
 
 from .crypto import CertSpec
 from .inventory import APISERVER_PORT, Inventory, Node
+from .roles import CONTROL_PLANE, ETCD, WORKER, Role
 
-CONTROL_PLANE, ETCD, WORKER = "control-plane", "etcd", "worker"
 # How a control-plane node's own components (server="local" kubeconfigs, apply.sh) reach
 # its API server, on kube-apiserver's secure port (APISERVER_PORT).
 LOCAL_APISERVER_URL = f"https://127.0.0.1:{APISERVER_PORT}"
@@ -42,88 +42,8 @@ def key_in_vault(ca: str, backend: str) -> bool:
     return backend == "vault" and ca != cluster_signer(backend)
 
 
-@dataclass(frozen=True)
-class Leaf:
-    """One row of the catalogue: a kind of leaf cert."""
-
-    name: str
-    roles: frozenset[str]           # a node gets this cert if it has any of these roles
-    issuer: str
-    common_name: str                # "{node}" is replaced by the node name
-    organizations: tuple[str, ...]
-    usages: frozenset[str]
-    sans: str                       # key of SAN_RULES
-    installed_as: str | None = None  # "<path>" -> <path>.crt/.key on the node (service certs)
-    kubeconfig: str | None = None    # node path of the kubeconfig that embeds it instead
-    server: str = "endpoint"         # kubeconfig server: "endpoint" (API endpoint) or "local"
-    when: str | None = None          # "static-kubelet": only with kubelet_credentials: static
-
-
-LEAVES: tuple[Leaf, ...] = (
-    Leaf("apiserver", frozenset({CONTROL_PLANE}), "kubernetes", "kube-apiserver", (), SERVER, "apiserver",
-         installed_as="/etc/k8s/kube-apiserver/apiserver"),
-    # Its rights come from a ClusterRoleBinding to system:kubelet-api-admin (secrets stage),
-    # not from system:masters.
-    Leaf("apiserver-kubelet-client", frozenset({CONTROL_PLANE}), "kubernetes", "kube-apiserver-kubelet-client",
-         (), CLIENT, "none", installed_as="/etc/k8s/kube-apiserver/apiserver-kubelet-client"),
-    Leaf("apiserver-etcd-client", frozenset({CONTROL_PLANE}), "etcd", "kube-apiserver-etcd-client", (), CLIENT,
-         "none", installed_as="/etc/k8s/kube-apiserver/apiserver-etcd-client"),
-    Leaf("front-proxy-client", frozenset({CONTROL_PLANE}), "front-proxy", "front-proxy-client", (), CLIENT,
-         "none", installed_as="/etc/k8s/kube-apiserver/front-proxy-client"),
-    Leaf("etcd-server", frozenset({ETCD}), "etcd", "{node}", (), SERVER_CLIENT, "etcd",
-         installed_as="/etc/k8s/etcd/server"),
-    Leaf("etcd-peer", frozenset({ETCD}), "etcd", "{node}", (), SERVER_CLIENT, "etcd",
-         installed_as="/etc/k8s/etcd/peer"),
-    Leaf("etcd-healthcheck-client", frozenset({ETCD}), "etcd", "kube-etcd-healthcheck-client", (), CLIENT,
-         "none", installed_as="/etc/k8s/etcd/healthcheck-client"),
-    Leaf("admin", frozenset({CONTROL_PLANE}), "kubernetes", "kubernetes-admin", ("system:masters",), CLIENT,
-         "none", kubeconfig="/etc/k8s/shared/admin.kubeconfig"),
-    Leaf("controller-manager", frozenset({CONTROL_PLANE}), "kubernetes", "system:kube-controller-manager", (),
-         CLIENT, "none", kubeconfig="/etc/k8s/kube-controller-manager/kubeconfig", server="local"),
-    Leaf("scheduler", frozenset({CONTROL_PLANE}), "kubernetes", "system:kube-scheduler", (), CLIENT, "none",
-         kubeconfig="/etc/k8s/kube-scheduler/kubeconfig", server="local"),
-    Leaf("kube-proxy", frozenset({WORKER}), "kubernetes", "system:kube-proxy", ("system:node-proxier",), CLIENT,
-         "none", kubeconfig="/etc/k8s/kube-proxy/kubeconfig"),
-    Leaf("kubelet-client", frozenset({WORKER}), "kubernetes", "system:node:{node}", ("system:nodes",), CLIENT,
-         "none", kubeconfig="/etc/k8s/kubelet/kubeconfig", when="static-kubelet"),
-    # Pre-issued even with TLS bootstrap: kube-controller-manager never auto-approves
-    # serving-cert CSRs, so a bootstrapped serving cert would wait for a human.
-    Leaf("kubelet-serving", frozenset({WORKER}), "kubernetes", "system:node:{node}", ("system:nodes",), SERVER,
-         "node", installed_as="/etc/k8s/kubelet/kubelet-serving"),
-)
-_LEAF_BY_NAME = {row.name: row for row in LEAVES}
-
-
-def leaf(name: str) -> Leaf:
-    """The catalogue row called ``name``."""
-    return _LEAF_BY_NAME[name]
-
-
-@dataclass(frozen=True)
-class Trust:
-    """A CA cert (and, for the cluster signer, its key) placed on nodes with these roles."""
-
-    ca: str
-    roles: frozenset[str]
-    installed_as: str
-    with_key: bool = False      # the row of the cluster signer: the backend's signer CA, cert and key
-    with_signer: bool = False   # the cluster signer's cert joins this bundle when it is a CA of its own
-
-    def cas(self, backend: str) -> tuple[str, ...]:
-        """The CA certs this file holds, in order, for a CA backend."""
-        signer = cluster_signer(backend)
-        if self.with_key:
-            return (signer,)
-        return (self.ca, signer) if self.with_signer and signer != self.ca else (self.ca,)
-
-
-TRUST: tuple[Trust, ...] = (
-    Trust("kubernetes", frozenset({CONTROL_PLANE, WORKER}), "/etc/k8s/shared/kubernetes-ca", with_signer=True),
-    Trust("etcd", frozenset({CONTROL_PLANE, ETCD}), "/etc/k8s/shared/etcd-ca"),
-    Trust("front-proxy", frozenset({CONTROL_PLANE}), "/etc/k8s/shared/front-proxy-ca"),
-    Trust(CLUSTER_SIGNER, frozenset({CONTROL_PLANE}), "/etc/k8s/kube-controller-manager/cluster-signing-ca",
-          with_key=True),
-)
+# A cert's subject alternative names for one node: (DNS names, IP addresses).
+SanRule = Callable[[Inventory, Node], tuple[list[str], list[str]]]
 
 
 def _apiserver_sans(inv: Inventory, node: Node) -> tuple[list[str], list[str]]:
@@ -147,12 +67,103 @@ def _node_sans(inv: Inventory, node: Node) -> tuple[list[str], list[str]]:
     return [node.name], [str(node.ip)]
 
 
-SAN_RULES: dict[str, Callable[[Inventory, Node], tuple[list[str], list[str]]]] = {
-    "apiserver": _apiserver_sans,
-    "etcd": _etcd_sans,
-    "node": _node_sans,
-    "none": lambda inv, node: ([], []),
-}
+@dataclass(frozen=True, kw_only=True)
+class Leaf:
+    """One row of the catalogue: a kind of leaf cert."""
+
+    name: str
+    roles: frozenset[Role]          # a node gets this cert if it has any of these roles
+    issuer: str
+    common_name: str                # "{node}" is replaced by the node name
+    organizations: tuple[str, ...] = ()
+    usages: frozenset[str]
+    sans: SanRule | None = None     # None: no SANs (a client cert), and no extra_sans either
+    installed_as: str | None = None  # "<path>" -> <path>.crt/.key on the node (service certs)
+    kubeconfig: str | None = None    # node path of the kubeconfig that embeds it instead
+    server: str = "endpoint"         # kubeconfig server: "endpoint" (API endpoint) or "local"
+    when: str | None = None          # "static-kubelet": only with kubelet_credentials: static
+
+    @property
+    def node_files(self) -> list[str]:
+        """The node paths this cert is written to: cert and key, or the kubeconfig."""
+        return ([self.installed_as + ".crt", self.installed_as + ".key"] if self.installed_as else []) + (
+            [self.kubeconfig] if self.kubeconfig else [])
+
+
+LEAVES: tuple[Leaf, ...] = (
+    Leaf(name="apiserver", roles=frozenset({CONTROL_PLANE}), issuer="kubernetes", common_name="kube-apiserver",
+         usages=SERVER, sans=_apiserver_sans, installed_as="/etc/k8s/kube-apiserver/apiserver"),
+    # Its rights come from a ClusterRoleBinding to system:kubelet-api-admin (secrets stage),
+    # not from system:masters.
+    Leaf(name="apiserver-kubelet-client", roles=frozenset({CONTROL_PLANE}), issuer="kubernetes",
+         common_name="kube-apiserver-kubelet-client", usages=CLIENT,
+         installed_as="/etc/k8s/kube-apiserver/apiserver-kubelet-client"),
+    Leaf(name="apiserver-etcd-client", roles=frozenset({CONTROL_PLANE}), issuer="etcd",
+         common_name="kube-apiserver-etcd-client", usages=CLIENT,
+         installed_as="/etc/k8s/kube-apiserver/apiserver-etcd-client"),
+    Leaf(name="front-proxy-client", roles=frozenset({CONTROL_PLANE}), issuer="front-proxy",
+         common_name="front-proxy-client", usages=CLIENT, installed_as="/etc/k8s/kube-apiserver/front-proxy-client"),
+    Leaf(name="etcd-server", roles=frozenset({ETCD}), issuer="etcd", common_name="{node}", usages=SERVER_CLIENT,
+         sans=_etcd_sans, installed_as="/etc/k8s/etcd/server"),
+    Leaf(name="etcd-peer", roles=frozenset({ETCD}), issuer="etcd", common_name="{node}", usages=SERVER_CLIENT,
+         sans=_etcd_sans, installed_as="/etc/k8s/etcd/peer"),
+    Leaf(name="etcd-healthcheck-client", roles=frozenset({ETCD}), issuer="etcd",
+         common_name="kube-etcd-healthcheck-client", usages=CLIENT, installed_as="/etc/k8s/etcd/healthcheck-client"),
+    Leaf(name="admin", roles=frozenset({CONTROL_PLANE}), issuer="kubernetes", common_name="kubernetes-admin",
+         organizations=("system:masters",), usages=CLIENT, kubeconfig="/etc/k8s/shared/admin.kubeconfig"),
+    Leaf(name="controller-manager", roles=frozenset({CONTROL_PLANE}), issuer="kubernetes",
+         common_name="system:kube-controller-manager", usages=CLIENT,
+         kubeconfig="/etc/k8s/kube-controller-manager/kubeconfig", server="local"),
+    Leaf(name="scheduler", roles=frozenset({CONTROL_PLANE}), issuer="kubernetes", common_name="system:kube-scheduler",
+         usages=CLIENT, kubeconfig="/etc/k8s/kube-scheduler/kubeconfig", server="local"),
+    Leaf(name="kube-proxy", roles=frozenset({WORKER}), issuer="kubernetes", common_name="system:kube-proxy",
+         organizations=("system:node-proxier",), usages=CLIENT, kubeconfig="/etc/k8s/kube-proxy/kubeconfig"),
+    Leaf(name="kubelet-client", roles=frozenset({WORKER}), issuer="kubernetes", common_name="system:node:{node}",
+         organizations=("system:nodes",), usages=CLIENT, kubeconfig="/etc/k8s/kubelet/kubeconfig",
+         when="static-kubelet"),
+    # Pre-issued even with TLS bootstrap: kube-controller-manager never auto-approves
+    # serving-cert CSRs, so a bootstrapped serving cert would wait for a human.
+    Leaf(name="kubelet-serving", roles=frozenset({WORKER}), issuer="kubernetes", common_name="system:node:{node}",
+         organizations=("system:nodes",), usages=SERVER, sans=_node_sans,
+         installed_as="/etc/k8s/kubelet/kubelet-serving"),
+)
+_LEAF_BY_NAME = {row.name: row for row in LEAVES}
+
+
+def leaf(name: str) -> Leaf:
+    """The catalogue row called ``name``."""
+    return _LEAF_BY_NAME[name]
+
+
+@dataclass(frozen=True)
+class Trust:
+    """A CA cert (and, for the cluster signer, its key) placed on nodes with these roles."""
+
+    ca: str
+    roles: frozenset[Role]
+    installed_as: str
+    with_key: bool = False      # the row of the cluster signer: the backend's signer CA, cert and key
+    with_signer: bool = False   # the cluster signer's cert joins this bundle when it is a CA of its own
+
+    def cas(self, backend: str) -> tuple[str, ...]:
+        """The CA certs this file holds, in order, for a CA backend."""
+        signer = cluster_signer(backend)
+        if self.with_key:
+            return (signer,)
+        return (self.ca, signer) if self.with_signer and signer != self.ca else (self.ca,)
+
+    @property
+    def node_files(self) -> list[str]:
+        return [self.installed_as + ".crt"] + ([self.installed_as + ".key"] if self.with_key else [])
+
+
+TRUST: tuple[Trust, ...] = (
+    Trust("kubernetes", frozenset({CONTROL_PLANE, WORKER}), "/etc/k8s/shared/kubernetes-ca", with_signer=True),
+    Trust("etcd", frozenset({CONTROL_PLANE, ETCD}), "/etc/k8s/shared/etcd-ca"),
+    Trust("front-proxy", frozenset({CONTROL_PLANE}), "/etc/k8s/shared/front-proxy-ca"),
+    Trust(CLUSTER_SIGNER, frozenset({CONTROL_PLANE}), "/etc/k8s/kube-controller-manager/cluster-signing-ca",
+          with_key=True),
+)
 
 
 def ca_specs(inv: Inventory) -> dict[str, CertSpec]:
@@ -174,20 +185,20 @@ class NodeCert:
     spec: CertSpec
 
 
-def applies(roles: frozenset[str], node: Node) -> bool:
+def applies(roles: frozenset[Role], node: Node) -> bool:
     return bool(roles & node.roles)
 
 
 def node_paths() -> list[str]:
     """Every node path the pki stage may write on some node: leaf certs and keys,
     kubeconfigs, trust bundles and the cluster-signing key."""
-    paths = []
-    for row in LEAVES:
-        paths += [row.installed_as + ".crt", row.installed_as + ".key"] if row.installed_as else []
-        paths += [row.kubeconfig] if row.kubeconfig else []
-    for trust in TRUST:
-        paths += [trust.installed_as + ".crt"] + ([trust.installed_as + ".key"] if trust.with_key else [])
-    return sorted(set(paths))
+    return sorted({path for row in (*LEAVES, *TRUST) for path in row.node_files})
+
+
+def node_files(inv: Inventory, node: Node) -> list[str]:
+    """The node paths the pki stage writes for ``node``."""
+    return [path for row in [item.row for item in leaves_for(inv, node)] + list(trust_for(node))
+            for path in row.node_files]
 
 
 def leaves_for(inv: Inventory, node: Node) -> tuple[NodeCert, ...]:
@@ -197,8 +208,8 @@ def leaves_for(inv: Inventory, node: Node) -> tuple[NodeCert, ...]:
             continue
         if row.when == "static-kubelet" and inv.kubelet_credentials != "static":
             continue
-        dns, ips = SAN_RULES[row.sans](inv, node)
-        if row.sans != "none":
+        dns, ips = row.sans(inv, node) if row.sans else ([], [])
+        if row.sans:
             for san in node.extra_sans:
                 (ips if _is_ip(san) else dns).append(san)
         spec = CertSpec(

@@ -13,6 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .roles import CONTROL_PLANE, ETCD, WORKER, Role
+
+# The architectures a node may have (release files and images are fetched per arch), and
+# what `uname -m` or an inventory may call each.
+ARCHES = ("amd64", "arm64")
+ARCH_ALIASES = {"amd64": "amd64", "x86_64": "amd64", "arm64": "arm64", "aarch64": "arm64"}
+
 BIN_DIR = "/usr/local/bin"
 CNI_BIN_DIR = "/opt/cni/bin"
 IMAGE_DIR = "/var/lib/kthw/images"  # the node imports these with `ctr -n k8s.io images import`
@@ -32,7 +39,7 @@ class FileComponent:
     """A release file fetched by URL and verified against a pinned checksum."""
 
     name: str
-    roles: frozenset[str]
+    roles: frozenset[Role]
     binaries: tuple[Binary, ...]
     checksum_file: str  # where upstream publishes the checksum: {url} = the file's URL, {dir} = its folder
     algorithm: str      # the algorithm of that published checksum
@@ -47,7 +54,7 @@ class ImageComponent:
     """A container image pulled by its multi-arch index digest."""
 
     name: str
-    roles: frozenset[str]
+    roles: frozenset[Role]
     tag: str  # the registry tag of a pinned version ({version})
 
 
@@ -56,7 +63,7 @@ def _bins(pattern: str, names: tuple[str, ...], install_dir: str = BIN_DIR) -> t
                  for name in names)
 
 
-_CP, _ETCD, _WORKER = frozenset({"control-plane"}), frozenset({"etcd"}), frozenset({"worker"})
+_CP, _ETCD, _WORKER = frozenset({CONTROL_PLANE}), frozenset({ETCD}), frozenset({WORKER})
 
 # The two Kubernetes tarballs take the cluster's kubernetes_version; every other component
 # takes the version the pins table pairs with it. Their sha512 is in the CHANGELOG and at

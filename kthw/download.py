@@ -19,7 +19,6 @@ import os
 import re
 import socket
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .errors import KthwError
+from .fsutil import atomic_file
 
 ATTEMPTS = 5          # tries per file, the first included
 BACKOFF = 0.5         # seconds before the second try; doubles after each failure
@@ -387,33 +387,20 @@ def fetch(source: str, dest: Path, checksum: str, *, origin: str | None = None, 
     expected = Checksum.parse(checksum)
     dest = Path(dest)
     meter = Meter(label or dest.name)
-    tmp = None
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-        with os.fdopen(fd, "w+b") as out:
-            os.fchmod(out.fileno(), mode)
+        with atomic_file(dest, mode, suffix=".part") as out:
             if is_url(source):
                 got = _fetch_http(source, out, expected, headers, meter, hint)
             else:
                 got = _copy_local(source, out, expected, meter, hint)
-            out.flush()
-        if got != expected.hex:
-            raise DownloadError(f"{source}: checksum mismatch\n  expected {expected}\n  got      "
-                                f"{expected.algorithm}:{got}\n  the downloaded file was deleted."
-                                "\n  fix: the source serves other bytes than the pinned release: check the "
-                                "mirror or override, and the pin (a site pins file overrides the shipped one)")
-        os.replace(tmp, dest)
-        tmp = None
+            if got != expected.hex:
+                raise DownloadError(f"{source}: checksum mismatch\n  expected {expected}\n  got      "
+                                    f"{expected.algorithm}:{got}\n  the downloaded file was deleted."
+                                    "\n  fix: the source serves other bytes than the pinned release: check the "
+                                    "mirror or override, and the pin (a site pins file overrides the shipped one)")
         record(dest, str(expected), origin or str(expected))
         meter.finish()
     except (_WriteFailed, OSError) as err:
         raise DownloadError(f"{dest.parent}: cannot write {dest.name} ({err.strerror}); nothing was kept"
                             "\n  fix: free some disk space (or fix the directory's permissions), then run "
                             "again") from None
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass

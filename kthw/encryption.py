@@ -30,11 +30,12 @@ import yaml
 from . import rotation
 from .errors import KthwError, StateError
 from .fsutil import SECRET_MODE, atomic_write
-from .render import PATHS
+from .node_paths import PATHS
 
 API_VERSION = "apiserver.config.k8s.io/v1"
 KIND = "EncryptionConfiguration"
-# Key lengths in bytes each provider accepts (REFERENCE 6); new keys are 32 bytes.
+# Key lengths in bytes each provider accepts
+# (https://kubernetes.io/docs/tasks/administer-cluster/encrypt-data/#providers); new keys are 32 bytes.
 KEY_LENGTHS: dict[str, tuple[int, ...]] = {"secretbox": (32,), "aesgcm": (16, 24, 32), "aescbc": (32,)}
 NEW_KEY_BYTES = 32
 _KEY_NAME = re.compile(r"^key(\d+)$")

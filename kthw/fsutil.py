@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
 import time
 from pathlib import Path
+from typing import IO, Iterator
 
 from .errors import KthwError
 
@@ -21,15 +23,49 @@ _STARTED = time.time()
 _tidied: set[str] = set()
 
 
-def atomic_write(path: Path, data: bytes, mode: int = PUBLIC_MODE) -> bool:
-    """Write ``data`` to ``path`` through a temp file and a rename.
+@contextlib.contextmanager
+def atomic_file(path: Path, mode: int = PUBLIC_MODE, *, suffix: str = ".tmp", sync: bool = False) -> Iterator[IO[bytes]]:
+    """A binary file (read and write) that replaces ``path`` when the ``with`` block ends.
 
-    The temp file is created with ``mode`` already set, so a key is never readable by
-    others, not even for a moment. Returns False (and touches nothing) when the file
-    already holds exactly these bytes with this mode, so mtimes stay put on reruns. The
-    first write into a directory removes the temp files an interrupted run left there.
-    No fsync: the rename already protects against a killed build, and a workstation
-    power cut is rare enough not to pay a disk flush per certificate.
+    It is a temp file beside ``path``, ".<name>.<8 random characters><suffix>", created
+    with ``mode`` already set, so a key is never readable by others, not even for a
+    moment. An exception in the block (or from the rename) deletes it and leaves ``path``
+    as it was. Its ``name`` is the temp file's path: a caller can check what it wrote (and
+    raise) before it replaces ``path``. ``sync``: flush it to the disk before the rename.
+    Errors are OSError; each caller says what they mean for its file.
+    """
+    path = Path(path)
+    try:
+        handle = _temp_file(path, suffix)
+    except FileNotFoundError:  # first file of its directory; mkdir only then, it is not free
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = _temp_file(path, suffix)
+    try:
+        with handle:
+            os.fchmod(handle.fileno(), mode)
+            yield handle
+            handle.flush()
+            if sync:
+                os.fsync(handle.fileno())
+        os.replace(handle.name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(handle.name)
+        raise
+
+
+def _temp_file(path: Path, suffix: str) -> IO[bytes]:
+    return tempfile.NamedTemporaryFile("w+b", dir=path.parent, prefix=f".{path.name}.", suffix=suffix, delete=False)
+
+
+def atomic_write(path: Path, data: bytes, mode: int = PUBLIC_MODE) -> bool:
+    """Write ``data`` to ``path`` through :func:`atomic_file`.
+
+    Returns False (and touches nothing) when the file already holds exactly these bytes
+    with this mode, so mtimes stay put on reruns. The first write into a directory removes
+    the temp files an interrupted run left there. No fsync: the rename already protects
+    against a killed build, and a workstation power cut is rare enough not to pay a disk
+    flush per certificate.
     """
     path = Path(path)
     _tidy_once(path.parent)
@@ -39,22 +75,8 @@ def atomic_write(path: Path, data: bytes, mode: int = PUBLIC_MODE) -> bool:
     except FileNotFoundError:
         pass
     try:
-        try:
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        except FileNotFoundError:  # first file of its directory; mkdir only then, it is not free
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            os.fchmod(fd, mode)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        with atomic_file(path, mode) as handle:
+            handle.write(data)
     except OSError as err:
         raise KthwError(f"{path}: cannot write ({err.strerror}); free some disk space or fix the "
                         "directory's permissions, then run again") from None

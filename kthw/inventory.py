@@ -19,14 +19,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import clock, components
+from . import pins as pins_table
+from .components import ARCH_ALIASES, ARCHES
 from .crypto import KEY_ALGORITHMS, LAST_CERT_DATE
 from .errors import InventoryError
 from .oci import Repository
+from .roles import CONTROL_PLANE, ETCD, ROLES, WORKER, Role
+from .versions import KUBERNETES, Version, VersionError, minor_of, supported_minors, version_key
 from .yamldoc import Bad as _Bad, Reader as _Reader, kind as _kind, parse, read_text
 
-ROLES = ("control-plane", "etcd", "worker")
-ARCHES = ("amd64", "arm64")
-ARCH_ALIASES = {"amd64": "amd64", "x86_64": "amd64", "arm64": "arm64", "aarch64": "arm64"}
 CA_BACKENDS = ("local", "vault")
 VAULT_AUTH_METHODS = ("token", "userpass", "approle")
 KUBELET_CREDENTIALS = ("tls-bootstrap", "static")
@@ -43,10 +44,15 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
 _DNS_NAME = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*$")
-_VERSION = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)$")
 _DURATION = re.compile(r"^(\d+)\s*([hdwy])$")
 _DURATION_UNITS = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1),
                    "y": timedelta(days=365)}
+
+
+def url_host(ip) -> str:
+    """An address as it appears in a URL: IPv6 in brackets."""
+    ip = ipaddress.ip_address(str(ip))
+    return f"[{ip}]" if ip.version == 6 else str(ip)
 
 
 @dataclass(frozen=True)
@@ -75,7 +81,7 @@ class ApiEndpoint:
             return self.name
         if self.dns:
             return self.dns
-        return f"[{self.ip}]" if self.ip.version == 6 else str(self.ip)
+        return url_host(self.ip)
 
     @property
     def url(self) -> str:
@@ -109,7 +115,7 @@ class VaultAuth:
 
 @dataclass(frozen=True)
 class VaultNaming:
-    """Vault paths; the defaults are the seed's names ({domain}: '-' becomes '_')."""
+    """Vault paths: one PKI mount for the root, one per intermediate ({domain}: '-' becomes '_')."""
 
     root_mount: str = "k8s_pki_root_ca"
     intermediate_mount: str = "k8s_pki_intermediate_ca_for_service_{domain}"
@@ -143,7 +149,7 @@ class VendorSettings:
 @dataclass(frozen=True)
 class Node:
     name: str
-    roles: frozenset[str]
+    roles: frozenset[Role]
     arch: str
     zone: str | None
     ip: IPAddress
@@ -155,15 +161,15 @@ class Node:
 
     @property
     def is_control_plane(self) -> bool:
-        return "control-plane" in self.roles
+        return CONTROL_PLANE in self.roles
 
     @property
     def is_etcd(self) -> bool:
-        return "etcd" in self.roles
+        return ETCD in self.roles
 
     @property
     def is_worker(self) -> bool:
-        return "worker" in self.roles
+        return WORKER in self.roles
 
 
 @dataclass(frozen=True)
@@ -266,10 +272,10 @@ def _port(value: Any) -> int:
 def _version(value: Any) -> str:
     if isinstance(value, float):
         raise _Bad(f"{value} was read as a number", 'quote the full version, e.g. "1.34.2"')
-    match = _VERSION.match(str(value).strip())
-    if not match:
-        raise _Bad(f"'{value}' is not a Kubernetes release version", 'write MAJOR.MINOR.PATCH, e.g. "1.34.2"')
-    return ".".join(match.groups())
+    try:
+        return str(Version.parse(str(value).strip(), patch=True))
+    except VersionError as err:
+        raise _Bad(err.problem, err.fix) from None
 
 
 def _duration(value: Any) -> timedelta:
@@ -374,11 +380,9 @@ def _top(text: str, source: str) -> _Reader:
 
 def _check_release(top: _Reader, inv: Inventory, pinning: str | None) -> None:
     """The version must be in the version table (:mod:`kthw.versions`) and pinned, shipped or by the site."""
-    from . import pins as pins_table  # imported here: the pins module reads this one's ARCHES
-    from .versions import KUBERNETES, minor_of, supported_minors
     version = inv.kubernetes_version
     pins = pins_table.load(inv.vendor.site_pins)  # a bad site pins file is reported with its own line
-    pinned = sorted(pins.releases, key=pins_table.version_key)
+    pinned = sorted(pins.releases, key=version_key)
     minor = minor_of(version)
     if minor not in KUBERNETES:
         usable = [v for v in pinned if minor_of(v) in KUBERNETES]
@@ -724,8 +728,8 @@ def _nodes(top: _Reader, service_cidr: IPNetwork, pod_cidr: IPNetwork) -> tuple[
         readers.append(reader)
 
     if not any(n.is_control_plane for n in nodes):
-        raise top.fail("nodes", "no node has the 'control-plane' role",
-                       "add 'control-plane' to the roles of at least one node")
+        raise top.fail("nodes", f"no node has the '{CONTROL_PLANE}' role",
+                       f"add '{CONTROL_PLANE}' to the roles of at least one node")
     if not any(n.is_etcd for n in nodes):
         raise top.fail("nodes", "no node has the 'etcd' role", "add 'etcd' to the roles of one or three nodes")
     _check_joining(top, nodes, readers)

@@ -8,7 +8,7 @@
     /etc/k8s/bootstrap/apply.sh                   `kubectl apply` of the above, on one control-plane node
     /etc/k8s/bootstrap/smoke-test.sh              checks the running cluster end to end (with workers)
 
-Objects are built as data (REFERENCE section 5) and dumped as YAML, so no value can
+Objects are built as Python data and dumped with yaml.safe_dump, so no value can
 break the syntax. The directory belongs to this stage: files it no longer produces
 (a replaced credential mode, a removed node) are deleted from it.
 """
@@ -21,11 +21,12 @@ from pathlib import Path
 import yaml
 
 from .catalogue import LOCAL_APISERVER_URL, leaf
-from .errors import StateError
+from . import templating
+from .errors import KthwError, StateError
 from .fsutil import PUBLIC_MODE, SECRET_MODE, atomic_write
-from .inventory import Inventory
+from .inventory import Inventory, url_host
+from .node_paths import ETCD_CLIENT_PORT, PATHS
 from .pins import ImagePin
-from .render import ETCD_CLIENT_PORT, PATHS, NodeFile, _host, render
 from .tokens import BootstrapToken, kubelet_nodes, require as require_token
 from .vendor import images as pinned_images
 
@@ -256,17 +257,19 @@ def manifests(inv: Inventory, tokens: list[BootstrapToken], ca_pem: bytes,
     return files
 
 
-def _script(name: str, template: str, context: dict, templates: Path) -> bytes:
-    nf = NodeFile("control-plane", f"{BOOTSTRAP_DIR}/{name}", template,
-                  {"admin_kubeconfig": ADMIN_KUBECONFIG, "server": LOCAL_APISERVER_URL, **context}, mode=SCRIPT_MODE)
-    return render(nf, templates)
+def _script(name: str, template: str, context: dict, templates: Path | None) -> bytes:
+    try:
+        return templating.render(template, {"admin_kubeconfig": ADMIN_KUBECONFIG, "server": LOCAL_APISERVER_URL,
+                                            **context}, templates).encode()
+    except KthwError as err:
+        raise KthwError(f"control-plane: {BOOTSTRAP_DIR}/{name}: {err}") from None
 
 
-def apply_script(names: list[str], templates: Path) -> bytes:
+def apply_script(names: list[str], templates: Path | None = None) -> bytes:
     return _script(APPLY_SCRIPT, APPLY_TEMPLATE, {"manifests": names}, templates)
 
 
-def smoke_script(inv: Inventory, coredns_image: ImagePin, templates: Path) -> bytes:
+def smoke_script(inv: Inventory, coredns_image: ImagePin, templates: Path | None = None) -> bytes:
     """The end-to-end check of a running cluster; it runs the CoreDNS image as its test pods."""
     return _script(SMOKE_SCRIPT, SMOKE_TEMPLATE, {
         "workers": [node.name for node in inv.worker_nodes],
@@ -274,7 +277,7 @@ def smoke_script(inv: Inventory, coredns_image: ImagePin, templates: Path) -> by
         "domain": inv.cluster_domain, "dns_ip": str(inv.cluster_dns_ip),
         "api_service_ip": str(inv.kubernetes_service_ip), "provider": inv.encryption_provider,
         "namespace": SMOKE_NAMESPACE,
-        "etcd_endpoints": ",".join(f"https://{_host(node.ip)}:{ETCD_CLIENT_PORT}" for node in inv.etcd_nodes),
+        "etcd_endpoints": ",".join(f"https://{url_host(node.ip)}:{ETCD_CLIENT_PORT}" for node in inv.etcd_nodes),
         "etcd_ca": PATHS["etcd_ca"], "etcd_cert": PATHS["apiserver_etcd_client_cert"],
         "etcd_key": PATHS["apiserver_etcd_client_key"], "etcdctl": f"{PATHS['bin']}/etcdctl"}, templates)
 
@@ -291,8 +294,7 @@ def read_tokens(token_paths: dict[str, Path]) -> list[BootstrapToken]:
     return tokens
 
 
-def write_bootstrap_dir(directory: Path, inv: Inventory, token_paths: dict[str, Path], ca_cert: Path,
-                        templates: Path) -> None:
+def write_bootstrap_dir(directory: Path, inv: Inventory, token_paths: dict[str, Path], ca_cert: Path) -> None:
     """Write the manifests and apply.sh into one control-plane node's bootstrap directory.
 
     Files an earlier inventory put there (a removed node's token Secret) are the secrets
@@ -300,14 +302,19 @@ def write_bootstrap_dir(directory: Path, inv: Inventory, token_paths: dict[str, 
     """
     image = pinned_images(inv)["coredns"] if inv.worker_nodes else None
     files = manifests(inv, read_tokens(token_paths), Path(ca_cert).read_bytes(), image)
-    files[APPLY_SCRIPT] = (apply_script(list(files), templates), SCRIPT_MODE)
+    files[APPLY_SCRIPT] = (apply_script(list(files)), SCRIPT_MODE)
     if image is not None:
-        files[SMOKE_SCRIPT] = (smoke_script(inv, image, templates), SCRIPT_MODE)
+        files[SMOKE_SCRIPT] = (smoke_script(inv, image), SCRIPT_MODE)
     for name, (data, mode) in files.items():
         atomic_write(directory / name, data, mode)
 
 
+def bootstrap_files(inv: Inventory) -> list[str]:
+    """The names of the files :func:`write_bootstrap_dir` writes."""
+    scripts = [APPLY_SCRIPT, SMOKE_SCRIPT] if inv.worker_nodes else [APPLY_SCRIPT]
+    return manifest_names(inv) + scripts
+
+
 def bootstrap_targets(inv: Inventory, directory: Path) -> list[Path]:
     """The files :func:`write_bootstrap_dir` writes (doit's targets)."""
-    scripts = [APPLY_SCRIPT, SMOKE_SCRIPT] if inv.worker_nodes else [APPLY_SCRIPT]
-    return [directory / name for name in manifest_names(inv) + scripts]
+    return [directory / name for name in bootstrap_files(inv)]

@@ -1,6 +1,6 @@
 """etcd membership changes on a running cluster: what the nodes' membership script knows.
 
-Every etcd member's bundle carries :data:`MEMBER_SCRIPT` (templates/scripts/etcd-member.sh.j2),
+Every etcd member's bundle carries :data:`MEMBER_SCRIPT` (kthw/templates/scripts/etcd-member.sh.j2),
 rendered from the inventory: the members the cluster should have (name and peer URL), the
 one marked ``joining: true`` (if any) and the client URLs of the running members. On a
 member it compares that with ``etcdctl member list`` and prints the exact ``etcdctl member
@@ -14,26 +14,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .inventory import Inventory, Node
+from .inventory import Inventory, Node, url_host
+from .node_paths import ETCD_CLIENT_PORT, ETCD_PEER_PORT, PATHS, UNIT_DIR
 
 MEMBER_SCRIPT = "/etc/k8s/etcd/etcd-member.sh"
-ETCD_UNIT = "/etc/systemd/system/etcd.service"
+ETCD_UNIT = f"{UNIT_DIR}/etcd.service"
 SCRIPT_TEMPLATE = "scripts/etcd-member.sh.j2"
 
 
-def script_context(inv: Inventory, node: Node, *, host, client_port: int, peer_port: int, paths: dict) -> dict:
-    """The values the membership script of ``node`` uses. ``host`` turns an address into its URL form."""
-    members = [{"name": n.name, "peer_url": f"https://{host(n.ip)}:{peer_port}", "joining": n.joining}
+def script_context(inv: Inventory, node: Node) -> dict:
+    """The values the membership script of ``node`` uses."""
+    members = [{"name": n.name, "peer_url": f"https://{url_host(n.ip)}:{ETCD_PEER_PORT}", "joining": n.joining}
                for n in inv.etcd_nodes]
     running = [n for n in inv.etcd_nodes if not n.joining]
     return {
         "node": node.name,
         "members": members,
-        "endpoints": ",".join(f"https://{host(n.ip)}:{client_port}" for n in running),
-        "etcdctl": f"{paths['bin']}/etcdctl",
-        "cacert": paths["etcd_ca"],
-        "cert": paths["etcd_healthcheck_client_cert"],
-        "key": paths["etcd_healthcheck_client_key"],
+        "endpoints": ",".join(f"https://{url_host(n.ip)}:{ETCD_CLIENT_PORT}" for n in running),
+        "etcdctl": f"{PATHS['bin']}/etcdctl",
+        "cacert": PATHS["etcd_ca"],
+        "cert": PATHS["etcd_healthcheck_client_cert"],
+        "key": PATHS["etcd_healthcheck_client_key"],
     }
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
 import shutil
 import tarfile
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from . import download
 from .download import DownloadError
+from .fsutil import atomic_file
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -244,18 +244,17 @@ def _write_layout(dest: Path, work: Path, digests: list[str], index_json: dict, 
         entry.type, entry.mode = (tarfile.DIRTYPE, 0o755) if directory else (tarfile.REGTYPE, 0o644)
         return entry
 
-    tmp = work / "archive.tar"
-    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as archive:
-        for name, data in (("oci-layout", {"imageLayoutVersion": "1.0.0"}), ("index.json", index_json)):
-            raw = json.dumps(data, indent=2, sort_keys=True).encode() + b"\n"
-            archive.addfile(info(name, len(raw)), io.BytesIO(raw))
-        archive.addfile(info("blobs", directory=True))
-        archive.addfile(info("blobs/sha256", directory=True))
-        for digest in dict.fromkeys(digests):
-            path = work / digest.split(":")[1]
-            with open(path, "rb") as handle:
-                archive.addfile(info(f"blobs/sha256/{path.name}", path.stat().st_size), handle)
-    os.chmod(tmp, 0o644)
-    checksum = "sha256:" + download.hash_file(tmp, "sha256")
-    os.replace(tmp, dest)
+    with atomic_file(dest, 0o644) as out:
+        with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as archive:
+            for name, data in (("oci-layout", {"imageLayoutVersion": "1.0.0"}), ("index.json", index_json)):
+                raw = json.dumps(data, indent=2, sort_keys=True).encode() + b"\n"
+                archive.addfile(info(name, len(raw)), io.BytesIO(raw))
+            archive.addfile(info("blobs", directory=True))
+            archive.addfile(info("blobs/sha256", directory=True))
+            for digest in dict.fromkeys(digests):
+                path = work / digest.split(":")[1]
+                with open(path, "rb") as handle:
+                    archive.addfile(info(f"blobs/sha256/{path.name}", path.stat().st_size), handle)
+        out.flush()
+        checksum = "sha256:" + download.hash_file(Path(out.name), "sha256")
     download.record(dest, checksum, origin)

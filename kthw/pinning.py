@@ -11,30 +11,29 @@ like a hand-written one before it replaces the file; comments in that file are k
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import yaml
 
 from . import components, download, oci
 from . import pins as pins_table
+from .components import ARCHES
 from .errors import KthwError
-from .inventory import ARCHES, Inventory
+from .fsutil import atomic_file
+from .inventory import Inventory
 from .vendor import file_source, image_source
+from .versions import Version, VersionError, version_key
 
-_KUBERNETES_VERSION = re.compile(r"^v?(\d+\.\d+\.\d+)$")
-_VERSION = re.compile(r"^v?(\d+\.\d+(?:\.\d+)?)$")
 
 
 def base_release(pins: pins_table.Pins, version: str) -> str | None:
     """The pinned release a new one starts from: same minor first, else the closest older one."""
-    pinned = sorted(pins.releases, key=pins_table.version_key)
+    pinned = sorted(pins.releases, key=version_key)
     if version in pinned:
         return version
     same_minor = [v for v in pinned if v.split(".")[:2] == version.split(".")[:2]]
-    older = [v for v in pinned if pins_table.version_key(v) < pins_table.version_key(version)]
+    older = [v for v in pinned if version_key(v) < version_key(version)]
     choice = same_minor or older or pinned
     return choice[-1] if choice else None
 
@@ -81,10 +80,10 @@ def _fetch_checksum(inv: Inventory, pins: pins_table.Pins, name: str, version: s
 
 def pin(inv: Inventory, version: str, chosen: dict[str, str], target: Path | None = None) -> str:
     """Pin ``version`` (with ``chosen`` component versions) into ``target``; returns what was done."""
-    match = _KUBERNETES_VERSION.match(version or "")
-    if not match:
-        raise KthwError(f"'{version}' is not a Kubernetes version\n  fix: run e.g. 'doit pin version=1.36.1'")
-    version = match.group(1)
+    try:
+        version = str(Version.parse(version or "", patch=True))
+    except VersionError as err:
+        raise KthwError(f"{err.problem}\n  fix: run e.g. 'doit pin version=1.36.1'") from None
     site = inv.vendor.site_pins
     target = Path(target) if target else (site or pins_table.SHIPPED)
     pins = pins_table.load(site if site and site.exists() else None)
@@ -97,10 +96,10 @@ def pin(inv: Inventory, version: str, chosen: dict[str, str], target: Path | Non
     for name, value in chosen.items():
         if name not in components.RELEASE_KEYS:
             raise KthwError(f"'{name}' is not a component\n  fix: use any of {', '.join(components.RELEASE_KEYS)}")
-        found = _VERSION.match(value or "")
-        if not found:
-            raise KthwError(f"{name}={value} is not a version\n  fix: write e.g. {name}=1.2.3")
-        release[name] = found.group(1)
+        try:
+            release[name] = str(Version.parse(value or ""))
+        except VersionError as err:
+            raise KthwError(f"{name}: {err.problem}\n  fix: write e.g. {name}=1.2.3") from None
     missing = [name for name in components.RELEASE_KEYS if name not in release]
     if missing:
         raise KthwError(f"no pinned release to start from: the component versions of Kubernetes {version} are "
@@ -208,20 +207,14 @@ def write(target: Path, entries: list[tuple[tuple[str, ...], object]]) -> None:
         # The file is not laid out as expected (flow style); write it plainly, keeping its header comments.
         header = "".join(line + "\n" for line in _leading_comments(text))
         new_text = header + yaml.safe_dump(expected, sort_keys=False, width=1 << 16)
-    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(new_text)
-        pins_table.read(Path(tmp))  # exactly the checks every pins file gets
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-        tmp = None
+        # sync: the site pins file is a source, not a build output that a rerun makes again.
+        with atomic_file(target, 0o644, sync=True) as handle:
+            handle.write(new_text.encode("utf-8"))
+            handle.flush()
+            pins_table.read(Path(handle.name))  # exactly the checks every pins file gets
     except OSError as err:
         raise KthwError(f"{target}: cannot write ({err.strerror}); it was left as it was") from None
-    finally:
-        if tmp is not None:
-            os.unlink(tmp)
 
 
 def _leading_comments(text: str) -> list[str]:

@@ -18,17 +18,16 @@ from typing import Any
 
 
 from . import components
+from .components import ARCHES
 from .download import Checksum
 from .errors import KthwError
-from .inventory import ARCHES
+from .versions import Version, VersionError, version_key
 from .yamldoc import Bad as _Bad, Map as _Map, Reader as _Reader, parse, read_text
 from .oci import DIGEST, Repository
 
 SHIPPED = Path(__file__).resolve().parent / "data" / "pins.yaml"
 SCHEMA = 1
 SECTIONS = ("schema", "url_templates", "releases", "checksums", "images")
-_KUBERNETES_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
-_VERSION = re.compile(r"^\d+\.\d+(\.\d+)?$")
 _URL_TEMPLATE = re.compile(r"^https://[^/\s?#]+/\S+$")
 
 
@@ -120,11 +119,6 @@ class Pins:
         return list(dict.fromkeys(missing))
 
 
-def version_key(version: str) -> tuple[int, ...]:
-    """Sorts versions numerically: 1.9.0 before 1.10.0."""
-    return tuple(int(part) for part in version.split("."))
-
-
 def with_kubernetes_files(release: dict[str, str], kubernetes_version: str) -> dict[str, str]:
     """A release's component versions plus the two Kubernetes tarballs, which carry the Kubernetes version."""
     return {**release, **dict.fromkeys(components.KUBERNETES_FILES, kubernetes_version)}
@@ -133,13 +127,15 @@ def with_kubernetes_files(release: dict[str, str], kubernetes_version: str) -> d
 # --- reading one file ------------------------------------------------------------------
 
 
-def _version_text(pattern: re.Pattern, example: str):
+def _version_text(example: str, patch: bool = False):
     def parse(value: Any) -> str:
         if not isinstance(value, str):
             raise _Bad(f"{value!r} was read as {type(value).__name__}, not as a version",
                        f'quote versions, e.g. "{example}"')
-        if not pattern.match(value):
-            raise _Bad(f"'{value}' is not a version", f'write e.g. "{example}" (no leading v)')
+        try:
+            Version.parse(value, patch=patch, leading_v=False, example=example)
+        except VersionError as err:
+            raise _Bad(err.problem, err.fix) from None
         return value
     return parse
 
@@ -219,19 +215,19 @@ def read(path: Path) -> dict:
         result["url_templates"][name] = templates.get(name, _url_template)
 
     releases = _mapping(top, "releases")
-    for key, version in _keys(releases, _version_text(_KUBERNETES_VERSION, "1.36.0")):
+    for key, version in _keys(releases, _version_text("1.36.0", patch=True)):
         entry = _mapping(releases, key)
         entry.check_keys(components.RELEASE_KEYS)
         release = {}
         for name in components.RELEASE_KEYS:
-            release[name] = entry.get(name, _version_text(_VERSION, "3.5.27"))
+            release[name] = entry.get(name, _version_text("3.5.27"))
         result["releases"][version] = release
 
     checksums = _mapping(top, "checksums")
     checksums.check_keys(tuple(components.FILES))
     for name in checksums.mapping:
         per_version = _mapping(checksums, name)
-        for key, version in _keys(per_version, _version_text(_VERSION, "3.5.27")):
+        for key, version in _keys(per_version, _version_text("3.5.27")):
             per_arch = _mapping(per_version, key)
             per_arch.check_keys(ARCHES)
             for arch in per_arch.mapping:
@@ -242,7 +238,7 @@ def read(path: Path) -> dict:
     images.check_keys(tuple(components.IMAGES))
     for name in images.mapping:
         per_version = _mapping(images, name)
-        for key, version in _keys(per_version, _version_text(_VERSION, "3.10.1")):
+        for key, version in _keys(per_version, _version_text("3.10.1")):
             entry = _mapping(per_version, key)
             entry.check_keys(("repository", "digest", "tag"))
             tag = entry.get("tag", _version_text(re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"), "v1.12.0"),

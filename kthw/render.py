@@ -1,4 +1,4 @@
-"""Render stage: every systemd unit and component config a node needs, from templates/.
+"""Render stage: every systemd unit and component config a node needs, from kthw/templates/.
 
 :func:`plan` decides, per node and only for its roles, which files exist and the exact
 values each template receives (its *context*). The context is all a file depends on
@@ -15,28 +15,22 @@ against the version table before the unit is written.
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 import shlex
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
-import jinja2
-import jinja2.meta
 
-from . import components, membership, vendor, versions
-from .catalogue import APISERVER_PORT, CLUSTER_SIGNER, CONTROL_PLANE, ETCD, TRUST, WORKER, leaf
+from . import components, membership, templating, vendor, versions
+from .catalogue import leaf
 from .errors import KthwError
 from .fsutil import PUBLIC_MODE, atomic_write
-from .inventory import Inventory, Node
+from .inventory import Inventory, Node, url_host
+from .node_paths import APISERVER_PORT, ETCD_CLIENT_PORT, ETCD_PEER_PORT, PATHS, UNIT_DIR, VERSIONS_FILE
 from .pins import Pins
+from .roles import CONTROL_PLANE, ETCD, WORKER
 
-BIN_DIR = components.BIN_DIR
-UNIT_DIR = "/etc/systemd/system"
-ETCD_CLIENT_PORT, ETCD_PEER_PORT = 2379, 2380
-CONTAINERD_SOCKET = "unix:///run/containerd/containerd.sock"
 
 # --- what each role installs from the vendor stage --------------------------------
 
@@ -54,63 +48,6 @@ def binaries_for(node: Node) -> dict[str, str]:
             for binary in component.binaries:
                 result.setdefault(f"{binary.install_dir}/{binary.name}", component.name)
     return dict(sorted(result.items()))
-
-
-# --- where other stages put their files ------------------------------------------------
-
-
-def _leaf(name: str) -> str:
-    row = leaf(name)
-    return row.installed_as or row.kubeconfig
-
-
-def _trust(ca: str) -> str:
-    return next(t.installed_as for t in TRUST if t.ca == ca and not t.with_key)
-
-
-_SIGNER = next(t.installed_as for t in TRUST if t.ca == CLUSTER_SIGNER and t.with_key)
-
-# Node paths every template may name. Certs and kubeconfigs come from the pki stage's
-# catalogue; the secrets stage's files are the paths agreed in CONVENTIONS.md.
-PATHS: dict[str, str] = {
-    "bin": BIN_DIR,
-    "kubernetes_ca": _trust("kubernetes") + ".crt",
-    "etcd_ca": _trust("etcd") + ".crt",
-    "front_proxy_ca": _trust("front-proxy") + ".crt",
-    "cluster_signing_cert": _SIGNER + ".crt",
-    "cluster_signing_key": _SIGNER + ".key",
-    **{f"{name.replace('-', '_')}_{part}": _leaf(name) + f".{ext}"
-       for name in ("apiserver", "apiserver-kubelet-client", "apiserver-etcd-client", "front-proxy-client",
-                    "etcd-server", "etcd-peer", "etcd-healthcheck-client", "kubelet-serving")
-       for part, ext in (("cert", "crt"), ("key", "key"))},
-    "controller_manager_kubeconfig": _leaf("controller-manager"),
-    "scheduler_kubeconfig": _leaf("scheduler"),
-    "kube_proxy_kubeconfig": _leaf("kube-proxy"),
-    "kubelet_static_kubeconfig": _leaf("kubelet-client"),
-    "admin_kubeconfig": _leaf("admin"),
-    # secrets stage (CONVENTIONS.md, issue 4)
-    "sa_key": "/etc/k8s/shared/sa.key",
-    "sa_pub": "/etc/k8s/shared/sa.pub",
-    # the extra public key of a service-account key rotation (kthw.sa_rotation)
-    "sa_next_pub": "/etc/k8s/shared/sa-next.pub",
-    "sa_previous_pub": "/etc/k8s/shared/sa-previous.pub",
-    "encryption_config": "/etc/k8s/kube-apiserver/encryption-config.yaml",
-    "kubelet_bootstrap_kubeconfig": "/etc/k8s/kubelet/bootstrap-kubeconfig",
-    # written by this stage
-    "audit_policy": "/etc/k8s/kube-apiserver/audit-policy.yaml",
-    "scheduler_config": "/etc/k8s/kube-scheduler/kube-scheduler.yaml",
-    "kubelet_config": "/etc/k8s/kubelet/kubelet-config.yaml",
-    "kube_proxy_config": "/etc/k8s/kube-proxy/kube-proxy-config.yaml",
-    "containerd_config": "/etc/k8s/containerd/config.toml",
-    # node-local API endpoint: the lines the installer keeps in /etc/hosts
-    "api_hosts": "/etc/k8s/shared/apiserver-hosts",
-    # created at run time by the services themselves
-    "containerd_socket": CONTAINERD_SOCKET,
-    "etcd_data": "/var/lib/etcd",
-    "audit_log": "/var/log/kubernetes/audit.log",
-    "kubelet_kubeconfig": "/var/lib/kubelet/kubeconfig",  # written by the kubelet after TLS bootstrap
-    "kubelet_cert_dir": "/var/lib/kubelet/pki",
-}
 
 
 # --- the plan: which files each node gets, with which values ---------------------------
@@ -132,12 +69,6 @@ class NodeFile:
     def fingerprint(self) -> dict:
         """What decides the file's bytes besides its template text."""
         return {"template": self.template, "mode": self.mode, "context": self.context, "error": self.error}
-
-
-def _host(ip) -> str:
-    """An address as it appears in a URL: IPv6 in brackets."""
-    ip = ipaddress.ip_address(str(ip))
-    return f"[{ip}]" if ip.version == 6 else str(ip)
 
 
 def _go_duration(delta) -> str:
@@ -168,7 +99,7 @@ class _Inputs:
 
     def etcd_members(self) -> list[dict]:
         """The members of the running cluster: every etcd node but the one joining it."""
-        return [{"name": n.name, "host": _host(n.ip)} for n in self.inv.etcd_nodes if not n.joining]
+        return [{"name": n.name, "host": url_host(n.ip)} for n in self.inv.etcd_nodes if not n.joining]
 
 
 def _systemd_dir(path: str, base: str) -> str:
@@ -184,8 +115,8 @@ def _etcd_unit(i: _Inputs, node: Node) -> dict:
     # member with the same list; a member joining a running one lists the members plus itself.
     members = i.etcd_members()
     if node.joining:
-        members.append({"name": node.name, "host": _host(node.ip)})
-    return {"name": node.name, "host": _host(node.ip), "members": members, "token": i.inv.name,
+        members.append({"name": node.name, "host": url_host(node.ip)})
+    return {"name": node.name, "host": url_host(node.ip), "members": members, "token": i.inv.name,
             "cluster_state": "existing" if node.joining else "new",
             "client_port": ETCD_CLIENT_PORT, "peer_port": ETCD_PEER_PORT,
             "extra_flags": [f"{flag}={value}" for flag, value in line.extra_flags], "paths": PATHS,
@@ -193,13 +124,7 @@ def _etcd_unit(i: _Inputs, node: Node) -> dict:
 
 
 def _etcd_member_script(i: _Inputs, node: Node) -> dict:
-    return membership.script_context(i.inv, node, host=_host, client_port=ETCD_CLIENT_PORT,
-                                     peer_port=ETCD_PEER_PORT, paths=PATHS)
-
-
-# What each node runs, one "<component>=<version>" line each: install.sh says which versions
-# it moves from and to, and `doit upgrade_plan` reads what the last build carries.
-VERSIONS_FILE = "/etc/k8s/versions"
+    return membership.script_context(i.inv, node)
 
 
 def node_versions(inv: Inventory, pins: Pins, node: Node) -> dict[str, str]:
@@ -457,32 +382,9 @@ def plan(inv: Inventory, pins: Pins | None = None,
 # --- rendering -----------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=4)
-def _environment(templates: str) -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(templates), undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True,
-                             autoescape=False)
-    env.filters["q"] = lambda value: shlex.quote(str(value))  # a shell word, in scripts
-    return env
-
-
-def template_files(template: str, templates: Path) -> list[Path]:
+def template_files(template: str, templates: Path | None = None) -> list[Path]:
     """The template and every template it includes or imports (its file dependencies)."""
-    return list(_template_files(template, str(templates)))
-
-
-@functools.lru_cache(maxsize=None)
-def _template_files(template: str, templates: str) -> tuple[Path, ...]:
-    env = _environment(templates)
-    seen, todo = [], [template]
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.append(name)
-        source = env.loader.get_source(env, name)[0]
-        todo.extend(ref for ref in jinja2.meta.find_referenced_templates(env.parse(source)) if ref)
-    return tuple(Path(templates) / name for name in seen)
+    return templating.files(template, templates)
 
 
 def unit_exec_start(text: str) -> list[str]:
@@ -494,14 +396,15 @@ def unit_exec_start(text: str) -> list[str]:
     raise KthwError("the unit has no ExecStart line")
 
 
-def render(nf: NodeFile, templates: Path) -> bytes:
-    """The file's bytes; a unit's flags are checked against the version table first."""
+def render(nf: NodeFile, templates: Path | None = None) -> bytes:
+    """The file's bytes; a unit's flags are checked against the version table first.
+    ``templates``: a directory to render from instead of the package's templates."""
     if nf.error:
         raise KthwError(f"{nf.node}: {nf.path}: {nf.error}")
     try:
-        text = _environment(str(templates)).get_template(nf.template).render(**nf.context)
-    except jinja2.TemplateError as err:
-        raise KthwError(f"{nf.node}: {nf.path}: template {nf.template}: {err}") from None
+        text = templating.render(nf.template, nf.context, templates)
+    except KthwError as err:
+        raise KthwError(f"{nf.node}: {nf.path}: {err}") from None
     if nf.path.startswith(UNIT_DIR + "/"):
         words = unit_exec_start(text)
         binary = PurePosixPath(words[0]).name
@@ -527,10 +430,10 @@ def remove_stale(node_root: Path, planned: tuple[NodeFile, ...]) -> str:
                      for path in removed)
 
 
-def write_node_file(nf: NodeFile, templates: Path, destination: Path) -> None:
+def write_node_file(nf: NodeFile, destination: Path) -> None:
     """Render and write one file; an unchanged file is left untouched (same bytes, same mtime).
     A node's versions file is not rewritten for a Kubernetes downgrade or skip of minors."""
-    data = render(nf, templates)
+    data = render(nf)
     if nf.path == VERSIONS_FILE:
         from .upgrade import check_rebuild  # here: kthw.upgrade reads this module's tables
         check_rebuild(destination, data)

@@ -14,7 +14,7 @@ them. One phase per run of the rotation task:
                        accepted as sa-previous.pub, so tokens signed before stay valid
     phase 3 "drop"     the old public key removed, once its tokens are gone
 
-Workstation state (build/state, precious, see kthw.secrets):
+Workstation state (build/state, precious, see kthw.secret_state):
 
     phase     sa.key, sa.pub   sa-next.key, sa-next.pub   sa-previous.pub
     idle      signing pair     -                          -
@@ -41,13 +41,13 @@ from . import rotation
 from .crypto import generate_key, load_private_key, private_key_pem, public_key_pem, public_key_sha256
 from .errors import KthwError, StateError
 from .fsutil import PUBLIC_MODE, SECRET_MODE, atomic_write
-from .render import PATHS
-from .secrets import SecretsState, ensure_sa_keypair, load_sa_key, sa_keypair_current
+from .node_paths import PATHS
+from .secret_state import SecretsState, ensure_sa_keypair, load_sa_key, sa_keypair_current
 
 IDLE, ADD, PROMOTE, DROP = rotation.IDLE, "add", "promote", "drop"
 NEXT_PHASE = {IDLE: ADD, DROP: ADD, ADD: PROMOTE, PROMOTE: DROP}
 # The public key accepted besides the signing pair's, per phase: the name of its
-# SecretsState file and of its node path in kthw.render.PATHS (the same name).
+# SecretsState file and of its node path in kthw.node_paths.PATHS (the same name).
 EXTRA_PUBLIC_KEY = {ADD: "sa_next_pub", PROMOTE: "sa_previous_pub"}
 TASK = "doit rotate_sa_key"
 CONFIRM = "old_tokens_gone=yes"
@@ -70,6 +70,16 @@ def read_record(path: Path) -> rotation.PhaseRecord:
 
 def phase_of(state: SecretsState) -> str:
     return read_record(state.sa_rotation).phase
+
+
+def planned_phase(state: SecretsState) -> str:
+    """The recorded phase, for planning which files exist; an unreadable record counts as
+    none here, and the sa-keypair task, which every copy depends on, stops the build with
+    its error."""
+    try:
+        return phase_of(state)
+    except KthwError:
+        return IDLE
 
 
 # --- what the nodes get ------------------------------------------------------------------

@@ -2,7 +2,7 @@
 for, and in which order the bundles go to the nodes.
 
 What runs now is what the last build put in the bundles: each node's
-``build/nodes/<node>/etc/k8s/versions`` (:data:`kthw.render.VERSIONS_FILE`, the file its
+``build/nodes/<node>/etc/k8s/versions`` (:data:`kthw.node_paths.VERSIONS_FILE`, the file its
 bundle installs). The workstation cannot ask the nodes (no network reaches them), so the
 plan is made after ``kubernetes_version`` is changed and before ``doit`` rebuilds those files.
 
@@ -22,9 +22,10 @@ from pathlib import Path
 from .errors import KthwError
 from .inventory import Inventory, Node
 from .layout import Layout
-from .pins import Pins, version_key
-from .render import VERSIONS_FILE, node_versions
-from .versions import minor_of
+from .pins import Pins
+from .node_paths import VERSIONS_FILE
+from .render import node_versions
+from .versions import minor_of, version_key
 
 SKEW_POLICY = "https://kubernetes.io/releases/version-skew-policy/"
 

@@ -1,7 +1,7 @@
 """Vault / OpenBao as the CA backend, through hvac: the build's side.
 
-What lives where (mount and role names come from the inventory's ``ca.naming``; the
-defaults are the seed's)::
+What lives where (mount and role names come from the inventory's ``ca.naming``; shown
+here with its defaults)::
 
     k8s_pki_root_ca                                  the root CA; its key is made in Vault and stays there
     k8s_pki_intermediate_ca_for_service_<domain>     one intermediate per trust domain (kubernetes, etcd,

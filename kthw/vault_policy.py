@@ -60,7 +60,7 @@ def mount_for(settings: CASettings, ca: str) -> str:
 
 def node_bound(row: Leaf) -> bool:
     """Whether a cert's names are a node's: its role then allows one node only."""
-    return "{node}" in row.common_name or row.sans != "none"
+    return "{node}" in row.common_name or row.sans is not None
 
 
 def role_for(settings: CASettings, cert: str, node: str | None = None) -> str:

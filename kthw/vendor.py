@@ -13,16 +13,16 @@ vendored files a node gets and where they go on the node.
 from __future__ import annotations
 
 import hashlib
-import os
 import tarfile
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import components, download, oci
 from . import pins as pins_table
 from .errors import KthwError
-from .inventory import ARCHES, Inventory, Node
+from .fsutil import atomic_file
+from .components import ARCHES
+from .inventory import Inventory, Node
 from .layout import Layout
 from .pins import ImagePin, Pins
 
@@ -69,7 +69,7 @@ class Item:
 
 
 @dataclass(frozen=True)
-class NodeFile:
+class VendoredFile:
     """A vendored file a node gets: ``source`` on the workstation, ``install_as`` on the node."""
 
     source: Path
@@ -196,25 +196,16 @@ def _extract(item: Item) -> None:
 
 
 def _write_binary(binary: Extracted, stream, item: Item) -> None:
-    binary.path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=binary.path.parent, prefix=f".{binary.name}.", suffix=".part")
-    try:
-        digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out:
-            os.fchmod(out.fileno(), 0o755)
-            while chunk := stream.read(1 << 20):
-                out.write(chunk)
-                digest.update(chunk)
-        os.replace(tmp, binary.path)
-        tmp = None
-    finally:
-        if tmp is not None:
-            os.unlink(tmp)
+    digest = hashlib.sha256()
+    with atomic_file(binary.path, 0o755, suffix=".part") as out:
+        while chunk := stream.read(1 << 20):
+            out.write(chunk)
+            digest.update(chunk)
     download.record(binary.path, f"sha256:{digest.hexdigest()}", binary.origin)
 
 
 def needs(node: Node, inv: Inventory, layout: Layout, pins: Pins | None = None,
-          items: tuple[Item, ...] | None = None) -> tuple[NodeFile, ...]:
+          items: tuple[Item, ...] | None = None) -> tuple[VendoredFile, ...]:
     """The vendored files ``node`` gets for its arch and roles, and where each goes on the node.
 
     A binary two roles need (kubectl) is listed once, from the first component that has it.
@@ -223,7 +214,7 @@ def needs(node: Node, inv: Inventory, layout: Layout, pins: Pins | None = None,
     """
     if items is None:
         items = plan(inv, pins or load_pins(inv), layout)
-    files: dict[str, NodeFile] = {}
+    files: dict[str, VendoredFile] = {}
     for item in items:
         component = components.FILES.get(item.component) or components.IMAGES[item.component]
         if item.arch != node.arch or not component.roles & node.roles:
@@ -231,9 +222,9 @@ def needs(node: Node, inv: Inventory, layout: Layout, pins: Pins | None = None,
         task = f"vendor:{item.name}"
         if item.is_image:
             install_as = f"{components.IMAGE_DIR}/{item.component}-{item.version}.tar"
-            files.setdefault(install_as, NodeFile(item.path, install_as, 0o644, task))
+            files.setdefault(install_as, VendoredFile(item.path, install_as, 0o644, task))
         for binary in item.extracted:
-            files.setdefault(binary.install_as, NodeFile(binary.path, binary.install_as, 0o755, task))
+            files.setdefault(binary.install_as, VendoredFile(binary.path, binary.install_as, 0o755, task))
     return tuple(files.values())
 
 

@@ -25,19 +25,57 @@ flag reference kubernetes/website content/en/docs/reference/command-line-tools-r
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import KthwError
 
 Minor = tuple[int, int]
 
+_VERSION = re.compile(r"^(v?)(\d+)\.(\d+)(?:\.(\d+))?$")
+
+
+class VersionError(KthwError):
+    """Text that is not a version: ``problem`` says so, ``fix`` what to write instead."""
+
+    def __init__(self, text: object, patch: bool, leading_v: bool, example: str):
+        self.problem = f"'{text}' is not a version"
+        form = "MAJOR.MINOR.PATCH" if patch else "MAJOR.MINOR or MAJOR.MINOR.PATCH"
+        self.fix = f"write {form}{'' if leading_v else ' (no leading v)'}, e.g. {example}"
+        super().__init__(f"{self.problem}; {self.fix}")
+
+
+@dataclass(frozen=True, order=True)
+class Version:
+    """A release version, compared by its numbers: 1.9.0 sorts before 1.10.0."""
+
+    numbers: tuple[int, ...]
+    text: str = field(compare=False)  # as written, less a leading "v"
+
+    @classmethod
+    def parse(cls, text: str, *, patch: bool = False, leading_v: bool = True, example: str = "1.34.2") -> Version:
+        """``patch``: the patch number is required; ``leading_v``: "v1.34.2" is accepted."""
+        match = _VERSION.match(text) if isinstance(text, str) else None
+        if not match or (patch and match.group(4) is None) or (match.group(1) and not leading_v):
+            raise VersionError(text, patch, leading_v, example)
+        digits = [part for part in match.groups()[1:] if part is not None]
+        return cls(tuple(int(part) for part in digits), ".".join(digits))
+
+    def __str__(self) -> str:
+        return self.text
+
+    @property
+    def minor(self) -> Minor:
+        return self.numbers[0], self.numbers[1]
+
 
 def minor_of(version: str) -> Minor:
-    """(1, 34) from "1.34.2", "v1.34" or "1.34"; a KthwError for anything else."""
-    match = re.match(r"^v?(\d+)\.(\d+)(?:\.\d+)?(?:[-+].*)?$", str(version).strip())
-    if not match:
-        raise KthwError(f"'{version}' is not a version number; write MAJOR.MINOR.PATCH, e.g. 1.34.2")
-    return int(match.group(1)), int(match.group(2))
+    """(1, 34) from "1.34.2", "v1.34" or "1.34"; a VersionError for anything else."""
+    return Version.parse(str(version).strip()).minor
+
+
+def version_key(version: str) -> Version:
+    """Sorts version strings numerically: 1.9.0 before 1.10.0."""
+    return Version.parse(version)
 
 
 def _text(minor: Minor) -> str:
@@ -54,14 +92,14 @@ class KubernetesRelease:
     minor: Minor
     # config-api/kubelet-config.v1beta1: the only served version of KubeletConfiguration.
     kubelet_config_api: str
-    # config-api/kube-scheduler-config.v1: v1 since 1.25, v1beta3 removed in 1.29 (REFERENCE 8).
+    # config-api/kube-scheduler-config.v1: v1 since 1.25, v1beta3 removed in 1.29 (CHANGELOG-1.29).
     scheduler_config_api: str
     # config-api/kube-proxy-config.v1alpha1: still the only version; the v1alpha2 proposal
     # (kubernetes PR #121830) closed unmerged, KEP-784 postponed.
     proxy_config_api: str
     # config-api/apiserver-audit.v1: audit.k8s.io/v1 since 1.12.
     audit_policy_api: str
-    # KubeletConfiguration.containerRuntimeEndpoint since 1.27 (REFERENCE 8); the flag
+    # KubeletConfiguration.containerRuntimeEndpoint since 1.27 (CHANGELOG-1.27); the flag
     # --container-runtime-endpoint is deprecated in its favour (ref/kubelet).
     runtime_endpoint_in_config: bool
     # KubeletConfiguration.failCgroupV1 exists since 1.31 (KEP-4569). Written explicitly
@@ -167,7 +205,7 @@ FLAGS: dict[str, dict[str, Span]] = {
             "--cluster-signing-key-file", "--controllers", "--kubeconfig", "--leader-elect",
             "--requestheader-client-ca-file", "--root-ca-file", "--service-account-private-key-file",
             "--service-cluster-ip-range", "--use-service-account-credentials", "--v")},
-        # --cluster-signing-duration since 1.19; the experimental name is gone in 1.25 (REFERENCE 8).
+        # --cluster-signing-duration since 1.19; the experimental name is gone in 1.25 (CHANGELOG-1.25).
         "--cluster-signing-duration": Span((1, 19)),
         "--experimental-cluster-signing-duration": Span((1, 0), (1, 24)),
         # No-op since 1.31, removed in 1.37 (CHANGELOG-1.37, #138002).
@@ -191,7 +229,7 @@ FLAGS: dict[str, dict[str, Span]] = {
         "--pod-infra-container-image": Span((1, 0), (1, 34)),
         # Removed in 1.34 (CHANGELOG-1.34, #130161).
         "--cloud-config": Span((1, 0), (1, 33)),
-        # Gone with dockershim (REFERENCE 8): 1.24 and 1.27.
+        # Gone with dockershim: 1.24 and 1.27 (CHANGELOG-1.24, CHANGELOG-1.27).
         "--network-plugin": Span((1, 0), (1, 23)),
         "--container-runtime": Span((1, 0), (1, 26)),
     },

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 from doit.dependency import MD5Checker, get_file_md5
-from doit.loader import flat_generator
 from doit.reporter import ExecutedOnlyReporter
 
 
@@ -61,7 +60,7 @@ DOIT_CONFIG = {
 
 @functools.lru_cache(maxsize=None)
 def gather() -> dict:
-    """Every ``task_*`` creator of every module in this package, each run at most once.
+    """Every ``task_*`` creator of every module in this package.
 
     Runs while doit reads dodo.py, before it opens its state database: the inventory is
     read first, so a rejected one leaves nothing behind, not even build/.
@@ -74,27 +73,5 @@ def gather() -> dict:
         if module_info.name == "common":
             continue
         module = importlib.import_module(f"{__name__}.{module_info.name}")
-        creators.update({name: _run_once(value) for name, value in vars(module).items()
-                         if name.startswith("task_")})
+        creators.update({name: value for name, value in vars(module).items() if name.startswith("task_")})
     return creators
-
-
-def _run_once(creator):
-    """The creator's tasks, made on the first call and copied on later ones.
-
-    doit calls every creator, and the bundle creator asks the other stages for their
-    targets as well: without this every task of the graph was made twice. Copies,
-    because doit rewrites the dicts it is given.
-    """
-    made = []
-
-    @functools.wraps(creator)
-    def once():
-        if not made:
-            result = creator()
-            made.append(result if isinstance(result, dict) else [task for task, _ in flat_generator(result or ())])
-        if isinstance(made[0], dict):
-            return dict(made[0])
-        return (dict(task) for task in made[0])
-
-    return once

@@ -11,9 +11,9 @@
     rotate_bundle_signing_key    explicit, never a default task: a new signing key
 
 A bundle's file_dep is every file it packs: the files other stages write under
-build/nodes/<node>/ (read from their tasks' targets, so a bundle waits for them), the
-vendored files of its arch and roles, the templates and the signing key. It is rebuilt
-exactly when one of them changes. The vendored files are never fetched from here: when
+build/nodes/<node>/ (kthw.bundle.expected_files; the bundle waits for those stages'
+tasks of its node), the vendored files of its arch and roles, the templates and the
+signing key. It is rebuilt exactly when one of them changes. The vendored files are never fetched from here: when
 one is missing the task fails and names `doit vendor`.
 """
 
@@ -29,40 +29,7 @@ from kthw.errors import KthwError
 from kthw.fsutil import remove
 
 from .common import checked, context, failing, guarded
-from .render import TEMPLATES
-
-
-def _stage_outputs(node_roots: dict[str, Path]) -> tuple[dict[str, set[Path]], dict[str, list[str]]]:
-    """What the other stages write into each node's tree, and the tasks a bundle waits for.
-
-    Read from their own task creators, so a new stage that writes under build/nodes is
-    packed and waited for without being named here. A stage whose tasks doit makes only
-    when they run (``create_after``) may not be in the graph yet when bundles are made, so
-    a bundle waits for that stage's whole group, not for its node's part.
-    """
-    from . import gather
-
-    by_root = {str(root): node for node, root in node_roots.items()}
-    targets: dict[str, set[Path]] = {node: set() for node in node_roots}
-    groups: dict[str, list[str]] = {node: [] for node in node_roots}
-    for creator_name, creator in sorted(gather().items()):
-        if creator.__module__ == __name__:
-            continue
-        basename = creator_name.removeprefix("task_")
-        made = creator()
-        for task in [made] if isinstance(made, dict) else list(made or ()):
-            name = task.get("name")
-            if name in node_roots:
-                whole_stage = getattr(creator, "doit_create_after", None) is not None
-                groups[name].append(basename if whole_stage else f"{basename}:{name}")
-            for target in task.get("targets", ()):
-                target = Path(target)
-                # A target's node: the one of its few parents that is a node root (testing every
-                # root against every target made loading quadratic in the node count).
-                node = next((by_root[str(parent)] for parent in target.parents if str(parent) in by_root), None)
-                if node is not None:
-                    targets[node].add(target)
-    return targets, groups
+from .render import planned
 
 
 def task_bundle_signing_key():
@@ -90,9 +57,8 @@ def task_bundle():
         for node in inv.nodes:
             yield failing(node.name, f"bundle of {node.name}", str(err))
         return
-    roots = {node.name: layout.node_root(node.name) for node in inv.nodes}
-    targets, groups = _stage_outputs(roots)
-    templates = bundle.template_paths(TEMPLATES)
+    rendered, _ = planned()
+    templates = bundle.template_paths()
     signing_key = bundle_signing.key_path(layout.state)
     try:
         items = vendor.plan(inv, vendor.load_pins(inv), layout)
@@ -111,16 +77,17 @@ def task_bundle():
                 f"{node.name}: {len(missing)} vendored file(s) are missing, e.g. {missing[0]}; run `doit vendor` "
                 "first (on a workstation that reaches the release sites or the mirror), then `doit bundle`"))
             continue
-        root = roots[node.name]
-        expected = frozenset("/" + target.relative_to(root).as_posix() for target in targets[node.name])
-        spec = bundle.spec_for(layout, node, vendored, TEMPLATES, expected, epoch)
+        expected = bundle.expected_files(inv, layout, node, None if rendered is None else rendered[node.name])
+        spec = bundle.spec_for(layout, node, vendored, expected, epoch)
         yield {
             "name": node.name,
             "doc": doc,
             "actions": [(guarded, [bundle.build, spec])],
-            "file_dep": sorted(targets[node.name]) + [placed.source for placed in vendored.files]
-                        + templates + [signing_key],
-            "task_dep": groups[node.name],
+            "file_dep": sorted(layout.on_node(node.name, path) for path in expected)
+                        + [placed.source for placed in vendored.files] + templates + [signing_key],
+            # Render's tasks are made only when they are about to run (create_after): a bundle
+            # waits for the whole group. A plan that cannot be made has no group to wait for.
+            "task_dep": [f"pki:{node.name}", *(["render"] if rendered is not None else []), f"secrets:{node.name}"],
             "targets": [spec.output],
             # What decides the bytes besides the files: where each vendored file goes, the
             # node's identity and the entries' mtime.

@@ -14,19 +14,29 @@ re-renders only the files whose values it changes.
 from __future__ import annotations
 
 import functools
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 from doit import create_after
 from doit.tools import config_changed
 
 from kthw.errors import KthwError
-from kthw.render import plan, remove_stale, stale_files, template_files, write_node_file
+from kthw.render import NodeFile, plan, remove_stale, stale_files, template_files, write_node_file
 from kthw.sa_rotation import public_key_files
-from kthw.secrets import state_of
+from kthw.secret_state import state_of
 
 from .common import checked, context, failing, guarded
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+@functools.lru_cache(maxsize=None)
+def planned() -> tuple[dict[str, tuple[NodeFile, ...]] | None, str]:
+    """The render plan of every node, made once per doit run (the bundle stage reads it too),
+    or None and why it cannot be made."""
+    inv, layout = context()
+    try:
+        # The API servers' service-account keys follow the rotation phase recorded by the secrets stage.
+        return plan(inv, service_account_keys=functools.partial(public_key_files, state_of(layout))), ""
+    except KthwError as err:
+        return None, str(err)
 
 
 # Made when a render task is about to run, not whenever doit loads: `doit pki` then skips
@@ -35,12 +45,10 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 def task_render():
     """Systemd units and component configs for every node, only for its roles."""
     inv, layout = context()
-    try:
-        # The API servers' service-account keys follow the rotation phase recorded by the secrets stage.
-        files = plan(inv, service_account_keys=functools.partial(public_key_files, state_of(layout)))
-    except KthwError as err:
+    files, error = planned()
+    if files is None:
         # e.g. a Kubernetes minor outside the version table: nothing can be rendered.
-        yield failing("versions", "the inventory's Kubernetes version is not supported", str(err))
+        yield failing("versions", "the inventory's Kubernetes version is not supported", error)
         return
     for node in inv.nodes:
         names = []
@@ -51,8 +59,8 @@ def task_render():
             yield {
                 "name": name,
                 "doc": f"{nf.path} on {node.name}",
-                "actions": [(guarded, [write_node_file, nf, TEMPLATES, destination])],
-                "file_dep": template_files(nf.template, TEMPLATES),
+                "actions": [(guarded, [write_node_file, nf, destination])],
+                "file_dep": template_files(nf.template),
                 "targets": [destination],
                 "uptodate": [config_changed(nf.fingerprint)],
                 "clean": True,

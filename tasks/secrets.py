@@ -9,7 +9,7 @@
     rotate_encryption_key  explicit, never a default task: one rotation phase per run
     rotate_sa_key          explicit, never a default task: one rotation phase per run
 
-The first three rows are precious state under build/state (kthw.secrets): never
+The first three rows are precious state under build/state (kthw.secret_state): never
 cleaned, never replaced silently. A token is replaced when its recorded expiration is
 past or inside the renewal window (kthw.tokens.pending_reason); everything derived
 from it follows through file_dep. Node copies are derived and cleanable.
@@ -24,18 +24,18 @@ from doit import get_var
 from doit.tools import config_changed
 
 from kthw import clock, encryption, sa_rotation, tokens
-from kthw.errors import KthwError
 from kthw.fsutil import SECRET_MODE
 from kthw.inventory import Inventory, Node
 from kthw.layout import Layout
 from kthw.manifests import APPLY_TEMPLATE, BOOTSTRAP_DIR, SMOKE_TEMPLATE, bootstrap_targets, write_bootstrap_dir
 from kthw.pki import place_all
-from kthw.render import PATHS, template_files
+from kthw.node_paths import PATHS
+from kthw.render import template_files
+from kthw.secret_files import NODE_PATHS
 from kthw.vendor import pin_files
-from kthw.secrets import SecretsState, state_of
+from kthw.secret_state import SecretsState, state_of
 
 from .common import checked, context, guarded, stale_task
-from .render import TEMPLATES
 
 
 def _ensure_encryption(config: Path, rotation: Path, provider: str) -> str:
@@ -51,26 +51,12 @@ def _encryption_current(config: Path, rotation: Path, provider: str) -> bool:
     return current is not None and not encryption.provider_note(current, encryption.read_rotation(rotation), provider)
 
 
-# Every node path this stage writes; what a node should not have is removed from it.
-NODE_PATHS = [PATHS["sa_key"], PATHS["sa_pub"], *(PATHS[name] for name in sa_rotation.EXTRA_PUBLIC_KEY.values()),
-              PATHS["encryption_config"], PATHS["kubelet_bootstrap_kubeconfig"], BOOTSTRAP_DIR]
-
-
 def _rotate(config: Path, rotation: Path, provider: str, secrets_rewritten: bool) -> str:
     return encryption.rotate(config, rotation, provider, clock.now(), secrets_rewritten)
 
 
 def _rotate_sa_key(state: SecretsState, algorithm: str, old_tokens_gone: bool) -> str:
     return sa_rotation.rotate(state, algorithm, clock.now(), old_tokens_gone)
-
-
-def _sa_phase(state: SecretsState) -> str:
-    """The recorded rotation phase; an unreadable record counts as none here, and the
-    sa-keypair task, which every copy depends on, stops the build with its error."""
-    try:
-        return sa_rotation.phase_of(state)
-    except KthwError:
-        return sa_rotation.IDLE
 
 
 def _issue_token(path: Path, node: str, ttl, window) -> str:
@@ -86,7 +72,7 @@ def _state_tasks(inv: Inventory, state: SecretsState):
         "name": "sa-keypair",
         "doc": "service-account signing key pair, and the other key during a rotation (precious)",
         "actions": [(guarded, [sa_rotation.ensure, state, inv.key_algorithm])],
-        "targets": sa_rotation.state_files(state, _sa_phase(state)),
+        "targets": sa_rotation.state_files(state, sa_rotation.planned_phase(state)),
         "uptodate": [(checked, [sa_rotation.current, state])],
         "clean": [],  # precious: never removed
     }
@@ -127,7 +113,7 @@ def _node_tasks(inv: Inventory, layout: Layout, state: SecretsState, node: Node)
     if node.is_control_plane:
         yield _copy_task(f"{node.name}/sa-keypair", f"service-account keys on {node.name}", [
             (source, on_node(node.name, node_path), mode)
-            for source, node_path, mode in sa_rotation.node_copies(state, _sa_phase(state))])
+            for source, node_path, mode in sa_rotation.node_copies(state, sa_rotation.planned_phase(state))])
         yield _copy_task(f"{node.name}/encryption-config", f"EncryptionConfiguration on {node.name}", [
             (state.encryption_config, on_node(node.name, PATHS["encryption_config"]), SECRET_MODE)])
         token_paths = {n.name: state.token(n.name) for n in tokens.kubelet_nodes(inv)} if bootstrap else {}
@@ -135,10 +121,10 @@ def _node_tasks(inv: Inventory, layout: Layout, state: SecretsState, node: Node)
         yield {
             "name": f"{node.name}/bootstrap-manifests",
             "doc": f"cluster-side manifests and apply.sh on {node.name}",
-            "actions": [(guarded, [write_bootstrap_dir, directory, inv, token_paths, ca_cert, TEMPLATES])],
+            "actions": [(guarded, [write_bootstrap_dir, directory, inv, token_paths, ca_cert])],
             # The pins name the CoreDNS image: read by the action, followed here as files.
-            "file_dep": [*token_paths.values(), ca_cert, *template_files(APPLY_TEMPLATE, TEMPLATES),
-                         *template_files(SMOKE_TEMPLATE, TEMPLATES), *pin_files(inv)],
+            "file_dep": [*token_paths.values(), ca_cert, *template_files(APPLY_TEMPLATE),
+                         *template_files(SMOKE_TEMPLATE), *pin_files(inv)],
             "targets": bootstrap_targets(inv, directory),
             "uptodate": [config_changed({"credentials": inv.kubelet_credentials, "server": inv.api_endpoint.url,
                                          "kubelets": sorted(token_paths), "domain": inv.cluster_domain,

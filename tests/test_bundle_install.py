@@ -21,7 +21,7 @@ from kthw import bundle
 from kthw.inventory import load
 from kthw.layout import Layout
 
-from conftest import REPO, Project
+from conftest import Project
 from test_bundle import example_project, fingerprint, install, tree_state, unpack
 
 
@@ -211,7 +211,7 @@ def _bundle_without(project: Project, node_name: str, path: str, where: Path) ->
     inv, layout = load(project.inventory), Layout(project.root)
     node = next(n for n in inv.nodes if n.name == node_name)
     (layout.node_root(node_name) / path.lstrip("/")).unlink()
-    bundle.build(bundle.spec_for(layout, node, bundle.vendored_files(node, inv, layout), REPO / "templates"))
+    bundle.build(bundle.spec_for(layout, node, bundle.vendored_files(node, inv, layout)))
     directory = unpack(project, node_name, where)
     assert not (directory / "files" / path.lstrip("/")).exists()
     return directory

@@ -15,7 +15,8 @@ import pytest
 
 from conftest import Project, etcdctl_command, port_free, require
 from kthw.membership import MEMBER_SCRIPT
-from kthw.render import ETCD_CLIENT_PORT, ETCD_PEER_PORT, unit_exec_start
+from kthw.node_paths import ETCD_CLIENT_PORT, ETCD_PEER_PORT
+from kthw.render import unit_exec_start
 from test_day2_support import MEMBER_IPS, Members, Nodes, day2_inventory, endpoints, fingerprint, install, \
     vendor_stand_ins
 

@@ -13,7 +13,7 @@ import tarfile
 from pathlib import Path
 
 from conftest import Project, etcd_member_command, etcdctl_command, require, stop_processes, wait_etcd_healthy
-from kthw.render import ETCD_CLIENT_PORT
+from kthw.node_paths import ETCD_CLIENT_PORT
 from test_bundle_support import stand_in_vendor
 
 # Addresses of their own on the loopback network: the etcd tests of other modules use

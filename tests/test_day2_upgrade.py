@@ -16,7 +16,8 @@ import pytest
 
 from conftest import Project, changed, fails_cleanly, port_free, require
 from kthw import inventory, pins, upgrade
-from kthw.render import ETCD_CLIENT_PORT, ETCD_PEER_PORT, node_versions
+from kthw.node_paths import ETCD_CLIENT_PORT, ETCD_PEER_PORT
+from kthw.render import node_versions
 from test_day2_support import Members, Nodes, day2_inventory, fingerprint, install, vendor_stand_ins
 
 NET = "127.0.19"

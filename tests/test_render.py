@@ -21,7 +21,8 @@ from kthw import components, inventory, vendor, versions
 from kthw import pins as pins_table
 from kthw.errors import KthwError
 from kthw.layout import Layout
-from kthw.render import PATHS, binaries_for, plan, render, unit_exec_start
+from kthw.node_paths import PATHS
+from kthw.render import binaries_for, plan, render, unit_exec_start
 
 try:
     import tomllib  # Python 3.11+

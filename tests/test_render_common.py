@@ -11,13 +11,13 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from conftest import REPO, Project, loopback_inventory
+from conftest import Project, loopback_inventory
 from test_vendor_support import Release, site_pins
 from test_vendor_support import release as vendor_release
-from kthw import inventory, versions
+from kthw import inventory, templating, versions
 from kthw.render import plan
 
-TEMPLATES = REPO / "templates"
+TEMPLATES = templating.directory()
 # The render stage uses only the pause image's repository:tag; the vendor stage wants every
 # image pinned. pause 3.10.1's is its real index digest, coredns's a stand-in (never pulled).
 IMAGE_DIGESTS = {("pause", "3.10.1"): "sha256:278fb9dbcca9518083ad1e11276933a2e96f23de604a3a08cc3c80002767d24c",

@@ -20,7 +20,8 @@ import pytest
 from conftest import PROVIDERS, require
 from test_render_common import rendered_cluster, rendered_paths  # noqa: F401
 from kthw import inventory
-from kthw.render import UNIT_DIR, binaries_for
+from kthw.node_paths import UNIT_DIR
+from kthw.render import binaries_for
 
 SYSTEM_UNITS = Path("/usr/lib/systemd/system")
 

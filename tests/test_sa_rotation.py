@@ -27,7 +27,7 @@ from test_bundle_support import stand_in_vendor
 from kthw import sa_rotation
 from kthw.errors import KthwError, StateError
 from kthw.render import unit_exec_start
-from kthw.secrets import SecretsState
+from kthw.secret_state import SecretsState
 
 CONTROL_PLANES = ("cp1", "cp2", "cp3")
 APISERVER_UNIT = "/etc/systemd/system/kube-apiserver.service"

@@ -522,7 +522,7 @@ def test_aesgcm_accepts_16_24_and_32_byte_keys_and_nothing_else(tmp_path):
 
 
 def test_a_rsa_inventory_makes_an_rsa_sa_key(tmp_path):
-    from kthw.secrets import ensure_sa_keypair, sa_keypair_current
+    from kthw.secret_state import ensure_sa_keypair, sa_keypair_current
     key, pub = tmp_path / "sa.key", tmp_path / "sa.pub"
     assert "new rsa-2048 key" in ensure_sa_keypair(key, pub, "rsa-2048")
     assert isinstance(serialization.load_pem_private_key(key.read_bytes(), None), rsa.RSAPrivateKey)

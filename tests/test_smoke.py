@@ -19,10 +19,10 @@ import pytest
 import yaml
 
 from conftest import REPO, free_port, require, require_module
-from kthw import inventory, manifests, vendor
+from kthw import inventory, manifests, templating, vendor
 from test_coredns import parse_blocks
 
-TEMPLATES = REPO / "templates"
+TEMPLATES = templating.directory()
 
 
 @pytest.fixture(scope="module")
