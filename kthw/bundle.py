@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 
-from . import bundle_signing, catalogue, secret_files, tarball, templating, vendor
+from . import bundle_signing, catalogue, membership, secret_files, tarball, templating, vendor
 from .errors import KthwError
 from .fsutil import SECRET_MODE, atomic_file, atomic_write
 from .components import ARCH_ALIASES
@@ -440,7 +440,8 @@ def _readme_context(plan: NodePlan) -> dict:
     return {"node": plan.node, "arch": plan.arch, "roles": list(plan.roles), "top": TOP,
             "services": [name for name, _ in plan.services], "images": [name for _, name, _ in plan.images],
             "check_signature": bundle_signing.check_signature_command("ed25519:<hex>"),
-            "check_files": CHECK_FILES, "installer": INSTALLER, "state_dir": STATE_DIR, "backup_dir": BACKUP_DIR}
+            "check_files": CHECK_FILES, "installer": INSTALLER, "state_dir": STATE_DIR, "backup_dir": BACKUP_DIR,
+            "member_script": membership.MEMBER_SCRIPT}
 
 
 @functools.lru_cache(maxsize=4)

@@ -686,3 +686,19 @@ def test_a_node_that_loses_a_role_loses_its_files_and_its_services_are_named_on_
     second = install(new, *args, check=True)
     assert "nothing changed" in second.stdout and "no longer carried" not in second.stdout
     assert project.doit("bundle:node-az1").executed == []
+
+
+def test_the_readme_lists_every_installer_option_and_tells_an_etcd_member_of_snapshots_and_membership(
+        example, tmp_path):
+    directory = unpack(example, "node-az1", tmp_path)
+    readme = (directory / "README").read_text()
+    usage = subprocess.run(["bash", str(directory / "install.sh"), "--help"], capture_output=True, text=True)
+    assert usage.returncode == 0, usage.stderr
+
+    def options(text: str) -> set[str]:
+        return set(re.findall(r"^ +(--[a-z0-9-]+)", text, re.MULTILINE))
+
+    assert options(readme.split("Options\n")[1]) == options(usage.stdout) - {"--help"}
+    assert "/etc/k8s/etcd/etcd-member.sh --apply" in readme and "etcd-snapshot-<time>.db" in readme
+    worker = (unpack(example, "worker-az1-a", tmp_path / "worker") / "README").read_text()
+    assert "etcd-member.sh" not in worker and "--no-snapshot" in worker
