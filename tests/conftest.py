@@ -190,6 +190,23 @@ def sign_jwt(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, claims: dict, 
     return f"{signing_input.decode()}.{b64url(signature)}"
 
 
+class Installed:
+    """The installed nodes: <root>/<node>/ is that node's /."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def node_file(self, node: str, path: str) -> Path:
+        return self.root / node / path.lstrip("/")
+
+    def tree(self, node: str) -> dict[str, str]:
+        """sha256 of every installed file, leaving out install.sh's backups and records."""
+        base = self.root / node
+        return {str(p.relative_to(base)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(base.rglob("*")) if p.is_file()
+                and not str(p.relative_to(base)).startswith(("var/backups/kthw/", "var/lib/kthw/"))}
+
+
 class JsonHandler(BaseHTTPRequestHandler):
     """Base of the stand-in API servers: quiet, and JSON replies."""
 

@@ -13,12 +13,11 @@ import subprocess
 
 import pytest
 
-from conftest import Project, etcdctl_command, port_free, require
+from conftest import etcdctl_command, require
 from kthw.membership import MEMBER_SCRIPT
 from kthw.node_paths import ETCD_CLIENT_PORT, ETCD_PEER_PORT
 from kthw.render import unit_exec_start
-from test_day2_support import MEMBER_IPS, Members, Nodes, day2_inventory, endpoints, fingerprint, install, \
-    vendor_stand_ins
+from test_day2_support import MEMBER_IPS, Installed, day2_inventory, endpoints, install, running_cluster
 
 ETCD_UNIT = "/etc/systemd/system/etcd.service"
 APISERVER_UNIT = "/etc/systemd/system/kube-apiserver.service"
@@ -29,7 +28,7 @@ def flags(tree, node: str, unit: str = ETCD_UNIT) -> dict[str, str]:
     return dict(word.split("=", 1) for word in words[1:] if "=" in word)
 
 
-def member_script(nodes: Nodes, node: str, *args: str) -> subprocess.CompletedProcess:
+def member_script(nodes: Installed, node: str, *args: str) -> subprocess.CompletedProcess:
     """The installed membership script, run as the operator runs it (its files under --root)."""
     return subprocess.run(["bash", str(nodes.node_file(node, MEMBER_SCRIPT)), "--root", str(nodes.root / node), *args],
                           capture_output=True, text=True, timeout=60)
@@ -37,29 +36,9 @@ def member_script(nodes: Nodes, node: str, *args: str) -> subprocess.CompletedPr
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    require("etcd")
-    busy = [f"{ip}:{port}" for ip in MEMBER_IPS.values() for port in (ETCD_CLIENT_PORT, ETCD_PEER_PORT)
-            if not port_free(ip, port)]
-    if busy:
-        pytest.fail(f"the rendered units use etcd's standard ports, and these are taken on this machine: {busy}")
-    root = tmp_path_factory.mktemp("day2-etcd")
-    project = Project(root / "workstation")
-    project.root.mkdir()
-    project.write_inventory(day2_inventory(["cp1", "cp2", "cp3"], ["worker1"]))
-    vendor_stand_ins(project)
-    project.doit()
-    nodes = Nodes(root / "nodes")
-    key = fingerprint(project)
-    for node in ("cp1", "cp2", "cp3", "worker1"):
-        install(project, nodes, node, key)
-    members = Members(nodes, root / "etcd")
-    try:
-        for node in ("cp1", "cp2", "cp3"):
-            members.start(node)
-        members.healthy("cp1", "cp2", "cp3")
-        yield project, nodes, members, key
-    finally:
-        members.stop()
+    with running_cluster(tmp_path_factory.mktemp("day2-etcd"), day2_inventory(["cp1", "cp2", "cp3"], ["worker1"]),
+                         ["cp1", "cp2", "cp3"], ["worker1"], MEMBER_IPS) as running:
+        yield running
 
 
 def test_a_new_cluster_starts_every_member_as_new_and_the_script_sees_nothing_to_do(cluster):

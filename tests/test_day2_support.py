@@ -4,16 +4,19 @@ directory per node, as the walkthrough does."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
 import subprocess
 import tarfile
+from contextlib import contextmanager
 from pathlib import Path
 
-from conftest import Project, etcd_member_command, etcdctl_command, require, stop_processes, wait_etcd_healthy
-from kthw.node_paths import ETCD_CLIENT_PORT
+import pytest
+
+from conftest import Installed, Project, etcd_member_command, etcdctl_command, port_free, require, stop_processes, \
+    wait_etcd_healthy
+from kthw.node_paths import ETCD_CLIENT_PORT, ETCD_PEER_PORT
 from test_bundle_support import stand_in_vendor
 
 # Addresses of their own on the loopback network: the etcd tests of other modules use
@@ -49,28 +52,11 @@ def vendor_stand_ins(project: Project, **kwargs) -> None:
                     scripts={"etcdctl": real_etcdctl(project.root)}, **kwargs)
 
 
-class Nodes:
-    """The installed nodes: <root>/<node>/ is that node's /."""
-
-    def __init__(self, root: Path):
-        self.root = root
-
-    def node_file(self, node: str, path: str) -> Path:
-        return self.root / node / path.lstrip("/")
-
-    def tree(self, node: str) -> dict[str, str]:
-        """sha256 of every installed file, leaving out install.sh's backups and records."""
-        base = self.root / node
-        return {str(p.relative_to(base)): hashlib.sha256(p.read_bytes()).hexdigest()
-                for p in sorted(base.rglob("*")) if p.is_file()
-                and not str(p.relative_to(base)).startswith(("var/backups/kthw/", "var/lib/kthw/"))}
-
-
 def fingerprint(project: Project) -> str:
     return re.search(r"ed25519:[0-9a-f]{64}", project.doit("fingerprint").stdout).group(0)
 
 
-def install(project: Project, nodes: Nodes, node: str, fingerprint: str | None = None,
+def install(project: Project, nodes: Installed, node: str, fingerprint: str | None = None,
             *extra: str) -> subprocess.CompletedProcess:
     """Install the node's bundle into its directory: the first time with the bundle's own
     install.sh and the fingerprint, later through the installer the first one left there."""
@@ -99,7 +85,7 @@ def endpoints(*members: str, ips: dict[str, str] = MEMBER_IPS) -> str:
 class Members:
     """The etcd processes of the installed nodes, each its installed unit's ExecStart."""
 
-    def __init__(self, nodes: Nodes, data: Path, ips: dict[str, str] = MEMBER_IPS):
+    def __init__(self, nodes: Installed, data: Path, ips: dict[str, str] = MEMBER_IPS):
         self.nodes, self.data, self.ips, self.procs, self.logs = nodes, data, ips, {}, {}
         data.mkdir(parents=True, exist_ok=True)
 
@@ -116,3 +102,32 @@ class Members:
 
     def stop(self) -> None:
         stop_processes(self.procs.values())
+
+
+@contextmanager
+def running_cluster(root: Path, inventory: str, members: list[str], workers: list[str], ips: dict[str, str]):
+    """The bundles of ``inventory`` built, every node installed under root/nodes and the etcd
+    ``members`` running from their installed units (stopped on leaving); yields the project,
+    the installed nodes, the running members and the bundle-signing fingerprint."""
+    require("etcd")
+    busy = [f"{ip}:{port}" for ip in ips.values() for port in (ETCD_CLIENT_PORT, ETCD_PEER_PORT)
+            if not port_free(ip, port)]
+    if busy:
+        pytest.fail(f"the rendered units use etcd's standard ports, and these are taken on this machine: {busy}")
+    project = Project(root / "workstation")
+    project.root.mkdir()
+    project.write_inventory(inventory)
+    vendor_stand_ins(project)
+    project.doit()
+    nodes = Installed(root / "nodes")
+    key = fingerprint(project)
+    for node in [*members, *workers]:
+        install(project, nodes, node, key)
+    running = Members(nodes, root / "etcd", ips)
+    try:
+        for node in members:
+            running.start(node)
+        running.healthy(*members)
+        yield project, nodes, running, key
+    finally:
+        running.stop()

@@ -14,11 +14,10 @@ import subprocess
 
 import pytest
 
-from conftest import Project, changed, fails_cleanly, port_free, require
+from conftest import Project, changed, fails_cleanly, require
 from kthw import inventory, pins, upgrade
-from kthw.node_paths import ETCD_CLIENT_PORT, ETCD_PEER_PORT
 from kthw.render import node_versions
-from test_day2_support import Members, Nodes, day2_inventory, fingerprint, install, vendor_stand_ins
+from test_day2_support import day2_inventory, install, running_cluster, vendor_stand_ins
 
 NET = "127.0.19"
 IPS = {"cp1": f"{NET}.1", "cp2": f"{NET}.2", "cp3": f"{NET}.3"}
@@ -32,29 +31,9 @@ def at(version: str) -> str:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """The cluster at 1.35.4, installed, its etcd members running."""
-    require("etcd")
-    busy = [f"{ip}:{port}" for ip in IPS.values() for port in (ETCD_CLIENT_PORT, ETCD_PEER_PORT)
-            if not port_free(ip, port)]
-    if busy:
-        pytest.fail(f"the rendered units use etcd's standard ports, and these are taken on this machine: {busy}")
-    root = tmp_path_factory.mktemp("day2-upgrade")
-    project = Project(root / "workstation")
-    project.root.mkdir()
-    project.write_inventory(at("1.35.4"))
-    vendor_stand_ins(project)
-    project.doit()
-    nodes = Nodes(root / "nodes")
-    key = fingerprint(project)
-    for node in [*CONTROL_PLANES, "worker1"]:
-        install(project, nodes, node, key)
-    members = Members(nodes, root / "etcd", IPS)
-    try:
-        for node in CONTROL_PLANES:
-            members.start(node)
-        members.healthy(*CONTROL_PLANES)
+    with running_cluster(tmp_path_factory.mktemp("day2-upgrade"), at("1.35.4"), CONTROL_PLANES, ["worker1"],
+                         IPS) as (project, nodes, _, _):
         yield project, nodes
-    finally:
-        members.stop()
 
 
 def test_a_downgrade_and_a_skip_of_minors_are_refused(cluster, tmp_path):

@@ -33,8 +33,10 @@ import ssl
 import subprocess
 import sys
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
+
+from conftest import JsonHandler
 
 PORT = 6443
 WORKER_LINK, SERVER_LINK, SERVER_NS = "veth-w", "veth-s", "srv"
@@ -46,10 +48,7 @@ UNKNOWN_MAC = "02:00:00:00:00:99"   # a MAC no interface has: frames to it vanis
 
 def serve(address: str, cert: str, key: str, client_ca: str, token: str) -> None:
     """Answer /version on address:PORT until SIGTERM."""
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
+    class Handler(JsonHandler):
         def do_GET(self):
             known_cert = bool(self.connection.getpeercert())
             known_token = self.headers.get("Authorization") == f"Bearer {token}"
@@ -58,14 +57,6 @@ def serve(address: str, cert: str, key: str, client_ca: str, token: str) -> None
             if self.path != "/version":
                 return self._reply(404, {"kind": "Status", "status": "Failure", "code": 404})
             self._reply(200, {"major": "1", "minor": "36", "gitVersion": "v1.36.0-stand-in", "server": address})
-
-        def _reply(self, status: int, body: dict) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)

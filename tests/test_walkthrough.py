@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -25,11 +24,10 @@ import subprocess
 import tarfile
 import time
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 
-from conftest import Project, etcd_member_command, etcdctl_command, loopback_inventory, stop_processes, \
+from conftest import Installed, Project, etcd_member_command, etcdctl_command, loopback_inventory, stop_processes, \
     system_clock_at, wait_etcd_healthy
 from kthw.node_paths import ETCD_CLIENT_PORT
 from test_kubectl_tls import serve, whoami
@@ -46,23 +44,6 @@ NODES = ["cp1", "cp2", "cp3", "worker1", "worker2"]
 ARM64_NODES = {"worker2"}  # loopback_inventory makes every second worker arm64
 # Eleven months later, on the workstation's clock: certs are dated by it.
 LATER = system_clock_at(datetime.now(timezone.utc).replace(microsecond=0) + timedelta(days=335))
-
-
-class Installed:
-    """The installed nodes: <root>/<node>/ is that node's /."""
-
-    def __init__(self, root: Path):
-        self.root = root
-
-    def node_file(self, node: str, path: str) -> Path:
-        return self.root / node / path.lstrip("/")
-
-    def tree(self, node: str) -> dict[str, str]:
-        """sha256 of every installed file, leaving out install.sh's backups and its record."""
-        base = self.root / node
-        return {str(p.relative_to(base)): hashlib.sha256(p.read_bytes()).hexdigest()
-                for p in sorted(base.rglob("*")) if p.is_file()
-                and not str(p.relative_to(base)).startswith(("var/backups/kthw/", "var/lib/kthw/"))}
 
 
 def install(project: Project, installed: Installed, fingerprint: str | None) -> dict[str, str]:
