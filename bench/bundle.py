@@ -7,7 +7,7 @@ binaries and images of realistic size (--megabytes per arch, default ~300, 50 % 
 file random so it does not compress), real pki/secrets/render outputs from `doit`.
 
 Contenders, alternated node by node, each after a sync and into a new file:
-  ours   kthw.bundle.build for one node with the vendored part already cached (the 2nd
+  ours   kthw.bundle.build.build for one node with the vendored part already cached (the 2nd
          to 20th node of an arch): copy of the cached deflate part + the node's own part
   cp     `cp` of that node's finished bundle to a new file: the cost of its bytes alone
 Printed: the first node (which compresses the vendored part), the medians and the
@@ -30,7 +30,7 @@ sys.path.insert(0, str(BENCH.parent))
 from common import Scratch, inventory, report, timed  # noqa: E402
 from test_bundle_support import stand_in_vendor  # noqa: E402
 
-from kthw import bundle  # noqa: E402
+from kthw.bundle import build as bundle  # noqa: E402
 from kthw.inventory import load  # noqa: E402
 from kthw.layout import Layout  # noqa: E402
 

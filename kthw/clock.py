@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from datetime import datetime, timezone
 
-from .errors import KthwError
+from kthw.errors import KthwError
 
 ENV = "KTHW_NOW"
 

@@ -1,7 +1,7 @@
 """Keys and X.509 certificates: making them from a spec, and reading facts back.
 
 This module only builds and reads. Whether a cert must be re-issued is decided in
-:mod:`kthw.renewal`.
+:mod:`kthw.pki.renewal`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .errors import KthwError, StateError
+from kthw.errors import KthwError, StateError
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey

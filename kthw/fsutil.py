@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import IO, Iterator
 
-from .errors import KthwError
+from kthw.errors import KthwError
 
 SECRET_MODE = 0o600
 PUBLIC_MODE = 0o644

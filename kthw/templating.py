@@ -14,7 +14,7 @@ from pathlib import Path
 import jinja2
 import jinja2.meta
 
-from .errors import KthwError
+from kthw.errors import KthwError
 
 
 def directory() -> Path:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .errors import KthwError
+from kthw.errors import KthwError
 
 Minor = tuple[int, int]
 

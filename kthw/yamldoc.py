@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import yaml
 
-from .errors import InventoryError
+from kthw.errors import InventoryError
 
 
 class Map(dict):

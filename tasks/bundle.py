@@ -11,7 +11,7 @@
     rotate_bundle_signing_key    explicit, never a default task: a new signing key
 
 A bundle's file_dep is every file it packs: the files other stages write under
-build/nodes/<node>/ (kthw.bundle.expected_files; the bundle waits for those stages'
+build/nodes/<node>/ (kthw.bundle.build.expected_files; the bundle waits for those stages'
 tasks of its node), the vendored files of its arch and roles, the templates and the
 signing key. It is rebuilt exactly when one of them changes. The vendored files are never fetched from here: when
 one is missing the task fails and names `doit vendor`.
@@ -24,7 +24,9 @@ from pathlib import Path
 from doit import create_after, get_var
 from doit.tools import config_changed
 
-from kthw import bundle_signing, membership, vendor
+from kthw.bundle import signing as bundle_signing
+from kthw.render import membership
+from kthw.vendor import fetch as vendor
 from kthw.errors import KthwError
 from kthw.fsutil import remove
 
@@ -48,7 +50,7 @@ def task_bundle_signing_key():
 @create_after()
 def task_bundle():
     """Per-node tarballs: bundles/<node>.tar.gz with install.sh, MANIFEST and its signature."""
-    from kthw import bundle  # loaded only where bundles are made or checked, like the tasks
+    from kthw.bundle import build as bundle  # loaded only where bundles are made or checked, like the tasks
 
     inv, layout = context()
     try:
@@ -113,7 +115,7 @@ def task_bundle():
 
 
 def _no_obsolete_bundle(bundles: Path, nodes: list[str]) -> bool:
-    from kthw import bundle
+    from kthw.bundle import build as bundle
 
     return not bundle.obsolete_bundles(bundles, nodes)
 
@@ -134,7 +136,7 @@ def task_fingerprint():
 
 
 def _verify(paths: list[Path], state: Path, nodes: list[str | None], trusted: str | None) -> str:
-    from kthw import bundle
+    from kthw.bundle import build as bundle
 
     if trusted:
         bundle_signing.public_key(trusted)  # a clear error for a malformed value

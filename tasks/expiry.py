@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from doit.exceptions import TaskFailed
 
-from kthw import clock, expiry
+from kthw import clock
+from kthw.pki import expiry
 from kthw.errors import KthwError
 
 from .common import context

@@ -6,7 +6,7 @@
     pki:<node>  = everything of one node;  pki = every node
     rekey:<node>/<cert>   explicit: a new key for one leaf;  rekey all=yes: for every leaf
 
-Staleness comes from the certs themselves (see kthw.pki.pending_reason): a cert task
+Staleness comes from the certs themselves (see kthw.pki.issue.pending_reason): a cert task
 runs when its cert is missing, due, not valid yet, no longer fits its spec, or its issuer
 changed. A leaf task also runs when its cert or key file changed since it last placed
 them (an uptodate on their digest): that re-checks the key and rewrites the node copies,
@@ -17,7 +17,7 @@ Each run first removes the temp files an interrupted one left in the store.
 
 With `ca: {backend: vault}` the root and intermediate keys stay in Vault: their CA tasks
 copy the CA certs from Vault on every run (so a CA replaced there re-issues its leaves),
-and the cluster signer is a CA of its own whose key is kept here (see kthw.vault). The
+and the cluster signer is a CA of its own whose key is kept here (see kthw.pki.vault.client). The
 build makes and renews no CA there: the admin's `doit vault_setup` / `doit vault_renew_ca`
 do; a missing or stale CA stops the build, naming the command, and a due one is a warning.
 """
@@ -31,14 +31,14 @@ from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
 from kthw import clock
-from kthw.ca import open_ca, open_local_ca
-from kthw.catalogue import (INTERMEDIATES, LOCAL_APISERVER_URL, ROOT, VAULT_CLUSTER_SIGNER, NodeCert, ca_specs,
+from kthw.pki.ca import open_ca, open_local_ca
+from kthw.pki.catalogue import (INTERMEDIATES, LOCAL_APISERVER_URL, ROOT, VAULT_CLUSTER_SIGNER, NodeCert, ca_specs,
                             key_in_vault, leaves_for, node_paths, trust_for)
 from kthw.crypto import CertSpec
 from kthw.fsutil import PUBLIC_MODE, SECRET_MODE, atomic_write, remove, remove_orphans
 from kthw.inventory import CASettings, Inventory, Node
 from kthw.layout import KeyPairPaths, Layout
-from kthw.pki import ensure_ca, ensure_leaf, pair_digest, pending_reason, place_all, write_cert_kubeconfig
+from kthw.pki.issue import ensure_ca, ensure_leaf, pair_digest, pending_reason, place_all, write_cert_kubeconfig
 
 from .common import checked, context, guarded, stale_task
 
@@ -80,12 +80,12 @@ def _warnings_on_stderr(message: str) -> str:
 
 
 def _fetch_vault_ca(settings: CASettings, name: str, paths: KeyPairPaths, parent_cert, window) -> str:
-    from kthw import vault  # hvac is loaded only when the vault backend is used
+    from kthw.pki.vault import client as vault  # hvac is loaded only when the vault backend is used
     return _warnings_on_stderr(vault.refresh_ca_cert(settings, name, paths, parent_cert, window))
 
 
 def _check_vault_signer(settings: CASettings, spec: CertSpec, paths: KeyPairPaths, vault_cas: dict, window) -> str:
-    from kthw import vault
+    from kthw.pki.vault import client as vault
     return _warnings_on_stderr(vault.check_kubelet_signer(settings, spec, paths, vault_cas, window))
 
 

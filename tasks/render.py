@@ -4,7 +4,7 @@
     render:<node>          every file of one node;  render = every node
 
 A file is re-rendered when its template changes or when the values it uses change
-(its context from kthw.render.plan: e.g. an etcd unit names every etcd member's IP,
+(its context from kthw.render.node_files.plan: e.g. an etcd unit names every etcd member's IP,
 a scheduler config names none), so editing one node's IP touches only the files that
 name it. The pinned etcd, containerd and pause image are the vendor stage's: the shipped
 pins table extended by the inventory's `vendor: {site_pins: FILE}`; a pins change
@@ -20,9 +20,9 @@ from doit import create_after
 from doit.tools import config_changed
 
 from kthw.errors import KthwError
-from kthw.render import NodeFile, plan, remove_stale, stale_files, template_files, write_node_file
-from kthw.sa_rotation import public_key_files
-from kthw.secret_state import state_of
+from kthw.render.node_files import NodeFile, plan, remove_stale, stale_files, template_files, write_node_file
+from kthw.secrets.sa_rotation import public_key_files
+from kthw.secrets.state import state_of
 
 from .common import checked, context, failing, guarded
 

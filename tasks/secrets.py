@@ -9,9 +9,9 @@
     rotate_encryption_key  explicit, never a default task: one rotation phase per run
     rotate_sa_key          explicit, never a default task: one rotation phase per run
 
-The first three rows are precious state under build/state (kthw.secret_state): never
+The first three rows are precious state under build/state (kthw.secrets.state): never
 cleaned, never replaced silently. A token is replaced when its recorded expiration is
-past or inside the renewal window (kthw.tokens.pending_reason); everything derived
+past or inside the renewal window (kthw.secrets.tokens.pending_reason); everything derived
 from it follows through file_dep. Node copies are derived and cleanable.
 """
 
@@ -23,17 +23,18 @@ from pathlib import Path
 from doit import get_var
 from doit.tools import config_changed
 
-from kthw import clock, encryption, sa_rotation, tokens
+from kthw import clock
+from kthw.secrets import encryption, sa_rotation, tokens
 from kthw.fsutil import SECRET_MODE
 from kthw.inventory import Inventory, Node
 from kthw.layout import Layout
-from kthw.manifests import APPLY_TEMPLATE, BOOTSTRAP_DIR, SMOKE_TEMPLATE, bootstrap_targets, write_bootstrap_dir
-from kthw.pki import place_all
-from kthw.node_paths import PATHS
-from kthw.render import template_files
-from kthw.secret_files import NODE_PATHS
-from kthw.vendor import pin_files
-from kthw.secret_state import SecretsState, state_of
+from kthw.secrets.manifests import APPLY_TEMPLATE, BOOTSTRAP_DIR, SMOKE_TEMPLATE, bootstrap_targets, write_bootstrap_dir
+from kthw.pki.issue import place_all
+from kthw.pki.node_paths import PATHS
+from kthw.render.node_files import template_files
+from kthw.secrets.files import NODE_PATHS
+from kthw.vendor.fetch import pin_files
+from kthw.secrets.state import SecretsState, state_of
 
 from .common import checked, context, guarded, stale_task
 

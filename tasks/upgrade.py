@@ -1,5 +1,5 @@
 """Upgrade planning: `doit upgrade_plan` prints the order in which the rebuilt bundles go to
-the nodes, and refuses a downgrade or a move by more than one minor (kthw.upgrade).
+the nodes, and refuses a downgrade or a move by more than one minor (kthw.render.upgrade).
 
 Run it after changing kubernetes_version and before `doit`: it compares the inventory with
 what the last build put in the bundles.
@@ -7,7 +7,8 @@ what the last build put in the bundles.
 
 from __future__ import annotations
 
-from kthw import upgrade, vendor
+from kthw.render import upgrade
+from kthw.vendor import fetch as vendor
 
 from .common import context, guarded
 

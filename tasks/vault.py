@@ -6,8 +6,8 @@
     doit vault_renew_ca               renew, with the same keys, the CAs that are due (not the root)
 
 They run with an admin token; `doit` itself runs as the build identity, which may only sign
-leaf CSRs. Existing mounts and CAs are never replaced. See kthw.vault_setup and
-kthw.vault_policy.
+leaf CSRs. Existing mounts and CAs are never replaced. See kthw.pki.vault.setup and
+kthw.pki.vault.policy.
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ def _flag(value: str | None) -> bool:
 
 
 def _setup(inv, layout, update_roles: bool) -> str:
-    from kthw import vault_setup  # hvac is loaded only when Vault is used
+    from kthw.pki.vault import setup as vault_setup  # hvac is loaded only when Vault is used
     return vault_setup.setup(inv, layout, update_roles)
 
 
 def _policies(inv) -> str:
-    from kthw.vault_policy import policies_text
+    from kthw.pki.vault.policy import policies_text
     if inv.ca.backend != "vault":
         raise KthwError(f"{inv.source}: ca.backend is '{inv.ca.backend}'; the Vault policies only apply with "
                         "'ca: {backend: vault, ...}'")
@@ -40,7 +40,7 @@ def _policies(inv) -> str:
 
 
 def _renew(inv, layout) -> str:
-    from kthw import vault_setup
+    from kthw.pki.vault import setup as vault_setup
     return vault_setup.renew_ca(inv, layout)
 
 

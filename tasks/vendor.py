@@ -18,7 +18,8 @@ from pathlib import Path
 
 from doit import get_var
 
-from kthw import components, pinning, vendor
+from kthw.supply import components
+from kthw.vendor import pinning, fetch as vendor
 from kthw.errors import KthwError
 
 from .common import checked, context, failing, guarded

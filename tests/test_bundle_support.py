@@ -15,7 +15,9 @@ import random
 from pathlib import Path
 from typing import Callable
 
-from kthw import download, inventory, vendor
+from kthw.supply import download
+from kthw import inventory
+from kthw.vendor import fetch as vendor
 from kthw.layout import Layout
 
 

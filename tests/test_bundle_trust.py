@@ -22,7 +22,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from kthw import bundle
+from kthw.bundle import build as bundle
 from kthw.inventory import load
 
 from conftest import Project
@@ -96,7 +96,7 @@ def forge_key_file(directory: Path, genuine: str) -> None:
 
 
 def bundle_signing_spki(fp: str) -> str:
-    from kthw import bundle_signing
+    from kthw.bundle import signing as bundle_signing
     return bundle_signing.SPKI_PREFIX + fp.removeprefix("ed25519:")
 
 
@@ -114,7 +114,7 @@ def forge_link(directory: Path, genuine: str) -> None:
 def forge_endorsement(directory: Path, genuine: str) -> None:
     """The attacker endorses their own key with their own key, and signs with it."""
     attacker = Ed25519PrivateKey.generate()
-    from kthw import bundle_signing
+    from kthw.bundle import signing as bundle_signing
     line = bundle_signing.endorse(attacker, attacker.public_key())
     fake = f"{genuine} {line.split()[1]} {line.split()[2]}"
     (directory / "KEY-ENDORSEMENTS").write_text(fake + "\n")

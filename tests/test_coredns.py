@@ -12,7 +12,10 @@ import re
 from pathlib import Path
 
 from conftest import REPO
-from kthw import bundle, inventory, manifests, vendor
+from kthw.bundle import build as bundle
+from kthw import inventory
+from kthw.secrets import manifests
+from kthw.vendor import fetch as vendor
 from kthw.layout import Layout
 
 # The plugins a cluster DNS server block carries, in the order kubeadm writes them.

@@ -14,9 +14,9 @@ import subprocess
 import pytest
 
 from conftest import etcdctl_command, require
-from kthw.membership import MEMBER_SCRIPT
-from kthw.node_paths import ETCD_CLIENT_PORT, ETCD_PEER_PORT
-from kthw.render import unit_exec_start
+from kthw.render.membership import MEMBER_SCRIPT
+from kthw.pki.node_paths import ETCD_CLIENT_PORT, ETCD_PEER_PORT
+from kthw.render.node_files import unit_exec_start
 from test_day2_support import MEMBER_IPS, Installed, day2_inventory, endpoints, install, running_cluster
 
 ETCD_UNIT = "/etc/systemd/system/etcd.service"

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import Installed, Project, etcd_member_command, etcdctl_command, port_free, require, stop_processes, \
     wait_etcd_healthy
-from kthw.node_paths import ETCD_CLIENT_PORT, ETCD_PEER_PORT
+from kthw.pki.node_paths import ETCD_CLIENT_PORT, ETCD_PEER_PORT
 from test_bundle_support import stand_in_vendor
 
 # Addresses of their own on the loopback network: the etcd tests of other modules use

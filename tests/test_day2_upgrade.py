@@ -15,8 +15,10 @@ import subprocess
 import pytest
 
 from conftest import Project, changed, fails_cleanly, require
-from kthw import inventory, pins, upgrade
-from kthw.render import node_versions
+from kthw import inventory
+from kthw.supply import pins
+from kthw.render import upgrade
+from kthw.render.node_files import node_versions
 from test_day2_support import day2_inventory, install, running_cluster, vendor_stand_ins
 
 NET = "127.0.19"

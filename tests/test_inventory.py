@@ -303,7 +303,7 @@ def edge_inventories(draw) -> str:
 def test_inventories_at_the_edges_load_whole_or_fail_with_file_line_field_and_fix(tmp_path_factory, text):
     from datetime import datetime, timezone
 
-    from kthw import pins as pins_table
+    from kthw.supply import pins as pins_table
     from kthw.crypto import LAST_CERT_DATE
     from kthw.versions import KUBERNETES, minor_of
     path = tmp_path_factory.mktemp("edges") / "cluster.yaml"

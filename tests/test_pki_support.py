@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 
 from conftest import Project
 from kthw import inventory
-from kthw.catalogue import ca_specs, key_in_vault, leaves_for, trust_for
+from kthw.pki.catalogue import ca_specs, key_in_vault, leaves_for, trust_for
 from kthw.layout import Layout
 
 

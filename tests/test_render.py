@@ -1,6 +1,6 @@
 """The render stage's library: what each node gets, for every supported Kubernetes minor.
 
-These tests render through kthw.render (the same code the doit tasks run) and read the
+These tests render through kthw.render.node_files (the same code the doit tasks run) and read the
 output the way the components would: YAML and JSON parsers, Python's TOML parser for
 containerd's config, and the unit's ExecStart split into words.
 """
@@ -17,12 +17,14 @@ import yaml
 
 from conftest import loopback_inventory
 from test_render_common import TEMPLATES, every_minor, pinned_inventory, release, write_pins
-from kthw import components, inventory, vendor, versions
-from kthw import pins as pins_table
+from kthw.supply import components
+from kthw import inventory, versions
+from kthw.vendor import fetch as vendor
+from kthw.supply import pins as pins_table
 from kthw.errors import KthwError
 from kthw.layout import Layout
-from kthw.node_paths import PATHS
-from kthw.render import binaries_for, plan, render, unit_exec_start
+from kthw.pki.node_paths import PATHS
+from kthw.render.node_files import binaries_for, plan, render, unit_exec_start
 
 try:
     import tomllib  # Python 3.11+

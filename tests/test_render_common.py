@@ -15,7 +15,7 @@ from conftest import Project, loopback_inventory
 from test_vendor_support import Release, site_pins
 from test_vendor_support import release as vendor_release
 from kthw import inventory, templating, versions
-from kthw.render import plan
+from kthw.render.node_files import plan
 
 TEMPLATES = templating.directory()
 # The render stage uses only the pause image's repository:tag; the vendor stage wants every

@@ -10,7 +10,7 @@ from conftest import Project, loopback_inventory
 from test_render_common import (named_paths, pinned_inventory, release, rendered_cluster,  # noqa: F401
                                 rendered_paths, write_pins)
 from kthw import inventory
-from kthw.render import binaries_for, unit_exec_start
+from kthw.render.node_files import binaries_for, unit_exec_start
 
 # Created on the node by the services themselves (data, logs, sockets), never installed.
 RUNTIME_DIRS = ("/var/lib/", "/var/log/", "/run/")

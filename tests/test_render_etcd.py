@@ -15,7 +15,7 @@ import pytest
 from conftest import etcd_member_command, etcdctl_command, port_free, require, stop_processes, wait_etcd_healthy
 
 from test_render_common import rendered_cluster  # noqa: F401
-from kthw.node_paths import ETCD_CLIENT_PORT, ETCD_PEER_PORT, PATHS
+from kthw.pki.node_paths import ETCD_CLIENT_PORT, ETCD_PEER_PORT, PATHS
 
 MEMBERS = {"cp1": "127.0.0.1", "cp2": "127.0.0.2", "cp3": "127.0.0.3"}
 ENDPOINTS = ",".join(f"https://{ip}:{ETCD_CLIENT_PORT}" for ip in MEMBERS.values())

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from conftest import REPO, require
 from kthw import inventory
-from kthw.render import POD_ROUTE_PROTO, plan, render
+from kthw.render.node_files import POD_ROUTE_PROTO, plan, render
 
 from test_render_common import TEMPLATES
 

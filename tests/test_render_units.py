@@ -3,7 +3,7 @@
 verify loads a unit the way systemd would and reports unknown directives, bad values
 and ExecStart binaries that are missing or not executable. Each node is laid out in a
 temporary root as the bundle installs it: the node's build/nodes/<node>/ tree, an
-executable stand-in for every binary kthw.render.binaries_for lists (the vendor stage
+executable stand-in for every binary kthw.render.node_files.binaries_for lists (the vendor stage
 ships the real ones), and the host's systemd units (for targets such as
 network-online.target) and the host's `ip` (iproute2, which the node's OS provides). A
 unit naming a binary the node would not get fails here.
@@ -20,8 +20,8 @@ import pytest
 from conftest import PROVIDERS, require
 from test_render_common import rendered_cluster, rendered_paths  # noqa: F401
 from kthw import inventory
-from kthw.node_paths import UNIT_DIR
-from kthw.render import binaries_for
+from kthw.pki.node_paths import UNIT_DIR
+from kthw.render.node_files import binaries_for
 
 SYSTEM_UNITS = Path("/usr/lib/systemd/system")
 

@@ -24,10 +24,10 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from conftest import Project, changed, fails_cleanly, loopback_inventory, sign_jwt, unb64url
 from test_bundle_support import stand_in_vendor
-from kthw import sa_rotation
+from kthw.secrets import sa_rotation
 from kthw.errors import KthwError, StateError
-from kthw.render import unit_exec_start
-from kthw.secret_state import SecretsState
+from kthw.render.node_files import unit_exec_start
+from kthw.secrets.state import SecretsState
 
 CONTROL_PLANES = ("cp1", "cp2", "cp3")
 APISERVER_UNIT = "/etc/systemd/system/kube-apiserver.service"

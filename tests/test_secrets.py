@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from conftest import Project, changed, fails_cleanly, loopback_inventory, require, require_module, system_clock_at
 from test_bundle_support import stand_in_vendor
-from kthw import encryption, tokens
+from kthw.secrets import encryption, tokens
 from kthw.errors import StateError
-from kthw.manifests import node_group
+from kthw.secrets.manifests import node_group
 
 CONTROL_PLANES = ("cp1", "cp2", "cp3")
 WORKERS = ("worker1", "worker2")
@@ -522,7 +522,7 @@ def test_aesgcm_accepts_16_24_and_32_byte_keys_and_nothing_else(tmp_path):
 
 
 def test_a_rsa_inventory_makes_an_rsa_sa_key(tmp_path):
-    from kthw.secret_state import ensure_sa_keypair, sa_keypair_current
+    from kthw.secrets.state import ensure_sa_keypair, sa_keypair_current
     key, pub = tmp_path / "sa.key", tmp_path / "sa.pub"
     assert "new rsa-2048 key" in ensure_sa_keypair(key, pub, "rsa-2048")
     assert isinstance(serialization.load_pem_private_key(key.read_bytes(), None), rsa.RSAPrivateKey)

@@ -19,7 +19,9 @@ import pytest
 import yaml
 
 from conftest import REPO, free_port, require, require_module
-from kthw import inventory, manifests, templating, vendor
+from kthw import inventory, templating
+from kthw.secrets import manifests
+from kthw.vendor import fetch as vendor
 from test_coredns import parse_blocks
 
 TEMPLATES = templating.directory()

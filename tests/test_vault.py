@@ -20,9 +20,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from conftest import Project, fails_cleanly, loopback_inventory, system_clock_at
-from kthw.catalogue import leaf
+from kthw.pki.catalogue import leaf
 from kthw.inventory import CASettings
-from kthw.vault_policy import role_of
+from kthw.pki.vault.policy import role_of
 from kthw.crypto import CertSpec, build_certificate, certs_pem, load_private_key, private_key_pem, generate_key, \
     same_public_key
 from kthw.kubeconfig import kubeconfig

@@ -16,7 +16,7 @@ import pytest
 from cryptography import x509
 
 from kthw.inventory import CASettings
-from kthw.vault import Session, VaultError
+from kthw.pki.vault.client import Session, VaultError
 
 from conftest import Project, fails_cleanly, free_port, loopback_inventory
 from test_vault_support import BUILD_POLICY, dev_server, no_vault_env, policy_token, project_files, \

@@ -9,8 +9,8 @@ import pytest
 from conftest import loopback_inventory
 from kthw.errors import InventoryError
 from kthw.inventory import VaultAuth, VaultNaming, loads
-from kthw.vault import mount_for, role_for
-from kthw.vault_policy import build_policy_name, owned_role, role_of
+from kthw.pki.vault.client import mount_for, role_for
+from kthw.pki.vault.policy import build_policy_name, owned_role, role_of
 
 
 def ca(section: str):

@@ -26,8 +26,8 @@ from hvac import exceptions as hvac_errors
 from conftest import REPO, Project, fails_cleanly, loopback_inventory, system_clock_at
 from kthw.crypto import BACKDATE, load_private_key, same_public_key
 from kthw.inventory import CASettings
-from kthw.vault import Session, VaultError
-from kthw.vault_policy import ROLE_DEFAULTS
+from kthw.pki.vault.client import Session, VaultError
+from kthw.pki.vault.policy import ROLE_DEFAULTS
 from test_vault_support import BUILD_POLICY, dev_server, no_vault_env, policy_token, project_files, \
     token_accessors, vault_section
 

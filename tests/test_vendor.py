@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from kthw import download
+from kthw.supply import download
 
 from conftest import REPO, Project, loopback_inventory, require
 from test_vendor_support import K8S, RELEASE, Registry, Upstream, binary_text, release, site_pins
@@ -145,7 +145,7 @@ def test_rerun_makes_no_request_at_all(vendored, registry):
 
 def test_image_archives_are_oci_layouts_that_keep_their_name(vendored, registry):
     project, _, _, _ = vendored
-    from kthw import oci
+    from kthw.supply import oci
     client = oci.Client(oci.Repository.parse("registry.k8s.io/pause").mirrored(registry.url))
     index, _ = client.manifest(registry.digests[("pause", RELEASE["pause"])], "the index")
     pinned_index_entries = {e["platform"]["architecture"]: e["digest"] for e in json.loads(index)["manifests"]}
@@ -410,10 +410,10 @@ def test_pin_adds_a_version_from_the_published_checksum_files(project, upstream)
 
 
 def test_pin_into_a_commented_table_keeps_every_comment(project, upstream):
-    shipped = (REPO / "kthw" / "data" / "pins.yaml")
+    shipped = (REPO / "kthw" / "supply" / "data" / "pins.yaml")
     table = project.root / "pins.yaml"
     table.write_text(shipped.read_text())
-    from kthw import pins
+    from kthw.supply import pins
     base = pins.load(shipped=table)
     newest = sorted(base.releases, key=lambda v: tuple(map(int, v.split("."))))[-1]
     rel = release(k8s="1.99.3", **base.releases[newest])
@@ -459,7 +459,7 @@ def test_an_image_digest_that_is_not_in_the_registry(project, upstream, registry
 def test_a_registry_mirror_that_serves_other_bytes(project, upstream, registry):
     # The registry mirror here is the loopback HTTP server, serving a tampered copy of the
     # real registry's index: a real registry never serves bytes that miss their digest.
-    from kthw import oci
+    from kthw.supply import oci
     digest = registry.digests[("pause", RELEASE["pause"])]
     client = oci.Client(oci.Repository.parse("registry.k8s.io/pause").mirrored(registry.url))
     body, _ = client.manifest(digest, "the index")
@@ -476,7 +476,7 @@ def test_pin_resolves_an_image_tag_to_its_index_digest(project, upstream, regist
     digest = registry.push_image("pause", "3.100")
     prepare(project, upstream, images=registry.digests, registry=registry.url)
     project.doit("pin", f"version={K8S}", "pause=3.100", env=NO_PROXY_ENV)
-    from kthw import pins
+    from kthw.supply import pins
     table = pins.load(project.root / "site-pins.yaml")
     assert table.releases[K8S]["pause"] == "3.100"
     assert table.image("pause", "3.100", K8S).digest == digest

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from kthw import components
+from kthw.supply import components
 
 from conftest import free_port, require, sign_jwt
 
@@ -76,7 +76,7 @@ def file_name(component: str, version: str, arch: str) -> str:
 
 
 def payload(component: str, version: str, arch: str, padding: int = 0) -> bytes:
-    """A stand-in release file laid out like the real one (kthw/components.py)."""
+    """A stand-in release file laid out like the real one (kthw/supply/components.py)."""
     spec = components.FILES[component]
     if not spec.is_archive:
         return binary_text(spec.binaries[0].name, version, arch)

@@ -29,7 +29,7 @@ import pytest
 
 from conftest import Installed, Project, etcd_member_command, etcdctl_command, loopback_inventory, stop_processes, \
     system_clock_at, wait_etcd_healthy
-from kthw.node_paths import ETCD_CLIENT_PORT
+from kthw.pki.node_paths import ETCD_CLIENT_PORT
 from test_kubectl_tls import serve, whoami
 from test_vendor import NO_PROXY_ENV, vendor_section
 from test_vendor_support import Registry, Upstream, release, site_pins
