@@ -7,17 +7,16 @@ directory (--root); certs are read with cryptography, kubeconfigs with a YAML pa
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 from cryptography import x509
+from support.bundles import example_project, fingerprint, install, unpack
+from support.project import REPO, Project, fails_cleanly
 
-from conftest import REPO, Project, fails_cleanly
 from kthw import inventory
 from kthw.errors import InventoryError
-from test_bundle import example_project, fingerprint, install, unpack
 
 NAME = "kube-apiserver.kthw.internal"
 NODE_URL = f"https://{NAME}:6443"

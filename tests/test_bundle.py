@@ -1,6 +1,6 @@
 """The bundle stage end to end: real doit, real bash, real GNU tar, real shellcheck, real openssl.
 
-Vendored binaries are stand-ins (tests/test_bundle_support.py): the vendor stage is tested
+Vendored binaries are stand-ins (tests/support/bundles.py): the vendor stage is tested
 against real servers elsewhere; here only their bytes and places matter.
 """
 
@@ -22,28 +22,19 @@ from pathlib import Path
 import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
+from support.bundles import bundle_path, example_project, fingerprint, install, tree_state, unpack
+from support.project import REPO, Project
+from support.tools import require
 
 from kthw.bundle import build as bundle
-from kthw.vendor import fetch as vendor
 from kthw.inventory import load
 from kthw.layout import Layout
-
-from conftest import REPO, Project, require
-from test_bundle_support import stand_in_vendor
+from kthw.vendor import fetch as vendor
 
 CONTROL_PLANES = ("node-az1", "node-az2", "node-az3")
 WORKERS = ("worker-az1-a", "worker-az2-a", "worker-az3-a")
 NODES = CONTROL_PLANES + WORKERS
 HOST_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine())
-
-
-def example_project(root: Path, edit=None) -> Project:
-    project = Project(root)
-    root.mkdir(parents=True, exist_ok=True)
-    text = (REPO / "cluster.yaml").read_text()
-    project.write_inventory(edit(text) if edit else text)
-    stand_in_vendor(project.root, project.inventory, size=20_000)
-    return project
 
 
 @pytest.fixture(scope="module")
@@ -53,39 +44,6 @@ def example(tmp_path_factory) -> Project:
     run = project.doit("bundle")
     project.first_run = run
     return project
-
-
-def bundle_path(project: Project, node: str) -> Path:
-    return project.root / "bundles" / f"{node}.tar.gz"
-
-
-def unpack(project: Project, node: str, where: Path) -> Path:
-    where.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["tar", "-xzf", str(bundle_path(project, node)), "-C", str(where)], check=True)
-    return where / bundle.TOP
-
-
-def fingerprint(project: Project) -> str:
-    text = project.doit("fingerprint").stdout
-    return re.search(r"ed25519:[0-9a-f]{64}", text).group(0)
-
-
-def install(directory: Path, *args: str, check: bool = False) -> subprocess.CompletedProcess:
-    result = subprocess.run(["bash", str(directory / "install.sh"), *args], capture_output=True, text=True,
-                            cwd=directory.parent)
-    if check and result.returncode != 0:
-        raise AssertionError(f"install.sh {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def tree_state(root: Path) -> dict[str, tuple]:
-    """Every path under root: kind, mode, owner, mtime and content hash."""
-    state = {}
-    for path in sorted([root, *root.rglob("*")]):
-        stat = path.lstat()
-        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
-        state[str(path.relative_to(root))] = (stat.st_mode, stat.st_uid, stat.st_gid, stat.st_mtime_ns, digest)
-    return state
 
 
 def manifest_of(directory: Path) -> list[bundle.ManifestLine]:
@@ -636,7 +594,7 @@ def test_a_node_removed_from_the_inventory_loses_its_bundle_and_the_others_their
     project = example_project(tmp_path / "project")
     project.doit("bundle")
     old = unpack(project, "worker-az1-a", tmp_path / "v1")
-    from test_render_routes import LAST_WORKER as removed
+    from support.project import LAST_WORKER as removed
     assert removed in project.inventory.read_text()
     project.write_inventory(project.inventory.read_text().replace(removed, ""))
     run = project.doit("bundle")

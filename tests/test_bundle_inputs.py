@@ -9,8 +9,7 @@ import subprocess
 import sys
 
 import pytest
-
-from conftest import REPO, Project, loopback_inventory
+from support.project import REPO, Project, loopback_inventory
 
 # Run in a process of its own: the task creators read the inventory once per process.
 COMPARE = """

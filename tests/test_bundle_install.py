@@ -16,22 +16,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from support.bundles import example_project, fingerprint, install, tree_state, two_versions, unpack
+from support.project import Project
 
 from kthw.bundle import build as bundle
 from kthw.inventory import load
 from kthw.layout import Layout
-
-from conftest import Project
-from test_bundle import example_project, fingerprint, install, tree_state, unpack
-
-
-def two_versions(project: Project, node: str, cert: str, where: Path) -> tuple[Path, Path]:
-    """The node's bundle unpacked before (where/v1) and after (where/v2) a new key for ``cert``."""
-    project.doit(f"bundle:{node}")
-    v1 = unpack(project, node, where / "v1")
-    project.doit(f"rekey:{node}/{cert}")
-    project.doit(f"bundle:{node}")
-    return v1, unpack(project, node, where / "v2")
 
 
 def _can_unshare() -> bool:
@@ -151,7 +141,7 @@ def on_node(share: Path, work: Path, hostname: str, *runs: str) -> list[tuple[st
 
 def stubbed_project(root: Path) -> Project:
     project = example_project(root)
-    from test_bundle_support import stand_in_vendor
+    from support.bundles import stand_in_vendor
     stand_in_vendor(project.root, project.inventory, size=20_000, scripts=SCRIPTS)
     return project
 
@@ -273,7 +263,7 @@ def test_a_failure_half_way_undoes_every_change(tmp_path):
     project = example_project(tmp_path / "project")
     project.doit("bundle:worker-az1-a")
     old = unpack(project, "worker-az1-a", tmp_path / "v1")
-    from test_bundle_support import stand_in_vendor
+    from support.bundles import stand_in_vendor
     stand_in_vendor(project.root, project.inventory, tag="v2",
                     size=lambda name: 6_000_000 if name == "kubelet" else 20_000)
     project.doit("bundle:worker-az1-a")

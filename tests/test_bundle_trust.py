@@ -21,13 +21,11 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from support.bundles import bundle_path, example_project, fingerprint, install, tree_state, two_versions, unpack
+from support.project import Project
 
 from kthw.bundle import build as bundle
 from kthw.inventory import load
-
-from conftest import Project
-from test_bundle import bundle_path, example_project, fingerprint, install, tree_state, unpack
-from test_bundle_install import two_versions
 
 NODE = "worker-az1-a"
 UNIT = "files/etc/systemd/system/kubelet.service"

@@ -4,11 +4,10 @@ located error naming the fix, and doit stops with exit status 2 before writing a
 from __future__ import annotations
 
 import pytest
+from support.day2 import day2_inventory
 
 from kthw import inventory
 from kthw.errors import InventoryError
-
-from test_day2_support import day2_inventory
 
 
 def error(text: str) -> str:

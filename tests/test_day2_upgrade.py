@@ -13,13 +13,14 @@ import json
 import subprocess
 
 import pytest
+from support.day2 import day2_inventory, install, running_cluster, vendor_stand_ins
+from support.project import Project, changed, fails_cleanly
+from support.tools import require
 
-from conftest import Project, changed, fails_cleanly, require
 from kthw import inventory
-from kthw.supply import pins
 from kthw.render import upgrade
 from kthw.render.node_files import node_versions
-from test_day2_support import day2_inventory, install, running_cluster, vendor_stand_ins
+from kthw.supply import pins
 
 NET = "127.0.19"
 IPS = {"cp1": f"{NET}.1", "cp2": f"{NET}.2", "cp3": f"{NET}.3"}

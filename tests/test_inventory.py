@@ -9,11 +9,10 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.project import REPO
 
 from kthw import inventory
 from kthw.errors import InventoryError
-
-from conftest import REPO
 
 EXAMPLE = (REPO / "cluster.yaml").read_text()
 
@@ -303,8 +302,8 @@ def edge_inventories(draw) -> str:
 def test_inventories_at_the_edges_load_whole_or_fail_with_file_line_field_and_fix(tmp_path_factory, text):
     from datetime import datetime, timezone
 
-    from kthw.supply import pins as pins_table
     from kthw.crypto import LAST_CERT_DATE
+    from kthw.supply import pins as pins_table
     from kthw.versions import KUBERNETES, minor_of
     path = tmp_path_factory.mktemp("edges") / "cluster.yaml"
     path.write_text(text)

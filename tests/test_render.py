@@ -14,17 +14,17 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 import yaml
+from support.project import loopback_inventory
+from support.render import TEMPLATES, every_minor, pinned_inventory, release, write_pins
 
-from conftest import loopback_inventory
-from test_render_common import TEMPLATES, every_minor, pinned_inventory, release, write_pins
-from kthw.supply import components
 from kthw import inventory, versions
-from kthw.vendor import fetch as vendor
-from kthw.supply import pins as pins_table
 from kthw.errors import KthwError
 from kthw.layout import Layout
 from kthw.pki.node_paths import PATHS
 from kthw.render.node_files import binaries_for, plan, render, unit_exec_start
+from kthw.supply import components
+from kthw.supply import pins as pins_table
+from kthw.vendor import fetch as vendor
 
 try:
     import tomllib  # Python 3.11+

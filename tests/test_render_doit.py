@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 from pathlib import PurePosixPath
 
-from conftest import Project, loopback_inventory
-from test_render_common import (named_paths, pinned_inventory, release, rendered_cluster,  # noqa: F401
-                                rendered_paths, write_pins)
+from support.project import Project, loopback_inventory
+from support.render import named_paths, pinned_inventory, release, rendered_paths, write_pins
+
 from kthw import inventory
 from kthw.render.node_files import binaries_for, unit_exec_start
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+from support.etcd import etcd_member_command, etcdctl_command, wait_etcd_healthy
+from support.servers import port_free, stop_processes
+from support.tools import require
 
-from conftest import etcd_member_command, etcdctl_command, port_free, require, stop_processes, wait_etcd_healthy
-
-from test_render_common import rendered_cluster  # noqa: F401
 from kthw.pki.node_paths import ETCD_CLIENT_PORT, ETCD_PEER_PORT, PATHS
 
 MEMBERS = {"cp1": "127.0.0.1", "cp2": "127.0.0.2", "cp3": "127.0.0.3"}

@@ -16,9 +16,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from support.render import rendered_paths
+from support.tools import PROVIDERS, require
 
-from conftest import PROVIDERS, require
-from test_render_common import rendered_cluster, rendered_paths  # noqa: F401
 from kthw import inventory
 from kthw.pki.node_paths import UNIT_DIR
 from kthw.render.node_files import binaries_for

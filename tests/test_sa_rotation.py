@@ -21,12 +21,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from support.bundles import stand_in_vendor
+from support.jwt import sign_jwt, unb64url
+from support.project import Project, changed, fails_cleanly, loopback_inventory
 
-from conftest import Project, changed, fails_cleanly, loopback_inventory, sign_jwt, unb64url
-from test_bundle_support import stand_in_vendor
-from kthw.secrets import sa_rotation
 from kthw.errors import KthwError, StateError
 from kthw.render.node_files import unit_exec_start
+from kthw.secrets import sa_rotation
 from kthw.secrets.state import SecretsState
 
 CONTROL_PLANES = ("cp1", "cp2", "cp3")

@@ -14,11 +14,12 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from support.bundles import stand_in_vendor
+from support.project import Project, changed, fails_cleanly, loopback_inventory, system_clock_at
+from support.tools import require, require_module
 
-from conftest import Project, changed, fails_cleanly, loopback_inventory, require, require_module, system_clock_at
-from test_bundle_support import stand_in_vendor
-from kthw.secrets import encryption, tokens
 from kthw.errors import StateError
+from kthw.secrets import encryption, tokens
 from kthw.secrets.manifests import node_group
 
 CONTROL_PLANES = ("cp1", "cp2", "cp3")

@@ -25,8 +25,9 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
-
-from conftest import JsonHandler, Project, free_port, loopback_inventory, require, require_module, tls_stand_in
+from support.project import Project, loopback_inventory
+from support.servers import JsonHandler, free_port, tls_stand_in
+from support.tools import require, require_module
 
 BOOTSTRAP_DIR = "etc/k8s/bootstrap"
 BOOTSTRAP_KUBECONFIG = "etc/k8s/kubelet/bootstrap-kubeconfig"

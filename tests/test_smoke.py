@@ -17,12 +17,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support.project import REPO
+from support.render import parse_blocks
+from support.servers import free_port
+from support.tools import require, require_module
 
-from conftest import REPO, free_port, require, require_module
 from kthw import inventory, templating
 from kthw.secrets import manifests
 from kthw.vendor import fetch as vendor
-from test_coredns import parse_blocks
 
 TEMPLATES = templating.directory()
 

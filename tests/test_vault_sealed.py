@@ -5,9 +5,8 @@ every output file as it was."""
 from __future__ import annotations
 
 import pytest
-
-from conftest import Project, fails_cleanly, loopback_inventory
-from test_vault_support import file_storage_server, no_vault_env, vault_section
+from support.project import Project, fails_cleanly, loopback_inventory
+from support.vault import file_storage_server, no_vault_env, vault_section
 
 
 @pytest.fixture(scope="module")

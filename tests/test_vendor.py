@@ -1,6 +1,6 @@
 """The vendor stage end to end: `doit vendor` against real servers on 127.0.0.1.
 
-Release files come from a real HTTP server playing upstream (tests/test_vendor_support.py),
+Release files come from a real HTTP server playing upstream (tests/support/vendor.py),
 images from Debian's real docker-registry with bearer-token auth. The inventory points at
 them with vendor.mirror / vendor.registry_mirror and names a site pins file holding the
 stand-ins' checksums and digests.
@@ -19,26 +19,24 @@ import time
 from pathlib import Path
 
 import pytest
+from support.project import REPO, Project, loopback_inventory
+from support.tools import require
+from support.vendor import (
+    K8S,
+    NO_PROXY_ENV,
+    RELEASE,
+    Registry,
+    Upstream,
+    binary_text,
+    release,
+    site_pins,
+    vendor_section,
+)
 
 from kthw.supply import download
 
-from conftest import REPO, Project, loopback_inventory, require
-from test_vendor_support import K8S, RELEASE, Registry, Upstream, binary_text, release, site_pins
-
-NO_PROXY_ENV = {name: "" for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy",
-                                      "ALL_PROXY")}
 FAKE_IMAGES = {("pause", RELEASE["pause"]): "sha256:" + "ab" * 32, ("coredns", RELEASE["coredns"]): "sha256:" + "cd" * 32}
 SERVER_AMD64 = f"vendor:kubernetes-server-{K8S}-amd64"
-
-
-def vendor_section(mirror: str, registry: str | None = None, overrides: dict | None = None) -> str:
-    lines = ["vendor:", f"  mirror: {mirror}", "  site_pins: site-pins.yaml"]
-    if registry:
-        lines.append(f"  registry_mirror: {registry}")
-    if overrides:
-        lines.append("  overrides:")
-        lines += [f"    {name}: {value}" for name, value in overrides.items()]
-    return "\n".join(lines)
 
 
 def prepare(project: Project, upstream: Upstream, rel=None, images=None, mirror: str | None = None,

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support.project import REPO, loopback_inventory
+from support.vendor import K8S, RELEASE, release, site_pins
 
-from kthw.supply import components, download, pins
 from kthw import inventory
-from kthw.vendor import pinning, fetch as vendor
 from kthw.errors import InventoryError
 from kthw.layout import Layout
-
-from conftest import REPO, loopback_inventory
-from test_vendor_support import K8S, RELEASE, release, site_pins
+from kthw.supply import components, download, pins
+from kthw.vendor import fetch as vendor
+from kthw.vendor import pinning
 
 SHIPPED = REPO / "kthw" / "supply" / "data" / "pins.yaml"
 LENGTHS = {"sha256": 64, "sha512": 128}
