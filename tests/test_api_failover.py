@@ -24,7 +24,8 @@ from support.tools import require
 from kthw import inventory
 
 WORKER = "worker-az1-a"
-KUBECONFIGS = {"kube-proxy": "/etc/k8s/kube-proxy/kubeconfig", "kubelet-bootstrap": "/etc/k8s/kubelet/bootstrap-kubeconfig"}
+KUBECONFIGS = {"kube-proxy": "/etc/k8s/kube-proxy/kubeconfig",
+               "kubelet-bootstrap": "/etc/k8s/kubelet/bootstrap-kubeconfig"}
 
 needs_namespaces = pytest.mark.skipif(not (shutil.which("unshare") and can_run()),
                                       reason="needs root, unshare and veth links (network namespaces)")

@@ -313,7 +313,8 @@ def test_on_a_worker_services_start_in_order_images_are_imported_and_a_rerun_cha
                                             f"{v1} --fingerprint {fp}", f"{v2} --fingerprint {fp}")
     assert driver[2] == ["0"], driver[1] + first[1] + second[1] + update[1]
     calls = first[2]
-    start = {service: _index(calls, f"systemctl start {service}") for service in ("containerd", "kube-proxy", "kubelet")}
+    start = {service: _index(calls, f"systemctl start {service}")
+             for service in ("containerd", "kube-proxy", "kubelet")}
     imports = [n for n, call in enumerate(calls) if call.startswith("ctr -n k8s.io images import")]
     assert calls[0] == "systemctl daemon-reload"
     assert start["containerd"] < min(imports) and max(imports) < start["kubelet"]
@@ -332,7 +333,8 @@ def test_on_a_worker_services_start_in_order_images_are_imported_and_a_rerun_cha
 
     # Again: nothing is written, started, enabled, reloaded or imported.
     assert "nothing changed" in second[0]
-    assert [call for call in second[2] if not call.startswith(("systemctl is-", "ctr version", "ctr -n k8s.io images ls"))] == []
+    queries = ("systemctl is-", "ctr version", "ctr -n k8s.io images ls")
+    assert [call for call in second[2] if not call.startswith(queries)] == []
     assert "kubelet: running, none of its files changed" in second[0]
     assert "already imported" in second[0]
 
@@ -348,7 +350,8 @@ def test_on_a_control_plane_etcd_starts_first_in_the_background_and_restarts_wai
     project = stubbed_project(tmp_path / "project")
     v1, v2 = two_versions(project, "node-az1", "etcd-server", tmp_path)
     fp = fingerprint(project)
-    first, update, driver = on_node(tmp_path, tmp_path / "b", "node-az1", f"{v1} --fingerprint {fp}", f"{v2} --fingerprint {fp}")
+    first, update, driver = on_node(tmp_path, tmp_path / "b", "node-az1", f"{v1} --fingerprint {fp}",
+                                    f"{v2} --fingerprint {fp}")
     assert driver[2] == ["0"], driver[1] + first[1] + update[1]
     starts = [call for call in first[2] if call.startswith("systemctl start")]
     assert starts == ["systemctl start --no-block etcd", "systemctl start --no-block kthw-pod-routes",

@@ -225,7 +225,8 @@ def test_an_older_bundle_is_refused_unless_the_downgrade_is_explicit(tmp_path):
     # Building again from the same inputs keeps the serial: bundles stay reproducible.
     project.doit("forget", f"bundle:{NODE}")
     project.doit(f"bundle:{NODE}")
-    assert bundle.parse_manifest((unpack(project, NODE, tmp_path / "again") / "MANIFEST").read_text())[0]["serial"] == "2"
+    again = unpack(project, NODE, tmp_path / "again")
+    assert bundle.parse_manifest((again / "MANIFEST").read_text())[0]["serial"] == "2"
 
     root = fresh_root(tmp_path / "root")
     install(v2, *node_args(root, "--fingerprint", fingerprint(project)), check=True)

@@ -44,7 +44,7 @@ def cluster(tmp_path_factory):
 
 
 def test_a_new_cluster_starts_every_member_as_new_and_the_script_sees_nothing_to_do(cluster):
-    project, nodes, members, _ = cluster
+    _, nodes, _, _ = cluster
     for node in ("cp1", "cp2", "cp3"):
         assert flags(nodes, node)["--initial-cluster-state"] == "new"
         assert flags(nodes, node)["--initial-cluster"] == ",".join(

@@ -31,7 +31,7 @@ EDGE, MIDDLE = 5, 7
 def sampled(total: int) -> list[int]:
     step = max(1, (total - 2 * EDGE) // (MIDDLE + 1))
     middle = range(EDGE + step, total - EDGE + 1, step)
-    return sorted({*range(1, EDGE + 1), *list(middle)[:MIDDLE], *range(total - EDGE + 1, total + 1)}) + [total + 1]
+    return [*sorted({*range(1, EDGE + 1), *list(middle)[:MIDDLE], *range(total - EDGE + 1, total + 1)}), total + 1]
 
 
 def _writes(project: Project, env: dict, counter: Path) -> int:

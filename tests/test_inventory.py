@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import ipaddress
 
@@ -123,10 +124,10 @@ def _paths(node, prefix=()):
     yield prefix
     if isinstance(node, dict):
         for key, value in node.items():
-            yield from _paths(value, prefix + (key,))
+            yield from _paths(value, (*prefix, key))
     elif isinstance(node, list):
         for index, value in enumerate(node):
-            yield from _paths(value, prefix + (index,))
+            yield from _paths(value, (*prefix, index))
 
 
 ALL_PATHS = [p for p in _paths(BASE) if p]
@@ -176,10 +177,8 @@ def test_mutated_inventories_never_crash(text):
 @settings(max_examples=200, deadline=None)
 @given(st.text(max_size=200))
 def test_arbitrary_text_never_crashes(text):
-    try:
+    with contextlib.suppress(InventoryError):  # a clean refusal is fine; anything else fails the test
         inventory.loads(text)
-    except InventoryError:
-        pass
 
 
 def test_bad_inventory_stops_doit_with_message_and_writes_nothing(project):

@@ -36,7 +36,7 @@ def test_server_sees_the_identity_of_each_kubeconfig(apiserver, node, path, user
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)["status"]["userInfo"]
     assert info["username"] == user
-    assert info["groups"] == groups + ["system:authenticated"]
+    assert info["groups"] == [*groups, "system:authenticated"]
     assert seen[-1][1:] == (user, groups)
 
 

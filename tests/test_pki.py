@@ -23,7 +23,7 @@ def _certs(path):
 
 
 def _subject(cert):
-    return ([a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)][0],
+    return (next(a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)),
             [a.value for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)])
 
 

@@ -48,7 +48,7 @@ def etcdctl(project, *args, timeout=15):
 
 
 def test_the_rendered_units_form_a_healthy_tls_cluster(etcd_members):
-    project, logs = etcd_members
+    project, _ = etcd_members
     members = etcdctl(project, "member", "list", "-w", "simple")
     assert members.returncode == 0, members.stderr
     for node, ip in MEMBERS.items():

@@ -59,7 +59,7 @@ def complaints(result: subprocess.CompletedProcess, unit: str) -> list[str]:
 
 
 def test_systemd_accepts_every_rendered_unit(rendered_cluster, systemd_analyze, tmp_path):
-    project, pins = rendered_cluster
+    project, _ = rendered_cluster
     checked = []
     for node, paths in rendered_paths(project).items():
         root = node_root(project, node, tmp_path / node)

@@ -131,7 +131,7 @@ def test_three_runs_rotate_the_key_without_a_moment_where_a_valid_token_is_refus
         assert rewritten and all(p.startswith(tuple(f"build/nodes/{n}/" for n in CONTROL_PLANES)) for p in rewritten)
         for node in CONTROL_PLANES:
             # Every key file a unit names is in the node's tree (nothing dangles).
-            for path in accepted_key_files(project, node) + [SA_KEY]:
+            for path in [*accepted_key_files(project, node), SA_KEY]:
                 assert project.node_file(node, path).is_file(), (node, path)
         return run
 
@@ -349,7 +349,7 @@ def test_public_halves_are_rewritten_from_their_keys_but_a_lost_old_public_key_i
 
     sa_rotation.rotate(state, "ecdsa-p256", NOW, False)
     state.sa_previous_pub.unlink()
-    with pytest.raises(StateError, match="sa-previous.pub is missing.*copy it back from "
-                                         "/etc/k8s/shared/sa-previous.pub"):
+    with pytest.raises(StateError, match=r"sa-previous\.pub is missing.*copy it back from "
+                                         r"/etc/k8s/shared/sa-previous\.pub"):
         sa_rotation.ensure(state, "ecdsa-p256")
     assert sa_rotation.public_key_files(state) == ("/etc/k8s/shared/sa.pub", "/etc/k8s/shared/sa-previous.pub")

@@ -203,7 +203,7 @@ def test_every_manifest_validates_strictly_against_the_kubernetes_schemas(built)
     kubernetes_validate = require_module("kubernetes_validate")
     version = ".".join(yaml.safe_load(built.inventory.read_text())["kubernetes_version"].split(".")[:2])
     count = 0
-    for name, objects in _manifest_objects(built).items():
+    for objects in _manifest_objects(built).values():
         for obj in objects:
             kubernetes_validate.validate(obj, version, strict=True)
             count += 1

@@ -35,7 +35,8 @@ from support.vendor import (
 
 from kthw.supply import download
 
-FAKE_IMAGES = {("pause", RELEASE["pause"]): "sha256:" + "ab" * 32, ("coredns", RELEASE["coredns"]): "sha256:" + "cd" * 32}
+FAKE_IMAGES = {("pause", RELEASE["pause"]): "sha256:" + "ab" * 32,
+               ("coredns", RELEASE["coredns"]): "sha256:" + "cd" * 32}
 SERVER_AMD64 = f"vendor:kubernetes-server-{K8S}-amd64"
 
 
@@ -98,7 +99,7 @@ def vendored(tmp_path_factory, registry):
 
 
 def test_full_run_fetches_every_file_each_node_needs_for_both_arches(vendored):
-    project, server, rel, run = vendored
+    project, server, rel, _ = vendored
     files = vendored_files(project.root)
     both, amd64 = ("amd64", "arm64"), ("amd64",)
     # Control planes and etcd members are amd64 in this inventory, workers amd64 and arm64.
@@ -310,7 +311,8 @@ def test_a_component_override_wins_over_the_mirror(project, upstream):
         "http://mirror.invalid/unused", overrides={"etcd": upstream.url + "/custom/etcd-v{version}/{arch}"}))
         .replace("arch: amd64, zone: az3", "arch: arm64, zone: az3"))
     project.doit(f"vendor:etcd-{etcd}-arm64", env=NO_PROXY_ENV)
-    assert [seen.path for seen in upstream.requests()] == [f"/custom/etcd-v{etcd}/arm64/etcd-v{etcd}-linux-arm64.tar.gz"]
+    assert [seen.path for seen in upstream.requests()] == [
+        f"/custom/etcd-v{etcd}/arm64/etcd-v{etcd}-linux-arm64.tar.gz"]
     assert (project.root / f"vendor/bin/arm64/etcd-{etcd}/etcd").read_bytes() == binary_text("etcd", etcd, "arm64")
 
 

@@ -131,7 +131,7 @@ def test_walkthrough(mirror, tmp_path):
         stop_processes(procs)
 
     # Real kubectl with the installed admin kubeconfig, against the installed apiserver cert.
-    with serve(installed, "127.0.0.1") as (server, seen):
+    with serve(installed, "127.0.0.1") as (server, _):
         result = whoami(installed.node_file("cp1", "/etc/k8s/shared/admin.kubeconfig"),
                         f"https://127.0.0.1:{server.server_address[1]}")
         assert result.returncode == 0, result.stderr

@@ -98,6 +98,14 @@ def _network(worker: str, servers: list[str]) -> None:
         _ip("route", "add", f"{address}/32", "dev", WORKER_LINK)
 
 
+def _listening(address: str) -> bool:
+    try:
+        socket.create_connection((address, PORT), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
 class StandIns:
     """One stand-in process per control-plane address, in the srv namespace."""
 
@@ -110,14 +118,10 @@ class StandIns:
             ["ip", "netns", "exec", SERVER_NS, *THIS_MODULE, "serve", address, server["cert"],
              server["key"], server["client_ca"], self.config["token"]])
         deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection((address, PORT), timeout=1).close()
-                return
-            except OSError as error:
-                if time.monotonic() > deadline or self.procs[address].poll() is not None:
-                    raise RuntimeError(f"the stand-in on {address} did not start") from error
-                time.sleep(0.05)
+        while not _listening(address):
+            if time.monotonic() > deadline or self.procs[address].poll() is not None:
+                raise RuntimeError(f"the stand-in on {address} did not start")
+            time.sleep(0.05)
 
     def stop(self, address: str) -> None:
         proc = self.procs.pop(address)
