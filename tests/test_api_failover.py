@@ -23,6 +23,8 @@ from support.tools import require
 
 from kthw import inventory
 
+pytestmark = pytest.mark.slow  # end to end (see pyproject's markers)
+
 WORKER = "worker-az1-a"
 KUBECONFIGS = {"kube-proxy": "/etc/k8s/kube-proxy/kubeconfig",
                "kubelet-bootstrap": "/etc/k8s/kubelet/bootstrap-kubeconfig"}

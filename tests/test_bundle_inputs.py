@@ -11,6 +11,8 @@ import sys
 import pytest
 from support.project import REPO, Project, loopback_inventory
 
+pytestmark = pytest.mark.slow  # end to end (see pyproject's markers)
+
 # Run in a process of its own: the task creators read the inventory once per process.
 COMPARE = """
 import json, sys

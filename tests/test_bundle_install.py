@@ -23,6 +23,8 @@ from kthw.bundle import build as bundle
 from kthw.inventory import load
 from kthw.layout import Layout
 
+pytestmark = pytest.mark.slow  # end to end (see pyproject's markers)
+
 
 def _can_unshare() -> bool:
     if shutil.which("unshare") is None:

@@ -27,6 +27,8 @@ from support.project import Project
 from kthw.bundle import build as bundle
 from kthw.inventory import load
 
+pytestmark = pytest.mark.slow  # end to end (see pyproject's markers)
+
 NODE = "worker-az1-a"
 UNIT = "files/etc/systemd/system/kubelet.service"
 BACKDOOR = "ExecStartPre=/bin/sh -c 'echo owned >/tmp/kthw-owned'\n"

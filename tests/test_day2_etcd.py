@@ -21,6 +21,8 @@ from kthw.pki.node_paths import ETCD_CLIENT_PORT, ETCD_PEER_PORT
 from kthw.render.membership import MEMBER_SCRIPT
 from kthw.render.node_files import unit_exec_start
 
+pytestmark = pytest.mark.slow  # end to end (see pyproject's markers)
+
 ETCD_UNIT = "/etc/systemd/system/etcd.service"
 APISERVER_UNIT = "/etc/systemd/system/kube-apiserver.service"
 

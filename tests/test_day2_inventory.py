@@ -42,6 +42,7 @@ def test_a_cluster_of_only_a_joining_member_has_nothing_to_join():
     assert "a new cluster starts every member at once" in message
 
 
+@pytest.mark.slow
 def test_doit_stops_with_exit_2_and_writes_nothing(project):
     project.write_inventory(day2_inventory(["cp1", "cp2", "cp3"], ["worker1"], joining="cp2").replace(
         "ip: 127.0.18.3}", "ip: 127.0.18.3, joining: true}"))

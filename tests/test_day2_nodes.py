@@ -12,6 +12,8 @@ import pytest
 from support.day2 import day2_inventory, vendor_stand_ins
 from support.project import Project, changed
 
+pytestmark = pytest.mark.slow  # end to end (see pyproject's markers)
+
 CONTROL_PLANES = ["cp1", "cp2", "cp3"]
 ROUTES = "etc/systemd/system/kthw-pod-routes.service"
 

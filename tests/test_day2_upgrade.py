@@ -39,6 +39,7 @@ def cluster(tmp_path_factory):
         yield project, nodes
 
 
+@pytest.mark.slow
 def test_a_downgrade_and_a_skip_of_minors_are_refused(cluster, tmp_path):
     project, _ = cluster
     project.write_inventory(at("1.35.4"))
@@ -71,6 +72,7 @@ def test_a_downgrade_and_a_skip_of_minors_are_refused(cluster, tmp_path):
     assert "kubernetes=1.32.8\n" in old.node_file("cp1", "/etc/k8s/versions").read_text()
 
 
+@pytest.mark.slow
 def test_one_minor_up_rebuilds_what_changes_and_each_control_plane_install_saves_a_snapshot_first(cluster):
     project, nodes = cluster
     project.write_inventory(at("1.36.0"))

@@ -13,6 +13,8 @@ from support.etcd import etcdctl_command, wait_etcd_healthy
 from support.servers import free_port, stop_processes
 from support.tools import require
 
+pytestmark = pytest.mark.slow  # end to end (see pyproject's markers)
+
 MEMBERS = {"cp1": "127.0.0.1", "cp2": "127.0.0.2", "cp3": "127.0.0.3"}
 HEALTHCHECK_CLIENT = "/etc/k8s/etcd/healthcheck-client"
 

@@ -22,8 +22,11 @@ import shutil
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import pytest
 from support.pki import assert_build_is_true
 from support.project import Project, counting_writes, killed_at_write, loopback_inventory, system_clock_at
+
+pytestmark = pytest.mark.slow  # end to end (see pyproject's markers)
 
 EDGE, MIDDLE = 5, 7
 

@@ -156,6 +156,7 @@ def mutated(draw):
     return yaml.safe_dump(data)
 
 
+@pytest.mark.slow  # 500 examples: long, though no build
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated())
 def test_mutated_inventories_never_crash(text):
@@ -181,6 +182,7 @@ def test_arbitrary_text_never_crashes(text):
         inventory.loads(text)
 
 
+@pytest.mark.slow
 def test_bad_inventory_stops_doit_with_message_and_writes_nothing(project):
     project.write_inventory(EXAMPLE.replace("roles: [worker]", "roles: [wroker]", 1))
     run = project.doit("pki", check=False)
@@ -322,6 +324,7 @@ def test_inventories_at_the_edges_load_whole_or_fail_with_file_line_field_and_fi
     assert 1 <= inv.api_endpoint.port <= 65535
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("old, new", [
     ('kubernetes_version: "1.36.0"', 'kubernetes_version: "1.31.0"'),
     ('kubernetes_version: "1.36.0"', 'kubernetes_version: "1.36.1"'),

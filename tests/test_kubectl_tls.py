@@ -12,6 +12,8 @@ import pytest
 import yaml
 from support.apiserver import stand_in_apiservers, whoami
 
+pytestmark = pytest.mark.slow  # end to end (see pyproject's markers)
+
 
 @pytest.fixture(scope="module")
 def apiserver(pki_build):

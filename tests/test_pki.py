@@ -13,6 +13,8 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from support.project import fails_cleanly, loopback_inventory
 
+pytestmark = pytest.mark.slow  # end to end (see pyproject's markers)
+
 CP_SERVICE_CERTS = {"kube-apiserver/apiserver", "kube-apiserver/apiserver-kubelet-client",
                     "kube-apiserver/apiserver-etcd-client", "kube-apiserver/front-proxy-client"}
 ETCD_CERTS = {"etcd/server", "etcd/peer", "etcd/healthcheck-client"}

@@ -6,11 +6,14 @@ from __future__ import annotations
 import re
 from pathlib import PurePosixPath
 
+import pytest
 from support.project import Project, loopback_inventory
 from support.render import named_paths, pinned_inventory, release, rendered_paths, write_pins
 
 from kthw import inventory
 from kthw.render.node_files import binaries_for, unit_exec_start
+
+pytestmark = pytest.mark.slow  # end to end (see pyproject's markers)
 
 # Created on the node by the services themselves (data, logs, sockets), never installed.
 RUNTIME_DIRS = ("/var/lib/", "/var/log/", "/run/")

@@ -17,6 +17,8 @@ from support.tools import require
 
 from kthw.pki.node_paths import ETCD_CLIENT_PORT, ETCD_PEER_PORT, PATHS
 
+pytestmark = pytest.mark.slow  # end to end (see pyproject's markers)
+
 MEMBERS = {"cp1": "127.0.0.1", "cp2": "127.0.0.2", "cp3": "127.0.0.3"}
 ENDPOINTS = ",".join(f"https://{ip}:{ETCD_CLIENT_PORT}" for ip in MEMBERS.values())
 

@@ -23,6 +23,8 @@ from kthw import inventory
 from kthw.pki.node_paths import UNIT_DIR
 from kthw.render.node_files import binaries_for
 
+pytestmark = pytest.mark.slow  # end to end (see pyproject's markers)
+
 SYSTEM_UNITS = Path("/usr/lib/systemd/system")
 
 

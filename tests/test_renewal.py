@@ -16,6 +16,8 @@ from support.project import Project, fails_cleanly, loopback_inventory, system_c
 from support.servers import free_port, stop_processes
 from support.tools import require
 
+pytestmark = pytest.mark.slow  # end to end (see pyproject's markers)
+
 # The first build happened 1800 days ago, so "4 years 11 months later" (day 1795) is
 # just behind the real clock: real etcd, which reads the real clock, can then check
 # certs issued on the test's timeline.

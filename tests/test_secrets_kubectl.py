@@ -29,6 +29,8 @@ from support.project import Project, loopback_inventory
 from support.servers import JsonHandler, free_port, tls_stand_in
 from support.tools import require, require_module
 
+pytestmark = pytest.mark.slow  # end to end (see pyproject's markers)
+
 BOOTSTRAP_DIR = "etc/k8s/bootstrap"
 BOOTSTRAP_KUBECONFIG = "etc/k8s/kubelet/bootstrap-kubeconfig"
 WORKERS = ("worker1", "worker2")

@@ -36,6 +36,8 @@ from kthw.kubeconfig import kubeconfig
 from kthw.pki.catalogue import leaf
 from kthw.pki.vault.policy import role_of
 
+pytestmark = pytest.mark.slow  # end to end (see pyproject's markers)
+
 # Certs whose names are a node's have one role per node (<cert>.<node>); the others one per class.
 CONTROL_PLANES, WORKERS = ("cp1", "cp2", "cp3"), ("worker1", "worker2")
 ROLES = {"kubernetes": {"apiserver-kubelet-client", "admin", "controller-manager", "scheduler", "kube-proxy",

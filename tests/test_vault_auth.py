@@ -29,6 +29,8 @@ from support.vault import (
 from kthw.inventory import CASettings
 from kthw.pki.vault.client import Session, VaultError
 
+pytestmark = pytest.mark.slow  # end to end (see pyproject's markers)
+
 INVENTORY_ARGS = {"workers": 1}
 KUBERNETES_MOUNT = "k8s_pki_intermediate_ca_for_service_kubernetes"
 

@@ -38,6 +38,8 @@ from kthw.inventory import CASettings
 from kthw.pki.vault.client import Session, VaultError
 from kthw.pki.vault.policy import ROLE_DEFAULTS
 
+pytestmark = pytest.mark.slow  # end to end (see pyproject's markers)
+
 KUBERNETES = "k8s_pki_intermediate_ca_for_service_kubernetes"
 ETCD = "k8s_pki_intermediate_ca_for_service_etcd"
 ROOT_MOUNT = "k8s_pki_root_ca"

@@ -8,6 +8,8 @@ import pytest
 from support.project import Project, fails_cleanly, loopback_inventory
 from support.vault import file_storage_server, no_vault_env, vault_section
 
+pytestmark = pytest.mark.slow  # end to end (see pyproject's markers)
+
 
 @pytest.fixture(scope="module")
 def bao(tmp_path_factory):

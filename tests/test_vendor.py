@@ -35,6 +35,8 @@ from support.vendor import (
 
 from kthw.supply import download
 
+pytestmark = pytest.mark.slow  # end to end (see pyproject's markers)
+
 FAKE_IMAGES = {("pause", RELEASE["pause"]): "sha256:" + "ab" * 32,
                ("coredns", RELEASE["coredns"]): "sha256:" + "cd" * 32}
 SERVER_AMD64 = f"vendor:kubernetes-server-{K8S}-amd64"

@@ -34,6 +34,8 @@ from support.vendor import NO_PROXY_ENV, Registry, Upstream, release, site_pins,
 
 from kthw.pki.node_paths import ETCD_CLIENT_PORT
 
+pytestmark = pytest.mark.slow  # end to end (see pyproject's markers)
+
 # Real component versions (the render stage's version table knows them); the files
 # behind them are stand-ins, pinned by the site pins file.
 VERSIONS = {"etcd": "3.5.27", "containerd": "2.2.1", "runc": "1.3.4", "cni-plugins": "1.8.0",
