@@ -1,3 +1,2 @@
-"""Helpers shared by the test modules (no tests here). The tests directory is on sys.path
-(pytest's rootdir-relative import of conftest.py puts it there), so they import as
-``support.<topic>``."""
+"""Helpers shared by the test modules (no tests here), imported as ``support.<topic>``: pytest
+puts the tests directory on sys.path (pyproject's pythonpath), and bench/ does the same."""

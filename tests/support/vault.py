@@ -2,7 +2,7 @@
 
 Every server listens on 127.0.0.1 on a free port, runs with HOME in a temp directory
 (dev mode writes its root token to ~/.vault-token) and is stopped by the fixture that
-started it.
+started it. ``vault_state`` reads back what `doit vault_setup` manages on a server.
 """
 
 from __future__ import annotations
