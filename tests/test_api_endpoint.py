@@ -7,17 +7,16 @@ directory (--root); certs are read with cryptography, kubeconfigs with a YAML pa
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 from cryptography import x509
+from support.bundles import example_project, fingerprint, install, unpack
+from support.project import REPO, Project, fails_cleanly
 
-from conftest import REPO, Project, fails_cleanly
 from kthw import inventory
 from kthw.errors import InventoryError
-from test_bundle import example_project, fingerprint, install, unpack
 
 NAME = "kube-apiserver.kthw.internal"
 NODE_URL = f"https://{NAME}:6443"
@@ -77,6 +76,7 @@ def test_a_bad_api_endpoint_names_the_field_and_the_fix(section, field, needles)
         assert needle in str(caught.value)
 
 
+@pytest.mark.slow
 def test_an_unknown_mode_stops_doit_with_exit_2_and_writes_nothing(project):
     project.write_inventory(with_api("api_endpoint:\n  mode: load-balanced\n"))
     run = project.doit("pki", check=False)
@@ -95,6 +95,7 @@ def built(tmp_path_factory) -> Project:
     return project
 
 
+@pytest.mark.slow
 def test_node_side_kubeconfigs_name_the_node_local_endpoint_and_control_planes_keep_their_own(built):
     for worker in ("worker-az1-a", "worker-az2-a", "worker-az3-a"):
         assert _server(built.node_file(worker, KUBE_PROXY)) == NODE_URL
@@ -109,6 +110,7 @@ def test_node_side_kubeconfigs_name_the_node_local_endpoint_and_control_planes_k
         assert NAME in sans and "k8s.homelab.lan" in sans
 
 
+@pytest.mark.slow
 def test_kubelet_and_kube_proxy_drop_a_silent_api_connection_within_15_seconds(built):
     for unit in ("kubelet", "kube-proxy"):
         text = built.node_file(WORKER, f"/etc/systemd/system/{unit}.service").read_text()
@@ -121,6 +123,7 @@ def _hosts_lines(project: Project, node: str) -> list[str]:
     return [line for line in text.splitlines() if line and not line.startswith("#")]
 
 
+@pytest.mark.slow
 def test_each_node_lists_every_control_plane_its_own_or_its_zones_first(built):
     expected = {"worker-az1-a": ["10.0.1.11", "10.0.2.11", "10.0.3.11"],
                 "worker-az2-a": ["10.0.2.11", "10.0.3.11", "10.0.1.11"],
@@ -130,6 +133,7 @@ def test_each_node_lists_every_control_plane_its_own_or_its_zones_first(built):
         assert _hosts_lines(built, node) == [f"{address} {NAME}" for address in addresses], node
 
 
+@pytest.mark.slow
 def test_a_new_dns_name_reissues_only_the_api_server_certs(tmp_path):
     project = example_project(tmp_path)
     project.doit("pki", "secrets", "render")
@@ -138,6 +142,7 @@ def test_a_new_dns_name_reissues_only_the_api_server_certs(tmp_path):
     assert sorted(run.executed) == [f"pki:node-az{i}/apiserver" for i in (1, 2, 3)]
 
 
+@pytest.mark.slow
 def test_external_mode_writes_no_hosts_fragment_and_uses_the_load_balancer(tmp_path):
     project = example_project(tmp_path, edit=lambda text: with_api(EXTERNAL))
     project.doit("pki", "secrets", "render")
@@ -179,6 +184,7 @@ def _args(project: Project, root: Path) -> list[str]:
     return ["--root", str(root), "--no-start", "--any-hostname", "--fingerprint", fingerprint(project)]
 
 
+@pytest.mark.slow
 def test_the_installer_adds_the_block_keeps_every_other_line_and_a_rerun_leaves_the_file_alone(worker_bundle, tmp_path):
     project, bundle = worker_bundle
     root = _root(tmp_path)
@@ -198,6 +204,7 @@ def test_the_installer_adds_the_block_keeps_every_other_line_and_a_rerun_leaves_
     assert (root / "etc/hosts").stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_a_block_edited_by_hand_is_put_back_and_one_without_its_end_line_is_refused(worker_bundle, tmp_path):
     project, bundle = worker_bundle
     root = _root(tmp_path)
@@ -214,6 +221,7 @@ def test_a_block_edited_by_hand_is_put_back_and_one_without_its_end_line_is_refu
     assert hosts.read_text() == broken
 
 
+@pytest.mark.slow
 def test_a_hosts_file_that_is_a_link_is_refused(worker_bundle, tmp_path):
     project, bundle = worker_bundle
     root = _root(tmp_path, hosts=None)
@@ -224,6 +232,7 @@ def test_a_hosts_file_that_is_a_link_is_refused(worker_bundle, tmp_path):
     assert (tmp_path / "elsewhere").read_text() == OTHER_LINES
 
 
+@pytest.mark.slow
 def test_switching_to_external_removes_the_block_and_the_fragment(tmp_path):
     project = example_project(tmp_path / "project")
     project.doit(f"bundle:{WORKER}")

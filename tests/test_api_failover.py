@@ -3,7 +3,7 @@
 Real doit builds the example's bundles, real bash runs the real install.sh for
 worker-az1-a into a directory, and real kubectl uses the kubeconfigs and the /etc/hosts
 that it installed. No kube-apiserver binary can run here, so the three API servers are
-stand-ins (tests/test_failover_support.py: Python HTTPS servers with each control plane's
+stand-ins (tests/support/failover.py: Python HTTPS servers with each control plane's
 generated cert, client certs or the bootstrap token required) on the control planes' own
 addresses, in a network namespace joined to the worker's by a veth pair. Every time is
 one whole `kubectl get --raw /version`, a new process and a new connection each.
@@ -16,14 +16,18 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support.bundles import example_project, fingerprint, install, unpack
+from support.failover import can_run, failover
+from support.project import Project
+from support.tools import require
 
-from conftest import Project, require
 from kthw import inventory
-from test_bundle import example_project, fingerprint, install, unpack
-from test_failover_support import can_run, failover
+
+pytestmark = pytest.mark.slow  # end to end (see pyproject's markers)
 
 WORKER = "worker-az1-a"
-KUBECONFIGS = {"kube-proxy": "/etc/k8s/kube-proxy/kubeconfig", "kubelet-bootstrap": "/etc/k8s/kubelet/bootstrap-kubeconfig"}
+KUBECONFIGS = {"kube-proxy": "/etc/k8s/kube-proxy/kubeconfig",
+               "kubelet-bootstrap": "/etc/k8s/kubelet/bootstrap-kubeconfig"}
 
 needs_namespaces = pytest.mark.skipif(not (shutil.which("unshare") and can_run()),
                                       reason="needs root, unshare and veth links (network namespaces)")

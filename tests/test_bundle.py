@@ -1,6 +1,6 @@
 """The bundle stage end to end: real doit, real bash, real GNU tar, real shellcheck, real openssl.
 
-Vendored binaries are stand-ins (tests/test_bundle_support.py): the vendor stage is tested
+Vendored binaries are stand-ins (tests/support/bundles.py): the vendor stage is tested
 against real servers elsewhere; here only their bytes and places matter.
 """
 
@@ -22,28 +22,19 @@ from pathlib import Path
 import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
+from support.bundles import bundle_path, example_project, fingerprint, install, tree_state, unpack
+from support.project import REPO, Project
+from support.tools import require
 
 from kthw.bundle import build as bundle
-from kthw.vendor import fetch as vendor
 from kthw.inventory import load
 from kthw.layout import Layout
-
-from conftest import REPO, Project, require
-from test_bundle_support import stand_in_vendor
+from kthw.vendor import fetch as vendor
 
 CONTROL_PLANES = ("node-az1", "node-az2", "node-az3")
 WORKERS = ("worker-az1-a", "worker-az2-a", "worker-az3-a")
 NODES = CONTROL_PLANES + WORKERS
 HOST_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine())
-
-
-def example_project(root: Path, edit=None) -> Project:
-    project = Project(root)
-    root.mkdir(parents=True, exist_ok=True)
-    text = (REPO / "cluster.yaml").read_text()
-    project.write_inventory(edit(text) if edit else text)
-    stand_in_vendor(project.root, project.inventory, size=20_000)
-    return project
 
 
 @pytest.fixture(scope="module")
@@ -55,39 +46,6 @@ def example(tmp_path_factory) -> Project:
     return project
 
 
-def bundle_path(project: Project, node: str) -> Path:
-    return project.root / "bundles" / f"{node}.tar.gz"
-
-
-def unpack(project: Project, node: str, where: Path) -> Path:
-    where.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["tar", "-xzf", str(bundle_path(project, node)), "-C", str(where)], check=True)
-    return where / bundle.TOP
-
-
-def fingerprint(project: Project) -> str:
-    text = project.doit("fingerprint").stdout
-    return re.search(r"ed25519:[0-9a-f]{64}", text).group(0)
-
-
-def install(directory: Path, *args: str, check: bool = False) -> subprocess.CompletedProcess:
-    result = subprocess.run(["bash", str(directory / "install.sh"), *args], capture_output=True, text=True,
-                            cwd=directory.parent)
-    if check and result.returncode != 0:
-        raise AssertionError(f"install.sh {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def tree_state(root: Path) -> dict[str, tuple]:
-    """Every path under root: kind, mode, owner, mtime and content hash."""
-    state = {}
-    for path in sorted([root, *root.rglob("*")]):
-        stat = path.lstat()
-        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
-        state[str(path.relative_to(root))] = (stat.st_mode, stat.st_uid, stat.st_gid, stat.st_mtime_ns, digest)
-    return state
-
-
 def manifest_of(directory: Path) -> list[bundle.ManifestLine]:
     return bundle.parse_manifest((directory / bundle.MANIFEST).read_text())[1]
 
@@ -95,6 +53,7 @@ def manifest_of(directory: Path) -> list[bundle.ManifestLine]:
 # --- content ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_bundle_holds_the_nodes_tree_and_the_vendored_files_of_its_arch_and_roles(example, tmp_path):
     inv = load(example.inventory)
     layout = Layout(example.root)
@@ -131,6 +90,7 @@ def test_a_bundle_holds_the_nodes_tree_and_the_vendored_files_of_its_arch_and_ro
             assert not {"kube-apiserver", "etcd"} & binaries
 
 
+@pytest.mark.slow
 def test_modes_follow_the_files_keys_0600_and_their_directories_0700(example, tmp_path):
     directory = unpack(example, "node-az1", tmp_path)
     lines = {line.path: line for line in manifest_of(directory)}
@@ -150,6 +110,7 @@ def test_modes_follow_the_files_keys_0600_and_their_directories_0700(example, tm
 # --- install.sh -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_install_into_a_root_sets_every_mode_and_a_second_run_changes_nothing(example, tmp_path):
     directory = unpack(example, "node-az1", tmp_path / "bundle")
     root = tmp_path / "root"
@@ -177,6 +138,7 @@ def test_install_into_a_root_sets_every_mode_and_a_second_run_changes_nothing(ex
     assert "nothing to install" in install(directory, *args, "--check", check=True).stdout
 
 
+@pytest.mark.slow
 def test_check_lists_what_would_change_and_writes_nothing(example, tmp_path):
     directory = unpack(example, "worker-az1-a", tmp_path / "bundle")
     root = tmp_path / "root"
@@ -230,6 +192,7 @@ def _swap_key(directory: Path) -> str:
     return "does not verify with the key"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tamper", [_tamper_file, _tamper_binary, _tamper_manifest, _tamper_signature, _swap_key])
 def test_a_tampered_bundle_is_refused_naming_the_file_and_the_root_is_untouched(example, tmp_path, tamper):
     directory = unpack(example, "worker-az1-a", tmp_path / "bundle")
@@ -248,6 +211,7 @@ def test_a_tampered_bundle_is_refused_naming_the_file_and_the_root_is_untouched(
     assert tree_state(root) == before
 
 
+@pytest.mark.slow
 def test_a_missing_fingerprint_is_refused_and_the_manifest_hash_replaces_it_only_explicitly(example, tmp_path):
     directory = unpack(example, "worker-az1-a", tmp_path / "bundle")
     root = tmp_path / "root"
@@ -275,6 +239,7 @@ def test_a_missing_fingerprint_is_refused_and_the_manifest_hash_replaces_it_only
     assert list(root.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_bundle_of_another_arch_is_refused(example, tmp_path):
     if HOST_ARCH is None:
         pytest.skip(f"unknown machine {platform.machine()}")
@@ -290,6 +255,7 @@ def test_a_bundle_of_another_arch_is_refused(example, tmp_path):
     assert list(root.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_another_hostname_is_refused_unless_allowed(example, tmp_path):
     directory = unpack(example, "node-az1", tmp_path / "bundle")
     root = tmp_path / "root"
@@ -302,6 +268,7 @@ def test_another_hostname_is_refused_unless_allowed(example, tmp_path):
     assert "--any-hostname" in result.stderr and list(root.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_install_sh_run_by_sh_says_to_use_bash(example, tmp_path):
     directory = unpack(example, "worker-az1-a", tmp_path / "bundle")
     for shell in ("sh", "dash"):
@@ -312,6 +279,7 @@ def test_install_sh_run_by_sh_says_to_use_bash(example, tmp_path):
     pytest.skip("no POSIX shell other than bash here")
 
 
+@pytest.mark.slow
 def test_another_bundles_signed_manifest_does_not_vouch_for_these_files(example, tmp_path):
     nodes = load(example.inventory).nodes
     mine = unpack(example, "worker-az1-a", tmp_path / "a")
@@ -328,6 +296,7 @@ def test_another_bundles_signed_manifest_does_not_vouch_for_these_files(example,
     assert "nothing was installed" in result.stderr and list(root.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_the_installer_is_one_script_for_every_node_and_shellcheck_clean(example, tmp_path):
     shellcheck = require("shellcheck")
     scripts = {node: (unpack(example, node, tmp_path / node) / "install.sh").read_text() for node in NODES}
@@ -341,6 +310,7 @@ def test_the_installer_is_one_script_for_every_node_and_shellcheck_clean(example
 # --- the tarball ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_building_again_from_the_same_inputs_gives_the_same_bytes(example, tmp_path):
     before = {node: bundle_path(example, node).read_bytes() for node in NODES}
     # Elsewhere on disk, from a copy of the inputs, with a cold cache.
@@ -372,6 +342,7 @@ def _gzip_members(data: bytes) -> list[int]:
     return offsets
 
 
+@pytest.mark.slow
 def test_the_concatenated_bundle_is_one_tar_stream_for_gnu_tar_and_python(example):
     data = bundle_path(example, "worker-az1-a").read_bytes()
     assert _gzip_members(data) == [0]  # one gzip member: every reader sees every entry
@@ -395,6 +366,7 @@ def test_the_concatenated_bundle_is_one_tar_stream_for_gnu_tar_and_python(exampl
     assert gzip.decompress(data).endswith(bytes(1024))
 
 
+@pytest.mark.slow
 def test_bundles_are_private_files(example):
     for node in NODES:
         assert bundle_path(example, node).stat().st_mode & 0o777 == 0o600
@@ -464,6 +436,7 @@ def _needed(node, inv, static_kubelet: bool) -> set[str]:
     return needed
 
 
+@pytest.mark.slow
 def test_each_bundle_holds_exactly_the_private_keys_and_tokens_its_roles_need(example):
     known = _known_keys(example)
     inv = load(example.inventory)
@@ -475,6 +448,7 @@ def test_each_bundle_holds_exactly_the_private_keys_and_tokens_its_roles_need(ex
         assert "ca/root" not in found and "bundle-signing" not in found
 
 
+@pytest.mark.slow
 def test_with_static_kubelet_certs_a_worker_also_holds_its_kubelet_client_key(tmp_path):
     project = example_project(tmp_path, lambda text: text.replace("kubelet_credentials: tls-bootstrap",
                                                                   "kubelet_credentials: static"))
@@ -488,6 +462,7 @@ def test_with_static_kubelet_certs_a_worker_also_holds_its_kubelet_client_key(tm
 # --- the task graph ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_doit_bundle_prints_the_fingerprint_which_is_the_public_key_and_no_bundle_carries_a_key(example):
     printed = set(re.findall(r"ed25519:[0-9a-f]{64}", example.first_run.stdout))
     assert printed == {fingerprint(example)}
@@ -505,6 +480,7 @@ def test_doit_bundle_prints_the_fingerprint_which_is_the_public_key_and_no_bundl
     assert (example.root / "build/state/bundle-signing.key").stat().st_mode & 0o777 == 0o600
 
 
+@pytest.mark.slow
 def test_the_readmes_commands_check_a_bundle_by_hand(example, tmp_path):
     directory = unpack(example, "node-az2", tmp_path)
     readme = (directory / "README").read_text()
@@ -530,6 +506,7 @@ def test_the_readmes_commands_check_a_bundle_by_hand(example, tmp_path):
     assert failed.returncode != 0 and "files/usr/local/bin/kube-apiserver: FAILED" in failed.stdout
 
 
+@pytest.mark.slow
 def test_a_rerun_does_nothing_and_editing_one_worker_rebuilds_only_what_changed(tmp_path):
     project = example_project(tmp_path)
     project.doit("bundle")
@@ -553,6 +530,7 @@ def test_a_rerun_does_nothing_and_editing_one_worker_rebuilds_only_what_changed(
     assert not rebuilt & set(WORKERS[:2])
 
 
+@pytest.mark.slow
 def test_missing_vendored_files_fail_naming_doit_vendor_and_nothing_is_fetched(tmp_path):
     project = Project(tmp_path)
     project.write_inventory((REPO / "cluster.yaml").read_text())
@@ -564,6 +542,7 @@ def test_missing_vendored_files_fail_naming_doit_vendor_and_nothing_is_fetched(t
     assert not (tmp_path / "bundles").exists()
 
 
+@pytest.mark.slow
 def test_a_stray_file_in_a_node_tree_is_not_packed_unseen(tmp_path):
     project = example_project(tmp_path)
     project.doit("bundle:worker-az1-a")
@@ -573,6 +552,7 @@ def test_a_stray_file_in_a_node_tree_is_not_packed_unseen(tmp_path):
     assert run.returncode != 0 and "other-node.key: no stage produces this file" in run.stdout + run.stderr
 
 
+@pytest.mark.slow
 def test_a_damaged_signing_key_stops_the_build_and_is_left_alone(tmp_path):
     project = example_project(tmp_path)
     project.doit("bundle_signing_key")
@@ -585,6 +565,7 @@ def test_a_damaged_signing_key_stops_the_build_and_is_left_alone(tmp_path):
     assert not bundle_path(project, "worker-az1-a").exists()
 
 
+@pytest.mark.slow
 def test_clean_keeps_the_signing_key_and_rotation_is_explicit(tmp_path):
     project = example_project(tmp_path)
     project.doit("bundle:worker-az1-a")
@@ -600,6 +581,7 @@ def test_clean_keeps_the_signing_key_and_rotation_is_explicit(tmp_path):
     assert "bundle:worker-az1-a" in run.executed and new in run.stdout
 
 
+@pytest.mark.slow
 def test_the_workstation_checks_a_bundle_copy(example, tmp_path):
     ok = example.doit("verify_bundle")
     assert all(f"{node}.tar.gz: OK, bundle of {node}" in ok.stdout for node in NODES)
@@ -616,6 +598,7 @@ def test_the_workstation_checks_a_bundle_copy(example, tmp_path):
 # --- services ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_services_start_after_what_their_units_name(example, tmp_path):
     for node, order in (("node-az1", ["etcd", "kthw-pod-routes", "kube-apiserver", "kube-controller-manager",
                                       "kube-scheduler"]),
@@ -632,11 +615,12 @@ def test_service_order_follows_after_and_wants_and_refuses_a_cycle():
         bundle.service_order({"x": "After=y.service\n", "y": "Wants=x.service\n"})
 
 
+@pytest.mark.slow
 def test_a_node_removed_from_the_inventory_loses_its_bundle_and_the_others_their_route_to_it(tmp_path):
     project = example_project(tmp_path / "project")
     project.doit("bundle")
     old = unpack(project, "worker-az1-a", tmp_path / "v1")
-    from test_render_routes import LAST_WORKER as removed
+    from support.project import LAST_WORKER as removed
     assert removed in project.inventory.read_text()
     project.write_inventory(project.inventory.read_text().replace(removed, ""))
     run = project.doit("bundle")
@@ -659,6 +643,7 @@ def test_a_node_removed_from_the_inventory_loses_its_bundle_and_the_others_their
     assert "bundle:.removed" not in project.doit("bundle").executed
 
 
+@pytest.mark.slow
 def test_a_node_that_loses_a_role_loses_its_files_and_its_services_are_named_on_the_node(tmp_path):
     project = example_project(tmp_path / "project")
     project.doit("bundle:node-az1")
@@ -689,6 +674,7 @@ def test_a_node_that_loses_a_role_loses_its_files_and_its_services_are_named_on_
     assert project.doit("bundle:node-az1").executed == []
 
 
+@pytest.mark.slow
 def test_the_readme_lists_every_installer_option_and_tells_an_etcd_member_of_snapshots_and_membership(
         example, tmp_path):
     directory = unpack(example, "node-az1", tmp_path)

@@ -9,8 +9,9 @@ import subprocess
 import sys
 
 import pytest
+from support.project import REPO, Project, loopback_inventory
 
-from conftest import REPO, Project, loopback_inventory
+pytestmark = pytest.mark.slow  # end to end (see pyproject's markers)
 
 # Run in a process of its own: the task creators read the inventory once per process.
 COMPARE = """

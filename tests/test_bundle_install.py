@@ -16,22 +16,14 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from support.bundles import example_project, fingerprint, install, tree_state, two_versions, unpack
+from support.project import Project
 
 from kthw.bundle import build as bundle
 from kthw.inventory import load
 from kthw.layout import Layout
 
-from conftest import Project
-from test_bundle import example_project, fingerprint, install, tree_state, unpack
-
-
-def two_versions(project: Project, node: str, cert: str, where: Path) -> tuple[Path, Path]:
-    """The node's bundle unpacked before (where/v1) and after (where/v2) a new key for ``cert``."""
-    project.doit(f"bundle:{node}")
-    v1 = unpack(project, node, where / "v1")
-    project.doit(f"rekey:{node}/{cert}")
-    project.doit(f"bundle:{node}")
-    return v1, unpack(project, node, where / "v2")
+pytestmark = pytest.mark.slow  # end to end (see pyproject's markers)
 
 
 def _can_unshare() -> bool:
@@ -151,7 +143,7 @@ def on_node(share: Path, work: Path, hostname: str, *runs: str) -> list[tuple[st
 
 def stubbed_project(root: Path) -> Project:
     project = example_project(root)
-    from test_bundle_support import stand_in_vendor
+    from support.bundles import stand_in_vendor
     stand_in_vendor(project.root, project.inventory, size=20_000, scripts=SCRIPTS)
     return project
 
@@ -273,7 +265,7 @@ def test_a_failure_half_way_undoes_every_change(tmp_path):
     project = example_project(tmp_path / "project")
     project.doit("bundle:worker-az1-a")
     old = unpack(project, "worker-az1-a", tmp_path / "v1")
-    from test_bundle_support import stand_in_vendor
+    from support.bundles import stand_in_vendor
     stand_in_vendor(project.root, project.inventory, tag="v2",
                     size=lambda name: 6_000_000 if name == "kubelet" else 20_000)
     project.doit("bundle:worker-az1-a")
@@ -323,7 +315,8 @@ def test_on_a_worker_services_start_in_order_images_are_imported_and_a_rerun_cha
                                             f"{v1} --fingerprint {fp}", f"{v2} --fingerprint {fp}")
     assert driver[2] == ["0"], driver[1] + first[1] + second[1] + update[1]
     calls = first[2]
-    start = {service: _index(calls, f"systemctl start {service}") for service in ("containerd", "kube-proxy", "kubelet")}
+    start = {service: _index(calls, f"systemctl start {service}")
+             for service in ("containerd", "kube-proxy", "kubelet")}
     imports = [n for n, call in enumerate(calls) if call.startswith("ctr -n k8s.io images import")]
     assert calls[0] == "systemctl daemon-reload"
     assert start["containerd"] < min(imports) and max(imports) < start["kubelet"]
@@ -342,7 +335,8 @@ def test_on_a_worker_services_start_in_order_images_are_imported_and_a_rerun_cha
 
     # Again: nothing is written, started, enabled, reloaded or imported.
     assert "nothing changed" in second[0]
-    assert [call for call in second[2] if not call.startswith(("systemctl is-", "ctr version", "ctr -n k8s.io images ls"))] == []
+    queries = ("systemctl is-", "ctr version", "ctr -n k8s.io images ls")
+    assert [call for call in second[2] if not call.startswith(queries)] == []
     assert "kubelet: running, none of its files changed" in second[0]
     assert "already imported" in second[0]
 
@@ -358,7 +352,8 @@ def test_on_a_control_plane_etcd_starts_first_in_the_background_and_restarts_wai
     project = stubbed_project(tmp_path / "project")
     v1, v2 = two_versions(project, "node-az1", "etcd-server", tmp_path)
     fp = fingerprint(project)
-    first, update, driver = on_node(tmp_path, tmp_path / "b", "node-az1", f"{v1} --fingerprint {fp}", f"{v2} --fingerprint {fp}")
+    first, update, driver = on_node(tmp_path, tmp_path / "b", "node-az1", f"{v1} --fingerprint {fp}",
+                                    f"{v2} --fingerprint {fp}")
     assert driver[2] == ["0"], driver[1] + first[1] + update[1]
     starts = [call for call in first[2] if call.startswith("systemctl start")]
     assert starts == ["systemctl start --no-block etcd", "systemctl start --no-block kthw-pod-routes",

@@ -21,13 +21,13 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from support.bundles import bundle_path, example_project, fingerprint, install, tree_state, two_versions, unpack
+from support.project import Project
 
 from kthw.bundle import build as bundle
 from kthw.inventory import load
 
-from conftest import Project
-from test_bundle import bundle_path, example_project, fingerprint, install, tree_state, unpack
-from test_bundle_install import two_versions
+pytestmark = pytest.mark.slow  # end to end (see pyproject's markers)
 
 NODE = "worker-az1-a"
 UNIT = "files/etc/systemd/system/kubelet.service"
@@ -227,7 +227,8 @@ def test_an_older_bundle_is_refused_unless_the_downgrade_is_explicit(tmp_path):
     # Building again from the same inputs keeps the serial: bundles stay reproducible.
     project.doit("forget", f"bundle:{NODE}")
     project.doit(f"bundle:{NODE}")
-    assert bundle.parse_manifest((unpack(project, NODE, tmp_path / "again") / "MANIFEST").read_text())[0]["serial"] == "2"
+    again = unpack(project, NODE, tmp_path / "again")
+    assert bundle.parse_manifest((again / "MANIFEST").read_text())[0]["serial"] == "2"
 
     root = fresh_root(tmp_path / "root")
     install(v2, *node_args(root, "--fingerprint", fingerprint(project)), check=True)

@@ -11,39 +11,18 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from conftest import REPO
-from kthw.bundle import build as bundle
+from support.project import REPO
+from support.render import parse_blocks
+
 from kthw import inventory
+from kthw.bundle import build as bundle
+from kthw.layout import Layout
 from kthw.secrets import manifests
 from kthw.vendor import fetch as vendor
-from kthw.layout import Layout
 
 # The plugins a cluster DNS server block carries, in the order kubeadm writes them.
 PLUGINS = ["errors", "health", "ready", "kubernetes", "prometheus", "forward", "cache", "loop", "reload",
            "loadbalance"]
-
-
-def parse_blocks(text: str) -> list[tuple[str, list]]:
-    """Corefile syntax: `<words> {` opens a block, `}` closes it, other lines are directives
-    (whose quoted arguments may hold anything)."""
-    stack: list[list] = [[]]
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        if line == "}":
-            assert len(stack) > 1, f"line {number}: '}}' closes nothing"
-            stack.pop()
-        elif line.endswith("{"):
-            block: list = []
-            stack[-1].append((line[:-1].strip(), block))
-            stack.append(block)
-        else:
-            unquoted = re.sub(r'"[^"]*"', '""', line)  # a quoted argument may hold braces
-            assert "{" not in unquoted and "}" not in unquoted, f"line {number}: {raw!r}"
-            stack[-1].append((line, []))
-    assert len(stack) == 1, "a block is not closed"
-    return stack[0]
 
 
 def example(tmp_path: Path, edit=lambda text: text) -> inventory.Inventory:

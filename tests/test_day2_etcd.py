@@ -12,12 +12,16 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+from support.day2 import MEMBER_IPS, day2_inventory, endpoints, install, running_cluster
+from support.etcd import etcdctl_command
+from support.project import Installed
+from support.tools import require
 
-from conftest import etcdctl_command, require
-from kthw.render.membership import MEMBER_SCRIPT
 from kthw.pki.node_paths import ETCD_CLIENT_PORT, ETCD_PEER_PORT
+from kthw.render.membership import MEMBER_SCRIPT
 from kthw.render.node_files import unit_exec_start
-from test_day2_support import MEMBER_IPS, Installed, day2_inventory, endpoints, install, running_cluster
+
+pytestmark = pytest.mark.slow  # end to end (see pyproject's markers)
 
 ETCD_UNIT = "/etc/systemd/system/etcd.service"
 APISERVER_UNIT = "/etc/systemd/system/kube-apiserver.service"
@@ -42,7 +46,7 @@ def cluster(tmp_path_factory):
 
 
 def test_a_new_cluster_starts_every_member_as_new_and_the_script_sees_nothing_to_do(cluster):
-    project, nodes, members, _ = cluster
+    _, nodes, _, _ = cluster
     for node in ("cp1", "cp2", "cp3"):
         assert flags(nodes, node)["--initial-cluster-state"] == "new"
         assert flags(nodes, node)["--initial-cluster"] == ",".join(

@@ -4,11 +4,10 @@ located error naming the fix, and doit stops with exit status 2 before writing a
 from __future__ import annotations
 
 import pytest
+from support.day2 import day2_inventory
 
 from kthw import inventory
 from kthw.errors import InventoryError
-
-from test_day2_support import day2_inventory
 
 
 def error(text: str) -> str:
@@ -43,6 +42,7 @@ def test_a_cluster_of_only_a_joining_member_has_nothing_to_join():
     assert "a new cluster starts every member at once" in message
 
 
+@pytest.mark.slow
 def test_doit_stops_with_exit_2_and_writes_nothing(project):
     project.write_inventory(day2_inventory(["cp1", "cp2", "cp3"], ["worker1"], joining="cp2").replace(
         "ip: 127.0.18.3}", "ip: 127.0.18.3, joining: true}"))

@@ -9,9 +9,10 @@ from __future__ import annotations
 import re
 
 import pytest
+from support.day2 import day2_inventory, vendor_stand_ins
+from support.project import Project, changed
 
-from conftest import Project, changed
-from test_day2_support import day2_inventory, vendor_stand_ins
+pytestmark = pytest.mark.slow  # end to end (see pyproject's markers)
 
 CONTROL_PLANES = ["cp1", "cp2", "cp3"]
 ROUTES = "etc/systemd/system/kthw-pod-routes.service"

@@ -13,13 +13,14 @@ import json
 import subprocess
 
 import pytest
+from support.day2 import day2_inventory, install, running_cluster, vendor_stand_ins
+from support.project import Project, changed, fails_cleanly
+from support.tools import require
 
-from conftest import Project, changed, fails_cleanly, require
 from kthw import inventory
-from kthw.supply import pins
 from kthw.render import upgrade
 from kthw.render.node_files import node_versions
-from test_day2_support import day2_inventory, install, running_cluster, vendor_stand_ins
+from kthw.supply import pins
 
 NET = "127.0.19"
 IPS = {"cp1": f"{NET}.1", "cp2": f"{NET}.2", "cp3": f"{NET}.3"}
@@ -38,6 +39,7 @@ def cluster(tmp_path_factory):
         yield project, nodes
 
 
+@pytest.mark.slow
 def test_a_downgrade_and_a_skip_of_minors_are_refused(cluster, tmp_path):
     project, _ = cluster
     project.write_inventory(at("1.35.4"))
@@ -70,6 +72,7 @@ def test_a_downgrade_and_a_skip_of_minors_are_refused(cluster, tmp_path):
     assert "kubernetes=1.32.8\n" in old.node_file("cp1", "/etc/k8s/versions").read_text()
 
 
+@pytest.mark.slow
 def test_one_minor_up_rebuilds_what_changes_and_each_control_plane_install_saves_a_snapshot_first(cluster):
     project, nodes = cluster
     project.write_inventory(at("1.36.0"))

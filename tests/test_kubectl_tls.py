@@ -1,73 +1,25 @@
-"""Real kubectl, with the generated kubeconfigs, against a TLS server on loopback.
-
-kube-apiserver cannot run on this machine, so a small Python HTTPS server stands in for
-it. It does what matters here the way kube-apiserver does: it presents the generated
-apiserver cert, requires a client cert, trusts only the client-CA bundle the API server
-would read (the kubernetes intermediate, as an anchor, like Go does) and answers
-`kubectl auth whoami` with the identity taken from the client cert (CN = user, O = groups).
+"""Real kubectl, with the generated kubeconfigs of each CA backend's build, against a TLS
+server on loopback standing in for kube-apiserver (support/apiserver.py says what it does
+the way kube-apiserver does).
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import subprocess
-from contextlib import ExitStack, contextmanager
 
 import pytest
 import yaml
+from support.apiserver import stand_in_apiservers, whoami
 
-from conftest import JsonHandler, require, tls_stand_in
-
-
-class StandInApiServer(JsonHandler):
-    seen: list
-
-    def _identity(self):
-        cert = self.connection.getpeercert()
-        fields = [item for rdn in cert["subject"] for item in rdn]
-        user = next(value for key, value in fields if key == "commonName")
-        groups = [value for key, value in fields if key == "organizationName"]
-        return user, groups
-
-
-    def do_POST(self):
-        user, groups = self._identity()
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.seen.append((self.path, user, groups))
-        if self.path.startswith("/apis/authentication.k8s.io/v1/selfsubjectreviews"):
-            self._reply(201, {"kind": "SelfSubjectReview", "apiVersion": "authentication.k8s.io/v1",
-                              "metadata": {}, "status": {"userInfo": {
-                                  "username": user, "groups": groups + ["system:authenticated"]}}})
-        else:
-            self._reply(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404})
-
-    def do_GET(self):
-        user, groups = self._identity()
-        self.seen.append((self.path, user, groups))
-        self._reply(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404})
-
-
-@contextmanager
-def serve(tree, host):
-    """The stand-in on ``host``, with cp1's apiserver cert and the API server's client CA;
-    yields (server, the requests it saw as (path, user, groups))."""
-    handler = type("Handler", (StandInApiServer,), {"seen": []})
-    with tls_stand_in(tree, handler, host=host) as server:
-        yield server, handler.seen
+pytestmark = pytest.mark.slow  # end to end (see pyproject's markers)
 
 
 @pytest.fixture(scope="module")
-def apiserver(built_loopback):
-    with ExitStack() as stack:
-        servers = [stack.enter_context(serve(built_loopback, host)) for host in ("127.0.0.1", "127.0.0.9")]
-        yield built_loopback, servers
-
-
-def whoami(kubeconfig, server_url):
-    return subprocess.run([require("kubectl"), "--kubeconfig", str(kubeconfig), "--server", server_url,
-                           "--request-timeout", "10s", "auth", "whoami", "-o", "json"],
-                          capture_output=True, text=True, timeout=30)
+def apiserver(pki_build):
+    """The stand-ins on the loopback build of each CA backend."""
+    with stand_in_apiservers(pki_build) as servers:
+        yield pki_build, servers
 
 
 @pytest.mark.parametrize("node, path, user, groups", [
@@ -86,7 +38,7 @@ def test_server_sees_the_identity_of_each_kubeconfig(apiserver, node, path, user
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)["status"]["userInfo"]
     assert info["username"] == user
-    assert info["groups"] == groups + ["system:authenticated"]
+    assert info["groups"] == [*groups, "system:authenticated"]
     assert seen[-1][1:] == (user, groups)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from conftest import REPO
+from support.project import REPO
 
 KTHW = REPO / "kthw"
 

@@ -11,8 +11,9 @@ import pytest
 import yaml
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from support.project import fails_cleanly, loopback_inventory
 
-from conftest import fails_cleanly, loopback_inventory
+pytestmark = pytest.mark.slow  # end to end (see pyproject's markers)
 
 CP_SERVICE_CERTS = {"kube-apiserver/apiserver", "kube-apiserver/apiserver-kubelet-client",
                     "kube-apiserver/apiserver-etcd-client", "kube-apiserver/front-proxy-client"}
@@ -24,7 +25,7 @@ def _certs(path):
 
 
 def _subject(cert):
-    return ([a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)][0],
+    return (next(a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)),
             [a.value for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)])
 
 
@@ -40,8 +41,8 @@ def _eku(cert):
     return set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
 
 
-def test_each_node_gets_exactly_what_its_roles_need(built_loopback):
-    cp = built_loopback.node_files("cp1")
+def test_each_node_gets_exactly_what_its_roles_need(pki_build):
+    cp = pki_build.node_files("cp1")
     expected_cp = {f"/etc/k8s/{c}.{ext}" for c in CP_SERVICE_CERTS | ETCD_CERTS for ext in ("crt", "key")} | {
         "/etc/k8s/shared/kubernetes-ca.crt", "/etc/k8s/shared/etcd-ca.crt", "/etc/k8s/shared/front-proxy-ca.crt",
         "/etc/k8s/kube-controller-manager/cluster-signing-ca.crt",
@@ -49,7 +50,7 @@ def test_each_node_gets_exactly_what_its_roles_need(built_loopback):
         "/etc/k8s/kube-controller-manager/kubeconfig", "/etc/k8s/kube-scheduler/kubeconfig",
         "/etc/k8s/shared/admin.kubeconfig"}
     assert expected_cp <= cp
-    worker = built_loopback.node_files("worker1")
+    worker = pki_build.node_files("worker1")
     expected_worker = {"/etc/k8s/shared/kubernetes-ca.crt", "/etc/k8s/kubelet/kubelet-serving.crt",
                        "/etc/k8s/kubelet/kubelet-serving.key", "/etc/k8s/kube-proxy/kubeconfig",
                        "/etc/k8s/kubelet/kubeconfig"}  # static kubelet credentials in this inventory
@@ -81,10 +82,10 @@ def test_each_node_gets_exactly_what_its_roles_need(built_loopback):
     ("worker2", "etc/k8s/kubelet/kubelet-serving.crt", "kubernetes", "system:node:worker2", ["system:nodes"],
      {ExtendedKeyUsageOID.SERVER_AUTH}, {"worker2", "127.0.0.12"}),
 ])
-def test_service_cert_fields(built_loopback, node, path, issuer, cn, orgs, eku, sans):
-    chain = _certs(built_loopback.node_file(node, path))
+def test_service_cert_fields(pki_build, node, path, issuer, cn, orgs, eku, sans):
+    chain = _certs(pki_build.node_file(node, path))
     leaf, intermediate = chain  # leaf then its intermediate
-    ca = _certs(built_loopback.root / "build" / "pki" / "ca" / f"{issuer}.crt")[0]
+    ca = _certs(pki_build.root / "build" / "pki" / "ca" / f"{issuer}.crt")[0]
     assert intermediate == ca
     leaf.verify_directly_issued_by(ca)
     assert _subject(leaf) == (cn, orgs)
@@ -97,8 +98,8 @@ def test_service_cert_fields(built_loopback, node, path, issuer, cn, orgs, eku, 
     assert lifetime.days == 365
 
 
-def test_ca_hierarchy(built_loopback):
-    ca_dir = built_loopback.root / "build" / "pki" / "ca"
+def test_ca_hierarchy(pki_build):
+    ca_dir = pki_build.root / "build" / "pki" / "ca"
     root = _certs(ca_dir / "root.crt")[0]
     root.verify_directly_issued_by(root)
     assert (root.not_valid_after_utc - root.not_valid_before_utc).days == 3650
@@ -108,7 +109,7 @@ def test_ca_hierarchy(built_loopback):
         assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length == 0
         assert (cert.not_valid_after_utc - cert.not_valid_before_utc).days == 1825
         # Real openssl agrees that leaf -> intermediate -> root verifies.
-    leaf = built_loopback.node_file("cp1", "etc/k8s/etcd/peer.crt")
+    leaf = pki_build.node_file("cp1", "etc/k8s/etcd/peer.crt")
     result = subprocess.run(["openssl", "verify", "-CAfile", str(ca_dir / "root.crt"), "-untrusted", str(leaf),
                              str(leaf)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -134,8 +135,8 @@ def test_trust_bundles_hold_only_their_intermediate(built_loopback):
      "https://localhost:6443"),
     ("worker2", "etc/k8s/kubelet/kubeconfig", "system:node:worker2", ["system:nodes"], "https://localhost:6443"),
 ])
-def test_kubeconfigs_embed_identity_and_server(built_loopback, node, path, user, groups, server):
-    file = built_loopback.node_file(node, path)
+def test_kubeconfigs_embed_identity_and_server(pki_build, node, path, user, groups, server):
+    file = pki_build.node_file(node, path)
     assert stat.S_IMODE(file.stat().st_mode) == 0o600
     config = yaml.safe_load(file.read_text())
     assert config["clusters"][0]["cluster"]["server"] == server
@@ -146,12 +147,12 @@ def test_kubeconfigs_embed_identity_and_server(built_loopback, node, path, user,
     assert b"PRIVATE KEY" in base64.b64decode(credentials["client-key-data"])
 
 
-def test_private_keys_are_0600_and_never_left_half_written(built_loopback):
-    keys = list((built_loopback.root / "build").rglob("*.key"))
+def test_private_keys_are_0600_and_never_left_half_written(pki_build):
+    keys = list((pki_build.root / "build").rglob("*.key"))
     assert len(keys) > 20
     for key in keys:
         assert stat.S_IMODE(key.stat().st_mode) == 0o600, key
-    assert not list((built_loopback.root / "build").rglob("*.tmp")), "no temp file left behind"
+    assert not list((pki_build.root / "build").rglob("*.tmp")), "no temp file left behind"
 
 
 def test_rerun_does_nothing_and_clean_keeps_precious_state(project):
@@ -253,7 +254,7 @@ def test_an_unreadable_leaf_key_stops_the_build_and_is_left_alone(project, damag
 
 
 def test_a_leaf_key_that_does_not_match_its_cert_gets_its_cert_issued_again(project):
-    from test_pki_support import assert_build_is_true
+    from support.pki import assert_build_is_true
     project.write_inventory(loopback_inventory(workers=1))
     project.doit("pki")
     store = project.root / "build/pki/nodes/cp1"
@@ -273,8 +274,8 @@ def test_a_leaf_key_that_does_not_match_its_cert_gets_its_cert_issued_again(proj
 def test_temp_files_of_a_killed_run_are_removed_by_the_next(project, write):
     """kill -9 right after a temp file was made leaves it empty beside its target: in the
     store (write 1, the root key) or in a node's tree (write 11, a node copy)."""
-    from conftest import killed_at_write
-    from test_pki_support import assert_build_is_true
+    from support.pki import assert_build_is_true
+    from support.project import killed_at_write
     project.write_inventory(loopback_inventory(workers=1))
     killed = project.doit("pki", env=killed_at_write(write, empty_temp=True), check=False)
     assert killed.returncode == -9
@@ -291,7 +292,7 @@ def test_temp_files_of_a_killed_run_are_removed_by_the_next(project, write):
 
 
 def test_rekey_without_a_leaf_refuses_and_says_what_it_would_do(project):
-    from test_pki_support import assert_build_is_true
+    from support.pki import assert_build_is_true
     project.write_inventory(loopback_inventory(workers=1))
     project.doit("pki")
     keys = {p: p.read_bytes() for p in (project.root / "build/pki/nodes").rglob("*.key")}

@@ -6,11 +6,14 @@ from __future__ import annotations
 import re
 from pathlib import PurePosixPath
 
-from conftest import Project, loopback_inventory
-from test_render_common import (named_paths, pinned_inventory, release, rendered_cluster,  # noqa: F401
-                                rendered_paths, write_pins)
+import pytest
+from support.project import Project, loopback_inventory
+from support.render import named_paths, pinned_inventory, release, rendered_paths, write_pins
+
 from kthw import inventory
 from kthw.render.node_files import binaries_for, unit_exec_start
+
+pytestmark = pytest.mark.slow  # end to end (see pyproject's markers)
 
 # Created on the node by the services themselves (data, logs, sockets), never installed.
 RUNTIME_DIRS = ("/var/lib/", "/var/log/", "/run/")
@@ -22,7 +25,7 @@ WORKER_UNITS = {"containerd.service", "kubelet.service", "kube-proxy.service", "
 
 
 def test_every_path_a_rendered_file_names_is_installed_on_that_node(rendered_cluster):
-    project, pins = rendered_cluster
+    project, _ = rendered_cluster
     inv = inventory.load(project.inventory)
     for node_name, paths in rendered_paths(project).items():
         node = inv.node(node_name)
@@ -44,7 +47,7 @@ def _parents(path: str):
 
 
 def test_workers_get_no_control_plane_file_and_control_planes_no_worker_file(rendered_cluster):
-    project, pins = rendered_cluster
+    project, _ = rendered_cluster
     for node in ("worker1", "worker2"):
         files = project.node_files(node)
         assert {p.rsplit("/", 1)[1] for p in files if p.startswith("/etc/systemd/system/")} == WORKER_UNITS
@@ -57,7 +60,7 @@ def test_workers_get_no_control_plane_file_and_control_planes_no_worker_file(ren
 
 
 def test_no_secret_is_written_on_a_command_line(rendered_cluster):
-    project, pins = rendered_cluster
+    project, _ = rendered_cluster
     for node in ("cp1", "cp2", "cp3", "worker1", "worker2"):
         root = project.root / "build" / "nodes" / node
         secrets = [p.read_text() for p in root.rglob("*") if p.is_file() and (

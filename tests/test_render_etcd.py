@@ -11,11 +11,13 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+from support.etcd import etcd_member_command, etcdctl_command, wait_etcd_healthy
+from support.servers import port_free, stop_processes
+from support.tools import require
 
-from conftest import etcd_member_command, etcdctl_command, port_free, require, stop_processes, wait_etcd_healthy
-
-from test_render_common import rendered_cluster  # noqa: F401
 from kthw.pki.node_paths import ETCD_CLIENT_PORT, ETCD_PEER_PORT, PATHS
+
+pytestmark = pytest.mark.slow  # end to end (see pyproject's markers)
 
 MEMBERS = {"cp1": "127.0.0.1", "cp2": "127.0.0.2", "cp3": "127.0.0.3"}
 ENDPOINTS = ",".join(f"https://{ip}:{ETCD_CLIENT_PORT}" for ip in MEMBERS.values())
@@ -48,7 +50,7 @@ def etcdctl(project, *args, timeout=15):
 
 
 def test_the_rendered_units_form_a_healthy_tls_cluster(etcd_members):
-    project, logs = etcd_members
+    project, _ = etcd_members
     members = etcdctl(project, "member", "list", "-w", "simple")
     assert members.returncode == 0, members.stderr
     for node, ip in MEMBERS.items():

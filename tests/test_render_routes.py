@@ -12,21 +12,14 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from conftest import REPO, require
+from support.project import LAST_WORKER, REPO
+from support.render import TEMPLATES
+from support.tools import require
+
 from kthw import inventory
 from kthw.render.node_files import POD_ROUTE_PROTO, plan, render
 
-from test_render_common import TEMPLATES
-
 UNIT = "/etc/systemd/system/kthw-pod-routes.service"
-LAST_WORKER = """  - name: worker-az3-a
-    roles: [worker]
-    arch: aarch64
-    zone: az3
-    ip: 10.0.3.21
-    pod_cidr: 10.244.3.0/24
-    extra_sans: [worker-az3-a.homelab.lan]
-"""
 
 
 def example(tmp_path: Path, edit=lambda text: text) -> inventory.Inventory:

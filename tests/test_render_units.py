@@ -16,12 +16,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from support.render import rendered_paths
+from support.tools import PROVIDERS, require
 
-from conftest import PROVIDERS, require
-from test_render_common import rendered_cluster, rendered_paths  # noqa: F401
 from kthw import inventory
 from kthw.pki.node_paths import UNIT_DIR
 from kthw.render.node_files import binaries_for
+
+pytestmark = pytest.mark.slow  # end to end (see pyproject's markers)
 
 SYSTEM_UNITS = Path("/usr/lib/systemd/system")
 
@@ -59,7 +61,7 @@ def complaints(result: subprocess.CompletedProcess, unit: str) -> list[str]:
 
 
 def test_systemd_accepts_every_rendered_unit(rendered_cluster, systemd_analyze, tmp_path):
-    project, pins = rendered_cluster
+    project, _ = rendered_cluster
     checked = []
     for node, paths in rendered_paths(project).items():
         root = node_root(project, node, tmp_path / node)

@@ -10,10 +10,13 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from support.bundles import stand_in_vendor
+from support.etcd import wait_etcd_healthy
+from support.project import Project, fails_cleanly, loopback_inventory, system_clock_at
+from support.servers import free_port, stop_processes
+from support.tools import require
 
-from conftest import Project, fails_cleanly, free_port, loopback_inventory, require, stop_processes, \
-    system_clock_at, wait_etcd_healthy
-from test_bundle_support import stand_in_vendor
+pytestmark = pytest.mark.slow  # end to end (see pyproject's markers)
 
 # The first build happened 1800 days ago, so "4 years 11 months later" (day 1795) is
 # just behind the real clock: real etcd, which reads the real clock, can then check
@@ -198,7 +201,7 @@ def _dated_later(cert_path, issuer_cert_path, issuer_key_path, days: int, chain:
 
 
 def test_a_cert_dated_in_the_future_is_stale_and_issued_again(project):
-    from test_pki_support import assert_build_is_true
+    from support.pki import assert_build_is_true
     project.write_inventory(loopback_inventory(workers=1))
     project.doit("pki")
     pki = project.root / "build/pki"

@@ -21,12 +21,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from support.bundles import stand_in_vendor
+from support.jwt import sign_jwt, unb64url
+from support.project import Project, changed, fails_cleanly, loopback_inventory
 
-from conftest import Project, changed, fails_cleanly, loopback_inventory, sign_jwt, unb64url
-from test_bundle_support import stand_in_vendor
-from kthw.secrets import sa_rotation
 from kthw.errors import KthwError, StateError
 from kthw.render.node_files import unit_exec_start
+from kthw.secrets import sa_rotation
 from kthw.secrets.state import SecretsState
 
 CONTROL_PLANES = ("cp1", "cp2", "cp3")
@@ -105,6 +106,7 @@ def _state(project: Project, name: str):
 # --- the three phases ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_three_runs_rotate_the_key_without_a_moment_where_a_valid_token_is_refused(tmp_path):
     project = Project(tmp_path)
     project.write_inventory(loopback_inventory())
@@ -130,7 +132,7 @@ def test_three_runs_rotate_the_key_without_a_moment_where_a_valid_token_is_refus
         assert rewritten and all(p.startswith(tuple(f"build/nodes/{n}/" for n in CONTROL_PLANES)) for p in rewritten)
         for node in CONTROL_PLANES:
             # Every key file a unit names is in the node's tree (nothing dangles).
-            for path in accepted_key_files(project, node) + [SA_KEY]:
+            for path in [*accepted_key_files(project, node), SA_KEY]:
                 assert project.node_file(node, path).is_file(), (node, path)
         return run
 
@@ -192,6 +194,7 @@ def test_the_rotation_task_is_explicit():
     assert "rotate_sa_key" not in DOIT_CONFIG["default_tasks"]
 
 
+@pytest.mark.slow
 def test_rotating_before_there_is_a_key_is_refused(tmp_path):
     project = Project(tmp_path)
     project.write_inventory(loopback_inventory(workers=1))
@@ -217,6 +220,7 @@ def _fingerprint_of(path) -> str:
     return sa_rotation.fingerprint(serialization.load_pem_private_key(path.read_bytes(), None))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage, file, needles", [
     ("not-yaml", "sa-rotation.yaml", ["not valid YAML", "restore it from a backup"]),
     ("unknown-phase", "sa-rotation.yaml", ["not a rotation record", "restore it from a backup"]),
@@ -248,6 +252,7 @@ def test_a_damaged_rotation_file_stops_every_task_and_is_left_as_is(in_phase_add
     assert project.snapshot("build/nodes") == nodes  # no node file changed, none removed
 
 
+@pytest.mark.slow
 def test_a_damaged_record_stops_the_api_server_unit_with_the_same_message(in_phase_add):
     project = in_phase_add
     record = _state(project, "sa-rotation.yaml")
@@ -256,6 +261,7 @@ def test_a_damaged_record_stops_the_api_server_unit_with_the_same_message(in_pha
     fails_cleanly(run, str(record), "not a rotation record")
 
 
+@pytest.mark.slow
 def test_a_lost_signing_key_during_a_rotation_is_not_replaced(in_phase_add):
     project = in_phase_add
     _state(project, "sa.key").unlink()
@@ -265,6 +271,7 @@ def test_a_lost_signing_key_during_a_rotation_is_not_replaced(in_phase_add):
         assert not _state(project, "sa.key").exists()
 
 
+@pytest.mark.slow
 def test_a_lost_signing_key_before_any_rotation_is_not_replaced(tmp_path):
     """sa.pub is written only from sa.key: with it still there, the key was lost, not never made."""
     project = Project(tmp_path)
@@ -279,6 +286,7 @@ def test_a_lost_signing_key_before_any_rotation_is_not_replaced(tmp_path):
     assert _state(project, "sa.key").exists()
 
 
+@pytest.mark.slow
 def test_a_lost_signing_key_after_a_finished_rotation_is_not_replaced(tmp_path):
     """The record of a finished rotation names the signing key: losing it is an error, not a new key."""
     project = Project(tmp_path)
@@ -294,6 +302,7 @@ def test_a_lost_signing_key_after_a_finished_rotation_is_not_replaced(tmp_path):
     assert not _state(project, "sa.key").exists()
 
 
+@pytest.mark.slow
 def test_a_left_over_next_key_without_a_record_is_refused(in_phase_add):
     """E.g. the record was deleted by hand: the extra key is not silently ignored or reused."""
     project = in_phase_add
@@ -348,7 +357,7 @@ def test_public_halves_are_rewritten_from_their_keys_but_a_lost_old_public_key_i
 
     sa_rotation.rotate(state, "ecdsa-p256", NOW, False)
     state.sa_previous_pub.unlink()
-    with pytest.raises(StateError, match="sa-previous.pub is missing.*copy it back from "
-                                         "/etc/k8s/shared/sa-previous.pub"):
+    with pytest.raises(StateError, match=r"sa-previous\.pub is missing.*copy it back from "
+                                         r"/etc/k8s/shared/sa-previous\.pub"):
         sa_rotation.ensure(state, "ecdsa-p256")
     assert sa_rotation.public_key_files(state) == ("/etc/k8s/shared/sa.pub", "/etc/k8s/shared/sa-previous.pub")

@@ -14,11 +14,12 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from support.bundles import stand_in_vendor
+from support.project import Project, changed, fails_cleanly, loopback_inventory, system_clock_at
+from support.tools import require, require_module
 
-from conftest import Project, changed, fails_cleanly, loopback_inventory, require, require_module, system_clock_at
-from test_bundle_support import stand_in_vendor
-from kthw.secrets import encryption, tokens
 from kthw.errors import StateError
+from kthw.secrets import encryption, tokens
 from kthw.secrets.manifests import node_group
 
 CONTROL_PLANES = ("cp1", "cp2", "cp3")
@@ -67,6 +68,7 @@ def _manifest_objects(project: Project, node: str = "cp1") -> dict[str, list[dic
 # --- what each node gets --------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_control_planes_get_the_sa_key_pair_and_the_same_encryption_config(built):
     key = serialization.load_pem_private_key(_state(built, "sa.key").read_bytes(), None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)  # the inventory's ecdsa-p256
@@ -83,6 +85,7 @@ def test_control_planes_get_the_sa_key_pair_and_the_same_encryption_config(built
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
+@pytest.mark.slow
 def test_no_worker_holds_the_sa_key_or_the_encryption_config(built):
     sa_key = _state(built, "sa.key").read_bytes()
     (_, _, key), = _encryption_keys(_state(built, "encryption", "encryption-config.yaml"))
@@ -97,6 +100,7 @@ def test_no_worker_holds_the_sa_key_or_the_encryption_config(built):
         assert not (root / BOOTSTRAP_DIR).exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("provider", ["secretbox", "aesgcm", "aescbc"])
 def test_the_encryption_key_has_the_providers_length_and_identity_comes_last(tmp_path, provider):
     project = Project(tmp_path)
@@ -109,6 +113,7 @@ def test_the_encryption_key_has_the_providers_length_and_identity_comes_last(tmp
     assert doc["resources"][0]["resources"] == ["secrets"]
 
 
+@pytest.mark.slow
 def test_each_worker_gets_a_bootstrap_kubeconfig_with_its_own_token(built):
     ca = built.node_file("cp1", "etc/k8s/shared/kubernetes-ca.crt").read_bytes()
     seen = set()
@@ -129,6 +134,7 @@ def test_each_worker_gets_a_bootstrap_kubeconfig_with_its_own_token(built):
     assert len(seen) == len(WORKERS)
 
 
+@pytest.mark.slow
 def test_tokens_expire_after_the_inventory_ttl(tmp_path):
     project = Project(tmp_path)
     project.write_inventory(loopback_inventory(workers=1, extra="bootstrap_token_ttl: 5d"))
@@ -147,6 +153,7 @@ def _binding(name, role, kind, subject):
             "subjects": [{"apiGroup": RBAC, "kind": kind, "name": subject}]}
 
 
+@pytest.mark.slow
 def test_manifests_have_the_objects_and_fields_of_tls_bootstrap(built):
     files = _manifest_objects(built)
     assert set(files) == {"kubelet-api-admin.yaml", "tls-bootstrap-rbac.yaml", "cluster-info.yaml", "coredns.yaml",
@@ -195,6 +202,7 @@ def test_manifests_have_the_objects_and_fields_of_tls_bootstrap(built):
             == 0o600
 
 
+@pytest.mark.slow
 def test_every_manifest_validates_strictly_against_the_kubernetes_schemas(built):
     # The schemas published for the inventory's Kubernetes minor (kubernetes-validate ships
     # them); strict: an unknown or misplaced field fails. kubectl's own check needs an API
@@ -202,13 +210,14 @@ def test_every_manifest_validates_strictly_against_the_kubernetes_schemas(built)
     kubernetes_validate = require_module("kubernetes_validate")
     version = ".".join(yaml.safe_load(built.inventory.read_text())["kubernetes_version"].split(".")[:2])
     count = 0
-    for name, objects in _manifest_objects(built).items():
+    for objects in _manifest_objects(built).values():
         for obj in objects:
             kubernetes_validate.validate(obj, version, strict=True)
             count += 1
     assert count == 1 + 3 + 3 + len(WORKERS) + 6  # CoreDNS: account, role, binding, Corefile, Deployment, Service
 
 
+@pytest.mark.slow
 def test_every_control_plane_gets_the_same_manifests_and_apply_script(built):
     reference = {p.name: p.read_bytes() for p in built.node_file("cp1", BOOTSTRAP_DIR).iterdir()}
     assert "apply.sh" in reference
@@ -216,6 +225,7 @@ def test_every_control_plane_gets_the_same_manifests_and_apply_script(built):
         assert {p.name: p.read_bytes() for p in built.node_file(node, BOOTSTRAP_DIR).iterdir()} == reference
 
 
+@pytest.mark.slow
 def test_apply_script_is_strict_bash_and_shellcheck_clean(built):
     script = built.node_file("cp1", f"{BOOTSTRAP_DIR}/apply.sh")
     assert stat.S_IMODE(script.stat().st_mode) == 0o755
@@ -227,6 +237,7 @@ def test_apply_script_is_strict_bash_and_shellcheck_clean(built):
     assert result.returncode == 0, result.stdout
 
 
+@pytest.mark.slow
 def test_static_kubelet_credentials_make_no_tokens_and_only_the_kubelet_api_admin_binding(tmp_path):
     project = Project(tmp_path)
     _build(project, kubelet_credentials="static")
@@ -239,6 +250,7 @@ def test_static_kubelet_credentials_make_no_tokens_and_only_the_kubelet_api_admi
     assert "kubelet-api-admin.yaml" in script and "bootstrap-token" not in script
 
 
+@pytest.mark.slow
 def test_a_node_that_loses_a_role_or_its_token_loses_the_files(tmp_path):
     project = Project(tmp_path)
     _build(project)
@@ -274,6 +286,7 @@ def _secret_outputs(project: Project) -> dict[str, bytes]:
     return {str(p.relative_to(project.root)): p.read_bytes() for p in paths}
 
 
+@pytest.mark.slow
 def test_a_rerun_changes_nothing_and_clean_keeps_every_precious_byte(tmp_path):
     project = Project(tmp_path)
     _build(project)
@@ -298,6 +311,7 @@ def test_a_rerun_changes_nothing_and_clean_keeps_every_precious_byte(tmp_path):
     assert _secret_outputs(project) == outputs
 
 
+@pytest.mark.slow
 def test_a_lost_encryption_config_after_a_rotation_is_not_replaced(tmp_path):
     """The rotation record proves keys existed: new ones would leave every Secret unreadable."""
     project = Project(tmp_path)
@@ -311,6 +325,7 @@ def test_a_lost_encryption_config_after_a_rotation_is_not_replaced(tmp_path):
     assert not config.exists()
 
 
+@pytest.mark.slow
 def test_rotation_walks_three_phases_and_each_run_between_rebuilds_only_control_planes(tmp_path):
     project = Project(tmp_path)
     _build(project)
@@ -370,6 +385,7 @@ def _all_output_bytes(project: Project) -> bytes:
     return b"\n".join(p.read_bytes() for root in roots if root.exists() for p in root.rglob("*") if p.is_file())
 
 
+@pytest.mark.slow
 def test_an_expired_token_is_replaced_everywhere_and_a_valid_one_never(tmp_path):
     project = Project(tmp_path)
     project.write_inventory(loopback_inventory())
@@ -404,6 +420,7 @@ def test_an_expired_token_is_replaced_everywhere_and_a_valid_one_never(tmp_path)
     assert not [name for name in renewed.executed if name.endswith(("/sa-keypair", "/encryption-config"))]
 
 
+@pytest.mark.slow
 def test_a_token_inside_the_renewal_window_is_replaced(tmp_path):
     project = Project(tmp_path)
     project.write_inventory(loopback_inventory(workers=1))
@@ -418,6 +435,7 @@ def test_a_token_inside_the_renewal_window_is_replaced(tmp_path):
 # --- bad input ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_an_unknown_provider_in_the_inventory_is_refused(tmp_path):
     project = Project(tmp_path)
     project.write_inventory(loopback_inventory(extra="encryption_provider: aesgsm"))
@@ -426,6 +444,7 @@ def test_an_unknown_provider_in_the_inventory_is_refused(tmp_path):
     assert not (project.root / "build" / "state").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage, needles", [
     ("short-key", ["encryption-config.yaml", "24 bytes long; secretbox needs 32", "Restore it from a backup"]),
     ("unknown-provider", ["encryption-config.yaml", "unknown provider 'aesxyz'"]),
@@ -452,6 +471,7 @@ def test_a_damaged_encryption_config_stops_the_build_and_is_left_as_is(tmp_path,
     assert project.node_file("cp1", ENCRYPTION_CONFIG).read_bytes() == installed
 
 
+@pytest.mark.slow
 def test_a_corrupt_sa_key_stops_the_build_and_is_left_as_is(tmp_path):
     project = Project(tmp_path)
     _build(project, workers=1)
@@ -463,6 +483,7 @@ def test_a_corrupt_sa_key_stops_the_build_and_is_left_as_is(tmp_path):
     assert path.read_bytes() == damaged
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("edit, needle", [
     (lambda text: text.replace("token: ", "token: X"), "does not have the form [a-z0-9]{6}.[a-z0-9]{16}"),
     (lambda text: re.sub(r"expiration: .*", "expiration: next tuesday", text), "not an RFC 3339 time"),
@@ -482,6 +503,7 @@ def test_a_hand_edited_token_file_stops_the_build_and_is_left_as_is(tmp_path, ed
     assert path.read_bytes() == damaged
 
 
+@pytest.mark.slow
 def test_a_provider_change_keeps_the_key_warns_and_the_rotation_switches_it(tmp_path):
     project = Project(tmp_path)
     _build(project, workers=1)

@@ -25,8 +25,11 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from support.project import Project, loopback_inventory
+from support.servers import JsonHandler, free_port, tls_stand_in
+from support.tools import require, require_module
 
-from conftest import JsonHandler, Project, free_port, loopback_inventory, require, require_module, tls_stand_in
+pytestmark = pytest.mark.slow  # end to end (see pyproject's markers)
 
 BOOTSTRAP_DIR = "etc/k8s/bootstrap"
 BOOTSTRAP_KUBECONFIG = "etc/k8s/kubelet/bootstrap-kubeconfig"
@@ -49,7 +52,7 @@ RESOURCES = {
 
 def _discovery() -> dict[str, dict]:
     lists: dict[str, list] = {}
-    for (api_version, kind), (prefix, plural, namespaced) in RESOURCES.items():
+    for (_, kind), (prefix, plural, namespaced) in RESOURCES.items():
         lists.setdefault(prefix, []).append({"name": plural, "singularName": kind.lower(), "namespaced": namespaced,
                                              "kind": kind, "verbs": ["create", "get", "list", "patch", "update"]})
     docs = {prefix: {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": prefix.split("/", 2)[-1]
@@ -134,43 +137,49 @@ class StandIn(JsonHandler):
         url = urlsplit(self.path)
         path = url.path
         if method == "GET":
-            if path == "/readyz":
-                body = b"ok"
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-            elif path in DISCOVERY:
-                self._reply(200, DISCOVERY[path])
-            elif path == "/openapi/v3":
-                self._reply(200, {"paths": {p.lstrip("/"): {"serverRelativeURL": f"/openapi/v3{p}?hash=1"}
-                                            for p in {prefix for prefix, _, _ in RESOURCES.values()}}})
-            elif path.startswith("/openapi/v3/"):
-                self._reply(200, _openapi(path[len("/openapi/v3"):]))
-            elif path in self.store:
-                self._reply(200, self.store[path])
-            else:
-                self._status(404, "NotFound")
+            self._get(path)
             return
         if "system:masters" not in groups:
             self._status(403, "Forbidden", f"{user} may not {method} {path}")
             return
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
         if method == "POST":
-            try:
-                self.kubernetes_validate.validate(body, self.schema_version, strict=True)
-            except self.kubernetes_validate.ValidationError as err:
-                self._status(422, "Invalid", str(err).splitlines()[0])
-                return
-            key = f"{path}/{body['metadata']['name']}"
-            if key in self.store:
-                self._status(409, "AlreadyExists")
-                return
-            body["metadata"].setdefault("resourceVersion", "1")
-            self.store[key] = body
-            self._reply(201, body)
+            self._create(path, body)
         else:
             self._status(405, "MethodNotAllowed", "the stand-in stores objects once")
+
+    def _get(self, path: str) -> None:
+        if path == "/readyz":
+            body = b"ok"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        elif path in DISCOVERY:
+            self._reply(200, DISCOVERY[path])
+        elif path == "/openapi/v3":
+            self._reply(200, {"paths": {p.lstrip("/"): {"serverRelativeURL": f"/openapi/v3{p}?hash=1"}
+                                        for p in {prefix for prefix, _, _ in RESOURCES.values()}}})
+        elif path.startswith("/openapi/v3/"):
+            self._reply(200, _openapi(path[len("/openapi/v3"):]))
+        elif path in self.store:
+            self._reply(200, self.store[path])
+        else:
+            self._status(404, "NotFound")
+
+    def _create(self, path: str, body: dict) -> None:
+        try:
+            self.kubernetes_validate.validate(body, self.schema_version, strict=True)
+        except self.kubernetes_validate.ValidationError as err:
+            self._status(422, "Invalid", str(err).splitlines()[0])
+            return
+        key = f"{path}/{body['metadata']['name']}"
+        if key in self.store:
+            self._status(409, "AlreadyExists")
+            return
+        body["metadata"].setdefault("resourceVersion", "1")
+        self.store[key] = body
+        self._reply(201, body)
 
     def do_GET(self):
         self._handle("GET")
@@ -268,14 +277,14 @@ def test_kubectl_sends_each_bootstrap_token_and_the_server_matches_it_to_its_sec
         result = _kubectl(kubeconfig, "get", "--raw", "/api")
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout)["kind"] == "APIVersions"
-        (method, path, user, groups, auth), = handler.seen
+        (_, _, user, groups, auth), = handler.seen
         assert auth == f"Bearer {token}"
         assert user == f"system:bootstrap:{token.split('.')[0]}"
         assert groups == ["system:bootstrappers", f"system:bootstrappers:kthw:{node}"]
 
 
 def test_a_wrong_token_is_rejected(cluster, tmp_path):
-    project, port, handler = cluster
+    project, port, _ = cluster
     assert _apply(project, port).returncode == 0
     config = yaml.safe_load(project.node_file("worker1", BOOTSTRAP_KUBECONFIG).read_text())
     token_id, secret = config["users"][0]["user"]["token"].split(".")

@@ -17,12 +17,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support.project import REPO
+from support.render import parse_blocks
+from support.servers import free_port
+from support.tools import require, require_module
 
-from conftest import REPO, free_port, require, require_module
 from kthw import inventory, templating
 from kthw.secrets import manifests
 from kthw.vendor import fetch as vendor
-from test_coredns import parse_blocks
 
 TEMPLATES = templating.directory()
 
@@ -113,7 +115,8 @@ def test_the_dns_client_gets_real_answers_and_fails_without_one(script, dns_serv
 
 
 def test_dns_answer_refuses_a_truncated_or_failed_reply(script):
-    ok = "6b 74 81 80 00 01 00 01 00 00 00 00 05 70 72 6f 62 65 00 00 01 00 01 c0 0c 00 01 00 01 00 00 00 05 00 04 c0 00 02 03"
+    ok = ("6b 74 81 80 00 01 00 01 00 00 00 00 05 70 72 6f 62 65 00 00 01 00 01 "
+          "c0 0c 00 01 00 01 00 00 00 05 00 04 c0 00 02 03")
     assert call(script, f"dns_answer '{ok}'").stdout == "192.0.2.3\n"
     assert call(script, f"dns_answer '{ok[:-12]}'").returncode != 0  # cut inside the address
     servfail = ok.replace("81 80", "81 82", 1)

@@ -1,15 +1,15 @@
-"""The Vault CA backend against a real OpenBao dev server (one per module).
+"""The Vault CA backend against a real OpenBao dev server (one per test run, conftest).
 
-`doit vault_setup` prepares the server, `doit pki` issues the full cert set of a 3+2 node
-inventory through it, and the local-CA checks run again on the Vault-issued certs: the
-cert fields and hierarchy (test_pki), a real three-member etcd cluster (test_etcd_tls)
-and real kubectl against the stand-in API server (test_kubectl_tls). Their tests are
-imported here, so they run with this module's `built_loopback`: the Vault build.
+`doit vault_setup` prepares the server and `doit pki` issues the full cert set of a 3+2 node
+inventory through it. The checks both backends must pass (the cert fields and hierarchy in
+test_pki, a real three-member etcd cluster in test_etcd_tls, real kubectl in test_kubectl_tls)
+run on this same build through conftest's pki_build; here is what is Vault's own.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import stat
 from datetime import datetime, timedelta, timezone
@@ -18,33 +18,26 @@ import pytest
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from support.apiserver import stand_in_apiservers, whoami
+from support.project import Project, fails_cleanly, loopback_inventory, system_clock_at
+from support.vault import DOMAIN_MOUNTS, ROOT_MOUNT, no_vault_env, policy_token, vault_section
 
-from conftest import Project, fails_cleanly, loopback_inventory, system_clock_at
-from kthw.pki.catalogue import leaf
+from kthw.crypto import (
+    CertSpec,
+    build_certificate,
+    certs_pem,
+    generate_key,
+    load_private_key,
+    private_key_pem,
+    same_public_key,
+)
 from kthw.inventory import CASettings
-from kthw.pki.vault.policy import role_of
-from kthw.crypto import CertSpec, build_certificate, certs_pem, load_private_key, private_key_pem, generate_key, \
-    same_public_key
 from kthw.kubeconfig import kubeconfig
-from test_etcd_tls import etcd_cluster  # noqa: F401 - fixture, used with this module's built_loopback
-from test_etcd_tls import test_a_client_cert_from_the_kubernetes_intermediate_is_rejected  # noqa: F401
-from test_etcd_tls import test_members_form_a_quorum_and_apiserver_client_reads_and_writes  # noqa: F401
-from test_kubectl_tls import apiserver, whoami  # noqa: F401
-from test_kubectl_tls import test_a_client_cert_from_the_etcd_intermediate_is_refused  # noqa: F401
-from test_kubectl_tls import test_a_host_outside_the_apiserver_sans_is_refused  # noqa: F401
-from test_kubectl_tls import test_kubeconfig_server_name_comes_from_the_inventory  # noqa: F401
-from test_kubectl_tls import test_server_sees_the_identity_of_each_kubeconfig  # noqa: F401
-from test_pki import test_ca_hierarchy  # noqa: F401
-from test_pki import test_each_node_gets_exactly_what_its_roles_need  # noqa: F401
-from test_pki import test_kubeconfigs_embed_identity_and_server  # noqa: F401
-from test_pki import test_private_keys_are_0600_and_never_left_half_written  # noqa: F401
-from test_pki import test_service_cert_fields  # noqa: F401
-from test_vault_support import BUILD_POLICY, dev_server, no_vault_env, policy_token, vault_section
+from kthw.pki.catalogue import leaf
+from kthw.pki.vault.policy import role_of
 
-DOMAIN_MOUNTS = {"kubernetes": "k8s_pki_intermediate_ca_for_service_kubernetes",
-                 "etcd": "k8s_pki_intermediate_ca_for_service_etcd",
-                 "front-proxy": "k8s_pki_intermediate_ca_for_service_front_proxy"}
-ROOT_MOUNT = "k8s_pki_root_ca"
+pytestmark = pytest.mark.slow  # end to end (see pyproject's markers)
+
 # Certs whose names are a node's have one role per node (<cert>.<node>); the others one per class.
 CONTROL_PLANES, WORKERS = ("cp1", "cp2", "cp3"), ("worker1", "worker2")
 ROLES = {"kubernetes": {"apiserver-kubelet-client", "admin", "controller-manager", "scheduler", "kube-proxy",
@@ -55,49 +48,35 @@ ROLES = {"kubernetes": {"apiserver-kubelet-client", "admin", "controller-manager
          "front-proxy": {"front-proxy-client"}}
 
 
-@pytest.fixture(scope="module")
-def bao(tmp_path_factory):
-    with dev_server(tmp_path_factory.mktemp("bao")) as server:
-        yield server
-
-
-def vault_state(client, mounts=(ROOT_MOUNT, *DOMAIN_MOUNTS.values()), role_prefix=""):
-    """What vault_setup manages, as read back from the server."""
-    state = {"mounts": {k: v["type"] for k, v in client.sys.list_mounted_secrets_engines()["data"].items()}}
-    for mount in mounts:
-        state[mount] = client.read(f"{mount}/cert/ca")["data"]["certificate"]
-        roles = client.list(f"{mount}/roles")
-        for role in (roles or {"data": {"keys": []}})["data"]["keys"]:
-            if role.startswith(role_prefix):
-                state[f"{mount}/roles/{role}"] = client.read(f"{mount}/roles/{role}")["data"]
-    return state
+# This module's tests run against the session's Vault server and its build (conftest).
 
 
 @pytest.fixture(scope="module")
-def setup_runs(bao, tmp_path_factory):
-    """`doit vault_setup` twice on a fresh server, with the Vault state after each run."""
-    project = Project(tmp_path_factory.mktemp("vault-build"))
-    project.write_inventory(loopback_inventory(kubelet_credentials="static", extra=vault_section(bao)))
-    env = no_vault_env(VAULT_TOKEN=bao.root_token)
-    first = project.doit("vault_setup", env=env)
-    after_first = vault_state(bao.client())
-    second = project.doit("vault_setup", env=env)
-    after_second = vault_state(bao.client())
-    return project, env, (first, after_first), (second, after_second)
+def bao(vault_dev_server):
+    return vault_dev_server
 
 
 @pytest.fixture(scope="module")
-def build_env(bao, setup_runs) -> dict:
-    """doit's environment as the build identity: a token with the policy vault_setup wrote, alone."""
-    return no_vault_env(VAULT_TOKEN=policy_token(bao, BUILD_POLICY))
+def setup_runs(vault_setup_runs):
+    return vault_setup_runs
 
 
 @pytest.fixture(scope="module")
-def built_loopback(setup_runs, build_env) -> Project:
-    """This module's build: the pki stage with every cert issued by Vault, as the build identity."""
-    project, _, _, _ = setup_runs
-    project.doit("pki", env=build_env)
-    return project
+def build_env(vault_build_env) -> dict:
+    return vault_build_env
+
+
+@pytest.fixture(scope="module")
+def built_loopback(vault_build) -> Project:
+    """In this module the loopback build is the one Vault issued."""
+    return vault_build
+
+
+@pytest.fixture(scope="module")
+def apiserver(vault_build):
+    """The stand-in API servers (support/apiserver.py) on the Vault build."""
+    with stand_in_apiservers(vault_build) as servers:
+        yield vault_build, servers
 
 
 def new_build(bao, tmp_path, env: dict, **inventory) -> Project:
@@ -160,7 +139,9 @@ def test_every_leaf_key_was_made_locally_and_matches_its_cert(built_loopback):
 
 
 def test_kubelet_signer_is_a_local_key_signed_by_the_vault_root(built_loopback):
-    node = lambda path: built_loopback.node_file("cp1", path)  # noqa: E731
+    def node(path):
+        return built_loopback.node_file("cp1", path)
+
     ca_dir = built_loopback.root / "build" / "pki" / "ca"
     root = x509.load_pem_x509_certificate((ca_dir / "root.crt").read_bytes())
     signer = x509.load_pem_x509_certificates(node("etc/k8s/kube-controller-manager/cluster-signing-ca.crt")
@@ -185,7 +166,7 @@ def test_kubelet_signer_is_a_local_key_signed_by_the_vault_root(built_loopback):
         "CN=testcluster-kubernetes-ca"]
 
 
-def test_a_kubelet_cert_from_the_cluster_signer_logs_in_to_the_api_server(apiserver, tmp_path):  # noqa: F811
+def test_a_kubelet_cert_from_the_cluster_signer_logs_in_to_the_api_server(apiserver, tmp_path):
     # What kube-controller-manager does with an approved kubelet CSR: sign it with
     # --cluster-signing-cert-file/--cluster-signing-key-file. The stand-in API server
     # trusts the node's kubernetes-ca.crt, as kube-apiserver's --client-ca-file would.
@@ -251,11 +232,9 @@ def _age_every_leaf(bao, project: Project, days_left: int) -> None:
         old = x509.load_pem_x509_certificates(cert_path.read_bytes())[0]
         key = load_private_key(cert_path.with_suffix(".key"))
         builder = x509.CertificateSigningRequestBuilder().subject_name(old.subject)
-        try:
+        with contextlib.suppress(x509.ExtensionNotFound):  # a cert without SANs keeps none
             builder = builder.add_extension(old.extensions.get_extension_for_class(x509.SubjectAlternativeName).value,
                                             critical=False)
-        except x509.ExtensionNotFound:
-            pass
         csr = builder.sign(key, old.signature_hash_algorithm).public_bytes(serialization.Encoding.PEM).decode()
         signed = client.write_data(f"{mount}/sign/aged-{name}", data={
             "csr": csr, "ttl": f"{days_left * 86400}s", "exclude_cn_from_sans": True, "format": "pem"})["data"]
@@ -263,7 +242,7 @@ def _age_every_leaf(bao, project: Project, days_left: int) -> None:
 
 
 def test_renewal_asks_vault_again_and_keeps_the_keys(bao, setup_runs, build_env, tmp_path):
-    from test_pki_support import assert_build_is_true
+    from support.pki import assert_build_is_true
     project = new_build(bao, tmp_path, setup_runs[1], workers=1)
     env = build_env
     project.doit("pki", env=env)

@@ -14,13 +14,22 @@ import secrets
 
 import pytest
 from cryptography import x509
+from support.project import Project, fails_cleanly, loopback_inventory
+from support.servers import free_port
+from support.vault import (
+    BUILD_POLICY,
+    dev_server,
+    no_vault_env,
+    policy_token,
+    project_files,
+    token_accessors,
+    vault_section,
+)
 
 from kthw.inventory import CASettings
 from kthw.pki.vault.client import Session, VaultError
 
-from conftest import Project, fails_cleanly, free_port, loopback_inventory
-from test_vault_support import BUILD_POLICY, dev_server, no_vault_env, policy_token, project_files, \
-    token_accessors, vault_section
+pytestmark = pytest.mark.slow  # end to end (see pyproject's markers)
 
 INVENTORY_ARGS = {"workers": 1}
 KUBERNETES_MOUNT = "k8s_pki_intermediate_ca_for_service_kubernetes"

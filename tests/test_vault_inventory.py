@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support.project import loopback_inventory
 
-from conftest import loopback_inventory
 from kthw.errors import InventoryError
 from kthw.inventory import VaultAuth, VaultNaming, loads
 from kthw.pki.vault.client import mount_for, role_for

@@ -22,14 +22,23 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 from hvac import exceptions as hvac_errors
+from support.project import REPO, Project, fails_cleanly, loopback_inventory, system_clock_at
+from support.vault import (
+    BUILD_POLICY,
+    dev_server,
+    no_vault_env,
+    policy_token,
+    project_files,
+    token_accessors,
+    vault_section,
+)
 
-from conftest import REPO, Project, fails_cleanly, loopback_inventory, system_clock_at
 from kthw.crypto import BACKDATE, load_private_key, same_public_key
 from kthw.inventory import CASettings
 from kthw.pki.vault.client import Session, VaultError
 from kthw.pki.vault.policy import ROLE_DEFAULTS
-from test_vault_support import BUILD_POLICY, dev_server, no_vault_env, policy_token, project_files, \
-    token_accessors, vault_section
+
+pytestmark = pytest.mark.slow  # end to end (see pyproject's markers)
 
 KUBERNETES = "k8s_pki_intermediate_ca_for_service_kubernetes"
 ETCD = "k8s_pki_intermediate_ca_for_service_etcd"

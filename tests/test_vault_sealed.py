@@ -5,9 +5,10 @@ every output file as it was."""
 from __future__ import annotations
 
 import pytest
+from support.project import Project, fails_cleanly, loopback_inventory
+from support.vault import file_storage_server, no_vault_env, vault_section
 
-from conftest import Project, fails_cleanly, loopback_inventory
-from test_vault_support import file_storage_server, no_vault_env, vault_section
+pytestmark = pytest.mark.slow  # end to end (see pyproject's markers)
 
 
 @pytest.fixture(scope="module")

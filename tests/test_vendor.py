@@ -1,6 +1,6 @@
 """The vendor stage end to end: `doit vendor` against real servers on 127.0.0.1.
 
-Release files come from a real HTTP server playing upstream (tests/test_vendor_support.py),
+Release files come from a real HTTP server playing upstream (tests/support/vendor.py),
 images from Debian's real docker-registry with bearer-token auth. The inventory points at
 them with vendor.mirror / vendor.registry_mirror and names a site pins file holding the
 stand-ins' checksums and digests.
@@ -19,26 +19,27 @@ import time
 from pathlib import Path
 
 import pytest
+from support.project import REPO, Project, loopback_inventory
+from support.tools import require
+from support.vendor import (
+    K8S,
+    NO_PROXY_ENV,
+    RELEASE,
+    Registry,
+    Upstream,
+    binary_text,
+    release,
+    site_pins,
+    vendor_section,
+)
 
 from kthw.supply import download
 
-from conftest import REPO, Project, loopback_inventory, require
-from test_vendor_support import K8S, RELEASE, Registry, Upstream, binary_text, release, site_pins
+pytestmark = pytest.mark.slow  # end to end (see pyproject's markers)
 
-NO_PROXY_ENV = {name: "" for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy",
-                                      "ALL_PROXY")}
-FAKE_IMAGES = {("pause", RELEASE["pause"]): "sha256:" + "ab" * 32, ("coredns", RELEASE["coredns"]): "sha256:" + "cd" * 32}
+FAKE_IMAGES = {("pause", RELEASE["pause"]): "sha256:" + "ab" * 32,
+               ("coredns", RELEASE["coredns"]): "sha256:" + "cd" * 32}
 SERVER_AMD64 = f"vendor:kubernetes-server-{K8S}-amd64"
-
-
-def vendor_section(mirror: str, registry: str | None = None, overrides: dict | None = None) -> str:
-    lines = ["vendor:", f"  mirror: {mirror}", "  site_pins: site-pins.yaml"]
-    if registry:
-        lines.append(f"  registry_mirror: {registry}")
-    if overrides:
-        lines.append("  overrides:")
-        lines += [f"    {name}: {value}" for name, value in overrides.items()]
-    return "\n".join(lines)
 
 
 def prepare(project: Project, upstream: Upstream, rel=None, images=None, mirror: str | None = None,
@@ -100,7 +101,7 @@ def vendored(tmp_path_factory, registry):
 
 
 def test_full_run_fetches_every_file_each_node_needs_for_both_arches(vendored):
-    project, server, rel, run = vendored
+    project, server, rel, _ = vendored
     files = vendored_files(project.root)
     both, amd64 = ("amd64", "arm64"), ("amd64",)
     # Control planes and etcd members are amd64 in this inventory, workers amd64 and arm64.
@@ -312,7 +313,8 @@ def test_a_component_override_wins_over_the_mirror(project, upstream):
         "http://mirror.invalid/unused", overrides={"etcd": upstream.url + "/custom/etcd-v{version}/{arch}"}))
         .replace("arch: amd64, zone: az3", "arch: arm64, zone: az3"))
     project.doit(f"vendor:etcd-{etcd}-arm64", env=NO_PROXY_ENV)
-    assert [seen.path for seen in upstream.requests()] == [f"/custom/etcd-v{etcd}/arm64/etcd-v{etcd}-linux-arm64.tar.gz"]
+    assert [seen.path for seen in upstream.requests()] == [
+        f"/custom/etcd-v{etcd}/arm64/etcd-v{etcd}-linux-arm64.tar.gz"]
     assert (project.root / f"vendor/bin/arm64/etcd-{etcd}/etcd").read_bytes() == binary_text("etcd", etcd, "arm64")
 
 

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support.project import REPO, loopback_inventory
+from support.vendor import K8S, RELEASE, release, site_pins
 
-from kthw.supply import components, download, pins
 from kthw import inventory
-from kthw.vendor import pinning, fetch as vendor
 from kthw.errors import InventoryError
 from kthw.layout import Layout
-
-from conftest import REPO, loopback_inventory
-from test_vendor_support import K8S, RELEASE, release, site_pins
+from kthw.supply import components, download, pins
+from kthw.vendor import fetch as vendor
+from kthw.vendor import pinning
 
 SHIPPED = REPO / "kthw" / "supply" / "data" / "pins.yaml"
 LENGTHS = {"sha256": 64, "sha512": 128}
@@ -97,7 +97,8 @@ checksums:
     "9.5.1":
       amd64: "sha256:{hex64}"
 releases:
-  "1.99.0": {{etcd: "9.5.1", containerd: "2.2.1", runc: "1.3.4", cni-plugins: "1.8.0", crictl: "1.35.0", pause: "3.10.1", coredns: "1.14.2"}}
+  "1.99.0": {{etcd: "9.5.1", containerd: "2.2.1", runc: "1.3.4", cni-plugins: "1.8.0",
+             crictl: "1.35.0", pause: "3.10.1", coredns: "1.14.2"}}
 images:
   pause:
     "3.10.1": {{repository: registry.k8s.io/pause, digest: "sha256:{hex64}"}}
@@ -212,8 +213,9 @@ def test_sources_follow_overrides_then_mirror_then_upstream():
 
 def test_needs_gives_each_node_its_arch_and_roles_only(tmp_path):
     rel = release(padding=0)
-    (tmp_path / "site-pins.yaml").write_text(site_pins([rel], {("pause", RELEASE["pause"]): "sha256:" + "ab" * 32,
-                                                                ("coredns", RELEASE["coredns"]): "sha256:" + "cd" * 32}))
+    digests = {("pause", RELEASE["pause"]): "sha256:" + "ab" * 32,
+               ("coredns", RELEASE["coredns"]): "sha256:" + "cd" * 32}
+    (tmp_path / "site-pins.yaml").write_text(site_pins([rel], digests))
     (tmp_path / "cluster.yaml").write_text(loopback_inventory(kubernetes_version=K8S,
                                                               extra="vendor:\n  site_pins: site-pins.yaml"))
     inv = inventory.load(tmp_path / "cluster.yaml")

@@ -26,13 +26,15 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from support.apiserver import serve, whoami
+from support.etcd import etcd_member_command, etcdctl_command, wait_etcd_healthy
+from support.project import Installed, Project, loopback_inventory, system_clock_at
+from support.servers import stop_processes
+from support.vendor import NO_PROXY_ENV, Registry, Upstream, release, site_pins, vendor_section
 
-from conftest import Installed, Project, etcd_member_command, etcdctl_command, loopback_inventory, stop_processes, \
-    system_clock_at, wait_etcd_healthy
 from kthw.pki.node_paths import ETCD_CLIENT_PORT
-from test_kubectl_tls import serve, whoami
-from test_vendor import NO_PROXY_ENV, vendor_section
-from test_vendor_support import Registry, Upstream, release, site_pins
+
+pytestmark = pytest.mark.slow  # end to end (see pyproject's markers)
 
 # Real component versions (the render stage's version table knows them); the files
 # behind them are stand-ins, pinned by the site pins file.
@@ -131,7 +133,7 @@ def test_walkthrough(mirror, tmp_path):
         stop_processes(procs)
 
     # Real kubectl with the installed admin kubeconfig, against the installed apiserver cert.
-    with serve(installed, "127.0.0.1") as (server, seen):
+    with serve(installed, "127.0.0.1") as (server, _):
         result = whoami(installed.node_file("cp1", "/etc/k8s/shared/admin.kubeconfig"),
                         f"https://127.0.0.1:{server.server_address[1]}")
         assert result.returncode == 0, result.stderr

@@ -1,5 +1,5 @@
 """Loaded by a doit process that a test starts with this directory on PYTHONPATH
-(conftest.system_clock_at, conftest.killed_at_write); never by the tool itself.
+(support.project.system_clock_at, support.project.killed_at_write); never by the tool itself.
 
 KTHW_TEST_SYSTEM_CLOCK=<ISO 8601>   the system clock kthw reads (kthw.clock.system_now) stands
                                     at that moment, as on a machine whose clock says so: how a
@@ -43,5 +43,9 @@ if _kill_at or _count_file:
         return _replace(src, dst, *args, **kwargs)
 
     os.replace = _counted_replace
+    def _write_count():
+        with open(_count_file, "w") as out:
+            out.write(str(_seen))
+
     if _count_file:
-        atexit.register(lambda: open(_count_file, "w").write(str(_seen)))
+        atexit.register(_write_count)

@@ -1,7 +1,7 @@
 """Shared pieces of the render-stage tests: a site pins file made for the test (the render
 stage reads the same pins the vendor stage does, so a test release is written with the vendor
-tests' helper), and a loopback cluster built by the real doit graph (pki, secrets, render).
-This module holds no tests of its own."""
+tests' helper), the paths rendered files name, and a Corefile parser. conftest's
+rendered_cluster is the loopback cluster built by the real doit graph (pki, secrets, render)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,11 @@ import json
 import re
 from pathlib import Path, PurePosixPath
 
-import pytest
-
-from conftest import Project, loopback_inventory
-from test_vendor_support import Release, site_pins
-from test_vendor_support import release as vendor_release
 from kthw import inventory, templating, versions
 from kthw.render.node_files import plan
+from support.project import Project, loopback_inventory
+from support.vendor import Release, site_pins
+from support.vendor import release as vendor_release
 
 TEMPLATES = templating.directory()
 # The render stage uses only the pause image's repository:tag; the vendor stage wants every
@@ -57,17 +55,6 @@ def rendered_paths(project: Project) -> dict[str, list[str]]:
     return {node: [f.path for f in files] for node, files in plan(inv).items()}
 
 
-@pytest.fixture(scope="module")
-def rendered_cluster(tmp_path_factory):
-    """Three control-plane+etcd nodes on 127.0.0.1-3 and two workers, fully rendered."""
-    root = tmp_path_factory.mktemp("render")
-    project = Project(root)
-    pins = write_pins(root / "site-pins.yaml", [release()])
-    project.write_inventory(pinned_inventory(pins))
-    project.doit("pki", "secrets", "render")
-    return project, pins
-
-
 ABSOLUTE_PATH = re.compile(r"(?<![\w.:/-])(/(?:etc|usr|opt|var|run)/[\w.@/-]*[\w])")
 
 
@@ -78,3 +65,26 @@ def named_paths(text: str) -> set[str]:
 
 def unit_name(path: str) -> str:
     return PurePosixPath(path).name
+
+
+def parse_blocks(text: str) -> list[tuple[str, list]]:
+    """Corefile syntax: `<words> {` opens a block, `}` closes it, other lines are directives
+    (whose quoted arguments may hold anything)."""
+    stack: list[list] = [[]]
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if line == "}":
+            assert len(stack) > 1, f"line {number}: '}}' closes nothing"
+            stack.pop()
+        elif line.endswith("{"):
+            block: list = []
+            stack[-1].append((line[:-1].strip(), block))
+            stack.append(block)
+        else:
+            unquoted = re.sub(r'"[^"]*"', '""', line)  # a quoted argument may hold braces
+            assert "{" not in unquoted and "}" not in unquoted, f"line {number}: {raw!r}"
+            stack[-1].append((line, []))
+    assert len(stack) == 1, "a block is not closed"
+    return stack[0]

@@ -7,11 +7,14 @@
   the bearer-token flow is the real one a public registry uses.
 - ``release()``: stand-in payloads for every component and arch, and a site pins file
   with their checksums.
+- ``vendor_section()``: the inventory's vendor block for those servers; ``NO_PROXY_ENV``
+  keeps a proxy of this machine out of the way.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import gzip
 import hashlib
@@ -36,8 +39,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from kthw.supply import components
-
-from conftest import free_port, require, sign_jwt
+from support.jwt import sign_jwt
+from support.servers import free_port
+from support.tools import require
 
 K8S = "1.37.90"  # a supported minor that the shipped pins do not pin
 RELEASE = {"etcd": "9.5.1", "containerd": "9.2.1", "runc": "9.3.4", "cni-plugins": "9.8.0", "crictl": "1.99.0",
@@ -144,6 +148,53 @@ class Seen:
     proxied: bool
 
 
+class UpstreamHandler(BaseHTTPRequestHandler):
+    """Upstream's requests: its files, with its faults."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_HEAD(self):
+        self.do_GET()
+
+    def do_GET(self):
+        upstream = self.server.upstream
+        parts = urllib.parse.urlsplit(self.path)
+        with upstream.lock:
+            upstream.seen.append(Seen(self.command, parts.path, dict(self.headers.items()),
+                                      self.path.startswith("http://")))
+            queue = upstream.faults.get(parts.path) or []
+            fault = queue.pop(0) if queue else None
+        if fault == "500":
+            return self.send_error(500)
+        body = upstream.files.get(parts.path)
+        if fault == "404" or body is None:
+            return self.send_error(404)
+        if fault == "wrong":
+            body = bytes(b ^ 0x5A for b in body)
+        start = 0
+        if self.headers.get("Range", "").startswith("bytes="):
+            start = int(self.headers["Range"][6:].split("-")[0])
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        else:
+            self.send_response(200)
+        part = body[start:]
+        if fault != "nolength":
+            self.send_header("Content-Length", str(len(part)))
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        if fault in ("cut", "nolength"):
+            self.wfile.write(part[: len(part) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            with contextlib.suppress(OSError):  # the client may have gone already
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        self.wfile.write(part)
+
+
 class Upstream:
     """Serves ``files`` (path -> bytes); ``faults[path]`` is a list of faults used up one per request:
     "500", "404", "wrong" (other bytes, same length), "cut" (half the body, then the connection
@@ -154,54 +205,8 @@ class Upstream:
         self.faults: dict[str, list[str]] = {}
         self.seen: list[Seen] = []
         self.lock = threading.Lock()
-        upstream = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_HEAD(self):
-                self.do_GET()
-
-            def do_GET(self):
-                parts = urllib.parse.urlsplit(self.path)
-                with upstream.lock:
-                    upstream.seen.append(Seen(self.command, parts.path, dict(self.headers.items()),
-                                              self.path.startswith("http://")))
-                    queue = upstream.faults.get(parts.path) or []
-                    fault = queue.pop(0) if queue else None
-                if fault == "500":
-                    return self.send_error(500)
-                body = upstream.files.get(parts.path)
-                if fault == "404" or body is None:
-                    return self.send_error(404)
-                if fault == "wrong":
-                    body = bytes(b ^ 0x5A for b in body)
-                start = 0
-                if self.headers.get("Range", "").startswith("bytes="):
-                    start = int(self.headers["Range"][6:].split("-")[0])
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-                else:
-                    self.send_response(200)
-                part = body[start:]
-                if fault != "nolength":
-                    self.send_header("Content-Length", str(len(part)))
-                self.end_headers()
-                if self.command == "HEAD":
-                    return
-                if fault in ("cut", "nolength"):
-                    self.wfile.write(part[: len(part) // 2])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    try:
-                        self.connection.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
-                    return
-                self.wfile.write(part)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), UpstreamHandler)
+        self.server.upstream = self
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -302,17 +307,18 @@ class Registry:
         }
         (directory / "config.yml").write_text(yaml.safe_dump(config))
         self.log = directory / "registry.log"
-        self.process = subprocess.Popen([binary, "serve", str(directory / "config.yml")],
-                                        stdout=open(self.log, "wb"), stderr=subprocess.STDOUT)
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen([binary, "serve", str(directory / "config.yml")],
+                                            stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while True:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                     break
-            except OSError:
+            except OSError as error:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     self.close()
-                    raise AssertionError(f"docker-registry did not start:\n{self.log.read_text()}")
+                    raise AssertionError(f"docker-registry did not start:\n{self.log.read_text()}") from error
                 time.sleep(0.1)
 
     @property
@@ -378,3 +384,17 @@ class Registry:
             entries.append({**descriptor, "platform": {"architecture": arch, "os": "linux"}})
         index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": entries}
         return self.push_manifest(repository, tag, index, "application/vnd.oci.image.index.v1+json")["digest"]
+
+
+NO_PROXY_ENV = {name: "" for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy",
+                                      "ALL_PROXY")}
+
+
+def vendor_section(mirror: str, registry: str | None = None, overrides: dict | None = None) -> str:
+    lines = ["vendor:", f"  mirror: {mirror}", "  site_pins: site-pins.yaml"]
+    if registry:
+        lines.append(f"  registry_mirror: {registry}")
+    if overrides:
+        lines.append("  overrides:")
+        lines += [f"    {name}: {value}" for name, value in overrides.items()]
+    return "\n".join(lines)

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Installed, Project, etcd_member_command, etcdctl_command, port_free, require, stop_processes, \
-    wait_etcd_healthy
 from kthw.pki.node_paths import ETCD_CLIENT_PORT, ETCD_PEER_PORT
-from test_bundle_support import stand_in_vendor
+from support.bundles import stand_in_vendor
+from support.etcd import etcd_member_command, etcdctl_command, wait_etcd_healthy
+from support.project import Installed, Project
+from support.servers import port_free, stop_processes
+from support.tools import require
 
 # Addresses of their own on the loopback network: the etcd tests of other modules use
 # 127.0.0.1-3 with etcd's standard ports.
@@ -33,12 +35,10 @@ def day2_inventory(members: list[str], workers: list[str], *, joining: str | Non
              f"api_endpoint: {{dns: localhost, ip: {MEMBER_IPS['cp1']}, port: 6443}}",
              "service_cidr: 10.96.0.0/12", "pod_cidr: 10.244.0.0/16", "key_algorithm: ecdsa-p256",
              "kubelet_credentials: tls-bootstrap", "nodes:"]
-    for name in members:
-        extra = ", joining: true" if name == joining else ""
-        lines.append(f"  - {{name: {name}, roles: [control-plane, etcd], arch: amd64, ip: {MEMBER_IPS[name]}{extra}}}")
-    for name in workers:
-        lines.append(f"  - {{name: {name}, roles: [worker], arch: amd64, ip: {WORKER_IPS[name]}, "
-                     f"pod_cidr: 10.244.{name[-1]}.0/24}}")
+    lines += [f"  - {{name: {name}, roles: [control-plane, etcd], arch: amd64, ip: {MEMBER_IPS[name]}"
+              f"{', joining: true' if name == joining else ''}}}" for name in members]
+    lines += [f"  - {{name: {name}, roles: [worker], arch: amd64, ip: {WORKER_IPS[name]}, "
+              f"pod_cidr: 10.244.{name[-1]}.0/24}}" for name in workers]
     return "\n".join(lines).replace("127.0.18.", f"{net}.") + "\n"
 
 

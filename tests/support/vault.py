@@ -2,7 +2,7 @@
 
 Every server listens on 127.0.0.1 on a free port, runs with HOME in a temp directory
 (dev mode writes its root token to ~/.vault-token) and is stopped by the fixture that
-started it.
+started it. ``vault_state`` reads back what `doit vault_setup` manages on a server.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from pathlib import Path
 
 import hvac
 
-from conftest import port_free, require, stop_processes
-from test_vendor import NO_PROXY_ENV
+from support.servers import port_free, stop_processes
+from support.tools import require
+from support.vendor import NO_PROXY_ENV
 
 # The build identity's policy as `doit vault_setup` writes it, for the loopback inventory
 # (cluster name testcluster) with the default ca.naming.
@@ -72,7 +73,7 @@ def wait_ready(bao: Bao, proc: subprocess.Popen, log: Path, *, sealed_ok: bool =
             status = bao.client().sys.read_seal_status()
             if sealed_ok or not status["sealed"]:
                 return
-        except Exception:  # noqa: BLE001 - not listening yet
+        except Exception:  # not listening yet
             pass
         if time.monotonic() > deadline:
             raise RuntimeError(f"bao server did not come up:\n{log.read_text()[-3000:]}")
@@ -86,7 +87,7 @@ def wait_active(bao: Bao, log: Path) -> None:
         try:
             if bao.client().sys.read_health_status(method="GET").get("standby") is False:
                 return
-        except Exception:  # noqa: BLE001 - 429/503 while electing
+        except Exception:  # 429/503 while electing
             pass
         if time.monotonic() > deadline:
             raise RuntimeError(f"bao server did not become active:\n{log.read_text()[-3000:]}")
@@ -195,3 +196,23 @@ def token_accessors(bao: Bao) -> set[str]:
     """The accessors of every token the server holds (root token included)."""
     listed = bao.client().list("auth/token/accessors")
     return set((listed or {"data": {"keys": []}})["data"]["keys"])
+
+
+DOMAIN_MOUNTS = {"kubernetes": "k8s_pki_intermediate_ca_for_service_kubernetes",
+                 "etcd": "k8s_pki_intermediate_ca_for_service_etcd",
+                 "front-proxy": "k8s_pki_intermediate_ca_for_service_front_proxy"}
+
+ROOT_MOUNT = "k8s_pki_root_ca"
+EVERY_MOUNT = (ROOT_MOUNT, *DOMAIN_MOUNTS.values())
+
+
+def vault_state(client, mounts=EVERY_MOUNT, role_prefix=""):
+    """What vault_setup manages, as read back from the server."""
+    state = {"mounts": {k: v["type"] for k, v in client.sys.list_mounted_secrets_engines()["data"].items()}}
+    for mount in mounts:
+        state[mount] = client.read(f"{mount}/cert/ca")["data"]["certificate"]
+        roles = client.list(f"{mount}/roles")
+        for role in (roles or {"data": {"keys": []}})["data"]["keys"]:
+            if role.startswith(role_prefix):
+                state[f"{mount}/roles/{role}"] = client.read(f"{mount}/roles/{role}")["data"]
+    return state

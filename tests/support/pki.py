@@ -11,10 +11,10 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from conftest import Project
 from kthw import inventory
-from kthw.pki.catalogue import ca_specs, key_in_vault, leaves_for, trust_for
 from kthw.layout import Layout
+from kthw.pki.catalogue import ca_specs, key_in_vault, leaves_for, trust_for
+from support.project import Project
 
 
 def _key(path):
