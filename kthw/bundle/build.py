@@ -630,8 +630,9 @@ def _read_members(archive: tarfile.TarFile, path: Path) -> dict[str, _Member]:
     try:
         for member in archive:
             digest = data = None
-            if member.isfile():
-                handle, sha256, chunks = archive.extractfile(member), hashlib.sha256(), []
+            handle = archive.extractfile(member) if member.isfile() else None
+            if handle is not None:
+                sha256, chunks = hashlib.sha256(), []
                 while chunk := handle.read(tarball.CHUNK):
                     sha256.update(chunk)
                     if member.name in kept:
@@ -644,39 +645,39 @@ def _read_members(archive: tarfile.TarFile, path: Path) -> dict[str, _Member]:
     return members
 
 
-def verify_tarball(path: Path, trusted: str, node: str | None = None) -> str:
-    """Check a bundle file as the node's installer does: the MANIFEST's signature with the key
-    reached from the ``trusted`` fingerprint (through the bundle's endorsements), every file's
-    sha256, that it holds nothing the MANIFEST does not list and no link."""
-    path = Path(path)
+def _members_of(path: Path) -> dict[str, _Member]:
     try:
         archive = tarfile.open(path, "r:gz")
     except (OSError, tarfile.TarError, EOFError) as err:
         raise KthwError(f"{path}: not a readable .tar.gz ({err}); copy the bundle again") from None
     with archive:
-        members = _read_members(archive, path)
+        return _read_members(archive, path)
 
-    def read(name: str) -> bytes:
-        member = members.get(f"{TOP}/{name}")
-        if member is None or not member.is_file:
-            raise KthwError(f"{path}: {TOP}/{name} is missing; this is not a complete kthw-airgap bundle")
-        return member.data
 
-    odd = sorted(name for name, member in members.items() if not (member.is_file or member.is_dir))
-    if odd:
-        raise KthwError(f"{path}: {odd[0]} is neither a file nor a directory (a link?); a bundle holds neither")
+def _kept_data(path: Path, members: dict[str, _Member], name: str) -> bytes:
+    """The bytes of MANIFEST or MANIFEST.sig, which every bundle holds."""
+    member = members.get(f"{TOP}/{name}")
+    if member is None or not member.is_file or member.data is None:
+        raise KthwError(f"{path}: {TOP}/{name} is missing; this is not a complete kthw-airgap bundle")
+    return member.data
+
+
+def _signed_manifest(path: Path, members: dict[str, _Member], trusted: str) -> tuple[str, bytes]:
+    """The signer's fingerprint, reached from ``trusted``, and the MANIFEST it signed."""
     endorsements = members.get(f"{TOP}/{ENDORSEMENTS}")
     try:
         signer = bundle_signing.follow(trusted, endorsements.data if endorsements else None)
     except KthwError as err:
         raise KthwError(f"{path}: {err}") from None
-    manifest = read(MANIFEST)
-    if not bundle_signing.verify(bundle_signing.public_key(signer), read(SIGNATURE), manifest):
+    manifest = _kept_data(path, members, MANIFEST)
+    if not bundle_signing.verify(bundle_signing.public_key(signer), _kept_data(path, members, SIGNATURE), manifest):
         raise KthwError(f"{path}: {MANIFEST}: the signature does not verify with the key {signer}: the MANIFEST "
                         "or its signature was altered, or another key signed it")
-    header, lines = parse_manifest(manifest.decode("utf-8", "replace"))
-    if node is not None and header.get("node") != node:
-        raise KthwError(f"{path}: this is the bundle of {header.get('node')}, not of {node}")
+    return signer, manifest
+
+
+def _check_contents(path: Path, members: dict[str, _Member], lines: list[ManifestLine]) -> None:
+    """Every file the MANIFEST lists is there with its sha256, and nothing else is."""
     listed = {f"{TOP}/{MANIFEST}", f"{TOP}/{SIGNATURE}", f"{TOP}/{ENDORSEMENTS}"}
     for line in lines:
         if line.sha256 == DIRECTORY:
@@ -693,6 +694,22 @@ def verify_tarball(path: Path, trusted: str, node: str | None = None) -> str:
     extra = sorted(name for name, member in members.items() if name not in listed and not member.is_dir)
     if extra:
         raise KthwError(f"{path}: holds files the MANIFEST does not list: {', '.join(extra[:5])}")
+
+
+def verify_tarball(path: Path, trusted: str, node: str | None = None) -> str:
+    """Check a bundle file as the node's installer does: the MANIFEST's signature with the key
+    reached from the ``trusted`` fingerprint (through the bundle's endorsements), every file's
+    sha256, that it holds nothing the MANIFEST does not list and no link."""
+    path = Path(path)
+    members = _members_of(path)
+    odd = sorted(name for name, member in members.items() if not (member.is_file or member.is_dir))
+    if odd:
+        raise KthwError(f"{path}: {odd[0]} is neither a file nor a directory (a link?); a bundle holds neither")
+    signer, manifest = _signed_manifest(path, members, trusted)
+    header, lines = parse_manifest(manifest.decode("utf-8", "replace"))
+    if node is not None and header.get("node") != node:
+        raise KthwError(f"{path}: this is the bundle of {header.get('node')}, not of {node}")
+    _check_contents(path, members, lines)
     return (f"{path}: OK, bundle of {header.get('node')} ({header.get('arch')}), serial {header.get('serial')}, "
             f"{sum(1 for line in lines if line.path.startswith('/') and line.sha256 != DIRECTORY)} files, "
             f"signed by {signer}, MANIFEST sha256 {sha256_hex(manifest)}")

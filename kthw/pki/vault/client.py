@@ -121,6 +121,18 @@ def _shows(secret: str, message: str) -> bool:
 
 def _describe(err: Exception, server: str, path: str) -> VaultError:
     where = f"Vault at {server}"
+    if not isinstance(err, hvac_errors.VaultError):
+        return _describe_transport(err, where, path)
+    detail = _first_line("; ".join(err.errors) if getattr(err, "errors", None) else str(err).split(", on ")[0])
+    for describe in (_describe_state, _describe_forbidden, _describe_missing, _describe_role):
+        described = describe(err, where, path, detail)
+        if described is not None:
+            return described
+    return VaultError(f"{where}: {path}: {detail}")
+
+
+def _describe_transport(err: Exception, where: str, path: str) -> VaultError:
+    """A request that got no answer from Vault: refused before sending, TLS, the network."""
     # requests' InvalidHeader and http.client's ValueError quote the refused header value,
     # which for every request is the X-Vault-Token: their text is never repeated.
     if isinstance(err, requests.exceptions.InvalidHeader) or (
@@ -140,9 +152,11 @@ def _describe(err: Exception, server: str, path: str) -> VaultError:
                           "inventory and that Vault is running")
     if isinstance(err, requests.exceptions.RequestException):
         return VaultError(f"{where}: request to {path} failed ({_library_text(err)}); check ca.address")
-    if not isinstance(err, hvac_errors.VaultError):
-        return VaultError(f"{where}: {path}: {_library_text(err)}")
-    detail = _first_line("; ".join(err.errors) if getattr(err, "errors", None) else str(err).split(", on ")[0])
+    return VaultError(f"{where}: {path}: {_library_text(err)}")
+
+
+def _describe_state(err: hvac_errors.VaultError, where: str, path: str, detail: str) -> VaultError | None:
+    """Vault answered, but is not in a state to serve: plain HTTP to HTTPS, sealed, down, uninitialised."""
     if "HTTP request to an HTTPS server" in detail:
         return VaultError(f"{where} expects HTTPS; use https:// in ca.address (and ca.ca_bundle if its "
                           "certificate is not signed by a system CA)")
@@ -154,6 +168,10 @@ def _describe(err: Exception, server: str, path: str) -> VaultError:
                           "('bao status') and run again")
     if isinstance(err, hvac_errors.VaultNotInitialized):
         return VaultError(f"{where} is not initialised ({path}); initialise and unseal it first")
+    return None
+
+
+def _describe_forbidden(err: hvac_errors.VaultError, where: str, path: str, detail: str) -> VaultError | None:
     if isinstance(err, hvac_errors.Forbidden) and path.endswith("/cert/ca"):
         # A PKI mount serves its CA cert to anyone: a refusal means there is no such mount
         # (Vault answers "permission denied" for a path it cannot route, unless the token may go there).
@@ -163,6 +181,11 @@ def _describe(err: Exception, server: str, path: str) -> VaultError:
         return VaultError(f"{where}: permission denied on {path}: the token is expired or revoked, or its "
                           f"policy does not allow this path; grant it in the policy of the identity in ca.auth "
                           f"(the build policy 'doit vault_setup' writes allows every role of the inventory)")
+    return None
+
+
+def _describe_missing(err: hvac_errors.VaultError, where: str, path: str, detail: str) -> VaultError | None:
+    """What 'doit vault_setup' creates is not there: an auth method, a mount, a mount's CA."""
     if isinstance(err, hvac_errors.InvalidPath) and "no handler for route" in detail:
         if path.startswith("auth/"):
             return VaultError(f"{where}: no auth method is enabled at {path.rsplit('/login', 1)[0]}; enable it or "
@@ -170,11 +193,15 @@ def _describe(err: Exception, server: str, path: str) -> VaultError:
         return VaultError(f"{where}: mount '{_mount_of(path)}' does not exist ({path}); {SETUP_HINT}")
     if "no default issuer" in detail:
         return VaultError(f"{where}: mount '{_mount_of(path)}' has no CA yet ({path}); {SETUP_HINT}")
+    return None
+
+
+def _describe_role(err: hvac_errors.VaultError, where: str, path: str, detail: str) -> VaultError | None:
     if "unknown role" in detail:
         return VaultError(f"{where}: {path}: {detail}; {SETUP_HINT}")
     if "not allowed by this role" in detail or "not allowed by role" in detail or "role requires" in detail:
         return VaultError(f"{where}: the role refuses the request at {path}: {detail}; {ROLE_HINT}")
-    return VaultError(f"{where}: {path}: {detail}")
+    return None
 
 
 def _library_text(err: Exception) -> str:
