@@ -196,25 +196,10 @@ def pull(repository: Repository, name: str, tag: str, index_digest: str, arch: s
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
-        body, media_type = client.manifest(index_digest, f"the image index of {name}")
-        document = json.loads(body)
-        if media_type in INDEX_TYPES:
-            digest, size, media_type = _descriptor(_platform_manifest(document, arch, where), where)
-            body, media_type = client.manifest(digest, f"the {arch} manifest of {name}")
-            document = json.loads(body)
-        elif media_type in MANIFEST_TYPES:
-            digest = index_digest  # a single-arch image: its config must say it is this arch
-        else:
-            raise OciError(f"{where}: unexpected manifest type '{media_type}'")
-        if media_type not in MANIFEST_TYPES:
-            raise OciError(f"{where}: the {arch} entry is a '{media_type}', not an image manifest")
+        digest, body, media_type, document = _image_manifest(client, name, index_digest, arch, where)
         blobs = [_descriptor(document.get("config"), where)] + [_descriptor(layer, where)
                                                                  for layer in document.get("layers") or []]
-        for index, (blob_digest, size, _) in enumerate(blobs):
-            path = work / blob_digest.split(":")[1]
-            client.blob(blob_digest, path, f"{name} ({arch}) blob {index + 1}/{len(blobs)}")
-            if path.stat().st_size != size:
-                raise OciError(f"{where}: blob {blob_digest} is {path.stat().st_size} bytes, the manifest says {size}")
+        _pull_blobs(client, work, blobs, f"{name} ({arch})", where)
         if digest == index_digest:
             config = json.loads((work / blobs[0][0].split(":")[1]).read_bytes())
             if config.get("architecture") != arch:
@@ -234,6 +219,34 @@ def pull(repository: Repository, name: str, tag: str, index_digest: str, arch: s
     finally:
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _image_manifest(client: Client, name: str, index_digest: str, arch: str,
+                    where: str) -> tuple[str, bytes, str, dict]:
+    """The ``arch`` image manifest the pinned digest leads to: its digest, bytes, media type and document.
+    A pinned index leads to its ``arch`` entry; a pinned single-arch manifest is itself."""
+    body, media_type = client.manifest(index_digest, f"the image index of {name}")
+    document = json.loads(body)
+    if media_type in INDEX_TYPES:
+        digest, _, media_type = _descriptor(_platform_manifest(document, arch, where), where)
+        body, media_type = client.manifest(digest, f"the {arch} manifest of {name}")
+        document = json.loads(body)
+    elif media_type in MANIFEST_TYPES:
+        digest = index_digest  # a single-arch image: its config must say it is this arch
+    else:
+        raise OciError(f"{where}: unexpected manifest type '{media_type}'")
+    if media_type not in MANIFEST_TYPES:
+        raise OciError(f"{where}: the {arch} entry is a '{media_type}', not an image manifest")
+    return digest, body, media_type, document
+
+
+def _pull_blobs(client: Client, work: Path, blobs: list[tuple[str, int, str]], label: str, where: str) -> None:
+    """Each blob into ``work``, named by its hex digest, of the size its descriptor gives."""
+    for index, (blob_digest, size, _) in enumerate(blobs):
+        path = work / blob_digest.split(":")[1]
+        client.blob(blob_digest, path, f"{label} blob {index + 1}/{len(blobs)}")
+        if path.stat().st_size != size:
+            raise OciError(f"{where}: blob {blob_digest} is {path.stat().st_size} bytes, the manifest says {size}")
 
 
 def _write_layout(dest: Path, work: Path, digests: list[str], index_json: dict, origin: str) -> None:
