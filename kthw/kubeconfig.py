@@ -6,7 +6,6 @@ import base64
 
 import yaml
 
-
 # libyaml's emitter when PyYAML has it: the pure-Python one dominates a large build.
 _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 

@@ -50,7 +50,7 @@ def files(name: str, directory: Path | None = None, comments: bool = True) -> li
     return list(_files(name, directory, comments))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _files(name: str, directory: Path | None, comments: bool) -> tuple[Path, ...]:
     env = environment(directory, comments)
     seen: dict[str, Path] = {}

@@ -8,8 +8,9 @@ reports a bad value with its file, line, dotted field name and fix.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -141,6 +142,6 @@ class Reader:
         except Bad as bad:
             raise self.fail(key, bad.problem, bad.fix) from None
 
-    def sub(self, key: str) -> "Reader":
+    def sub(self, key: str) -> Reader:
         value = self.mapping.get(key)
         return Reader(self.source, Map() if value is None else value, self._name(key), self.where(key))

@@ -43,21 +43,21 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-
-from kthw.bundle import signing as bundle_signing, tarball
-from kthw.pki import catalogue
-from kthw.render import membership
-from kthw.secrets import files as secret_files
 from kthw import templating
-from kthw.vendor import fetch as vendor
+from kthw.bundle import signing as bundle_signing
+from kthw.bundle import tarball
 from kthw.errors import KthwError
 from kthw.fsutil import SECRET_MODE, atomic_file, atomic_write
-from kthw.supply.components import ARCH_ALIASES
 from kthw.inventory import Inventory, Node, url_host
 from kthw.layout import Layout
+from kthw.pki import catalogue
 from kthw.pki.node_paths import ETCD_CLIENT_PORT, PATHS, UNIT_DIR, VERSIONS_FILE
+from kthw.render import membership
 from kthw.render.node_files import NodeFile
+from kthw.secrets import files as secret_files
 from kthw.secrets.state import state_of
+from kthw.supply.components import ARCH_ALIASES
+from kthw.vendor import fetch as vendor
 
 TOP = "kthw-bundle"
 FILES = "files"
@@ -362,7 +362,7 @@ def parse_manifest(text: str) -> tuple[dict[str, str], list[ManifestLine]]:
     if not rows or rows[0] != f"# {MANIFEST_FORMAT}":
         raise KthwError(f"MANIFEST: not a kthw-airgap bundle manifest (first line: {rows[0] if rows else ''!r})")
     words = rows[1].lstrip("# ").split() if len(rows) > 1 else []
-    header = dict(zip(words[::2], words[1::2]))
+    header = dict(zip(words[::2], words[1::2], strict=False))  # an odd last word has no value
     lines = []
     for number, row in enumerate(rows[1:], start=2):
         if row.startswith("# serial "):
@@ -543,7 +543,7 @@ def build(spec: BundleSpec) -> str:
     """Write bundles/<node>.tar.gz (through a temp file and a rename); return what was done."""
     key = bundle_signing.load_key(spec.signing_key)
     install = installer(spec.templates)
-    files = tree_files(spec) + [(INSTALLER, install, 0o755)]
+    files = [*tree_files(spec), (INSTALLER, install, 493)]
     clash = {path for path, _, _ in files} & {placed.path for placed in spec.vendored.files}
     if clash:
         raise KthwError(f"{spec.tree}: {', '.join(sorted(clash))} would also come from vendor/; remove it from "
@@ -645,13 +645,11 @@ def _read_members(archive: tarfile.TarFile, path: Path) -> dict[str, _Member]:
     return members
 
 
-def _members_of(path: Path) -> dict[str, _Member]:
+def _open_bundle(path: Path) -> tarfile.TarFile:
     try:
-        archive = tarfile.open(path, "r:gz")
+        return tarfile.open(path, "r:gz")
     except (OSError, tarfile.TarError, EOFError) as err:
         raise KthwError(f"{path}: not a readable .tar.gz ({err}); copy the bundle again") from None
-    with archive:
-        return _read_members(archive, path)
 
 
 def _kept_data(path: Path, members: dict[str, _Member], name: str) -> bytes:
@@ -701,7 +699,8 @@ def verify_tarball(path: Path, trusted: str, node: str | None = None) -> str:
     reached from the ``trusted`` fingerprint (through the bundle's endorsements), every file's
     sha256, that it holds nothing the MANIFEST does not list and no link."""
     path = Path(path)
-    members = _members_of(path)
+    with _open_bundle(path) as archive:
+        members = _read_members(archive, path)
     odd = sorted(name for name, member in members.items() if not (member.is_file or member.is_dir))
     if odd:
         raise KthwError(f"{path}: {odd[0]} is neither a file nor a directory (a link?); a bundle holds neither")

@@ -28,9 +28,10 @@ import os
 import struct
 import tarfile
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterable
+from typing import BinaryIO
 
 BLOCK = 512
 END_OF_ARCHIVE = bytes(2 * BLOCK)

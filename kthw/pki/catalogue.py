@@ -8,8 +8,8 @@ the rows into concrete :class:`~kthw.crypto.CertSpec` for one node of an invento
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from kthw.crypto import CertSpec
 from kthw.inventory import APISERVER_PORT, Inventory, Node

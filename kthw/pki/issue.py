@@ -21,13 +21,23 @@ from pathlib import Path
 from cryptography import x509
 
 from kthw import clock
-from kthw.pki.ca import CertificateAuthority, require_matching_pair
-from kthw.crypto import CertSpec, build_certificate, certs_pem, generate_key, key_algorithm, load_certificates, \
-    load_private_key, parse_certificates, private_key_pem, same_public_key
+from kthw.crypto import (
+    CertSpec,
+    build_certificate,
+    certs_pem,
+    generate_key,
+    key_algorithm,
+    load_certificates,
+    load_private_key,
+    parse_certificates,
+    private_key_pem,
+    same_public_key,
+)
 from kthw.errors import KthwError, StateError
 from kthw.fsutil import PUBLIC_MODE, SECRET_MODE, atomic_write
 from kthw.kubeconfig import kubeconfig
 from kthw.layout import KeyPairPaths
+from kthw.pki.ca import CertificateAuthority, require_matching_pair
 from kthw.pki.renewal import Reason, date_reason, renewal_reason
 
 ROOT_DUE_HINT = ("doit never renews the root CA: replacing it means distributing a new trust anchor "

@@ -4,9 +4,9 @@ installer and the day-2 scripts read them)."""
 
 from __future__ import annotations
 
-from kthw.supply import components
-from kthw.pki.catalogue import CLUSTER_SIGNER, TRUST, leaf
 from kthw.inventory import APISERVER_PORT  # the inventory checks an endpoint's port against it
+from kthw.pki.catalogue import CLUSTER_SIGNER, TRUST, leaf
+from kthw.supply import components
 
 BIN_DIR = components.BIN_DIR
 UNIT_DIR = "/etc/systemd/system"

@@ -9,31 +9,29 @@ value missing from a context is an error, never an empty flag.
 Version-dependent choices come from :mod:`kthw.versions`; the pinned etcd, containerd
 and pause image come from the same pins the vendor stage fetches by
 (:func:`kthw.vendor.fetch.load_pins`: the shipped table extended by the inventory's
-``vendor.site_pins``), so the configs name exactly what the bundles install. Every flag a unit passes to a Kubernetes binary is checked
-against the version table before the unit is written.
+``vendor.site_pins``), so the configs name exactly what the bundles install. Every flag a
+unit passes to a Kubernetes binary is checked against the version table before the unit is written.
 """
 
 from __future__ import annotations
 
 import shlex
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable
 
-
-from kthw.supply import components
-from kthw.render import membership
 from kthw import templating, versions
-from kthw.vendor import fetch as vendor
-from kthw.pki.catalogue import leaf
 from kthw.errors import KthwError
 from kthw.fsutil import PUBLIC_MODE, atomic_write
 from kthw.inventory import Inventory, Node, url_host
+from kthw.pki.catalogue import leaf
 from kthw.pki.node_paths import APISERVER_PORT, ETCD_CLIENT_PORT, ETCD_PEER_PORT, PATHS, UNIT_DIR, VERSIONS_FILE
-from kthw.supply.pins import Pins
+from kthw.render import membership
 from kthw.roles import CONTROL_PLANE, ETCD, WORKER
-
+from kthw.supply import components
+from kthw.supply.pins import Pins
+from kthw.vendor import fetch as vendor
 
 # --- what each role installs from the vendor stage --------------------------------
 

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import yaml
 
-from kthw.secrets import rotation
 from kthw.errors import KthwError, StateError
 from kthw.fsutil import SECRET_MODE, atomic_write
 from kthw.pki.node_paths import PATHS
+from kthw.secrets import rotation
 
 API_VERSION = "apiserver.config.k8s.io/v1"
 KIND = "EncryptionConfiguration"
@@ -79,11 +79,11 @@ class EncryptionConfig:
                   "# `doit rotate_encryption_key`; never edit it by hand.\n")
         return (header + yaml.safe_dump(document, sort_keys=False)).encode()
 
-    def with_new_key(self, provider: str) -> "EncryptionConfig":
+    def with_new_key(self, provider: str) -> EncryptionConfig:
         """Phase 1: a fresh key second, so every API server can read data written with it."""
         numbers = [int(_KEY_NAME.match(k.name).group(1)) for k in self.keys if _KEY_NAME.match(k.name)]
         key = new_key(provider, f"key{max(numbers, default=0) + 1}")
-        return EncryptionConfig((self.keys[0], key) + self.keys[1:])
+        return EncryptionConfig((self.keys[0], key, *self.keys[1:]))
 
 
 def new_key(provider: str, name: str) -> Key:

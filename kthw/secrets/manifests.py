@@ -20,14 +20,15 @@ from pathlib import Path
 
 import yaml
 
-from kthw.pki.catalogue import LOCAL_APISERVER_URL, leaf
 from kthw import templating
 from kthw.errors import KthwError, StateError
 from kthw.fsutil import PUBLIC_MODE, SECRET_MODE, atomic_write
 from kthw.inventory import Inventory, url_host
+from kthw.pki.catalogue import LOCAL_APISERVER_URL, leaf
 from kthw.pki.node_paths import ETCD_CLIENT_PORT, PATHS
+from kthw.secrets.tokens import BootstrapToken, kubelet_nodes
+from kthw.secrets.tokens import require as require_token
 from kthw.supply.pins import ImagePin
-from kthw.secrets.tokens import BootstrapToken, kubelet_nodes, require as require_token
 from kthw.vendor.fetch import images as pinned_images
 
 BOOTSTRAP_DIR = "/etc/k8s/bootstrap"
@@ -143,7 +144,8 @@ def corefile(cluster_domain: str) -> str:
             "        pods insecure\n        fallthrough in-addr.arpa ip6.arpa\n        ttl 30\n    }\n"
             "    prometheus :9153\n"
             "    forward . /etc/resolv.conf {\n        max_concurrent 1000\n    }\n"
-            f"    cache 30 {{\n        disable success {cluster_domain}\n        disable denial {cluster_domain}\n    }}\n"
+            f"    cache 30 {{\n        disable success {cluster_domain}\n"
+            f"        disable denial {cluster_domain}\n    }}\n"
             "    loop\n    reload\n    loadbalance\n"
             "}\n")
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import IO, TypeVar
 
 from kthw.errors import KthwError
-from kthw.fsutil import atomic_file
+from kthw.fsutil import atomic_file, remove
 
 T = TypeVar("T")
 
@@ -54,7 +54,7 @@ class Checksum:
     hex: str
 
     @classmethod
-    def parse(cls, text: str) -> "Checksum":
+    def parse(cls, text: str) -> Checksum:
         match = _CHECKSUM.match(text.strip().lower()) if isinstance(text, str) else None
         if not match or len(match.group(2)) != ALGORITHMS[match.group(1)]:
             raise ValueError(f"'{text}' is not a checksum: write sha256:<64 hex digits> or sha512:<128 hex digits>")
@@ -113,11 +113,8 @@ def verified(path: Path, origin: str) -> bool:
 
 
 def forget(path: Path) -> None:
-    for each in (path, _stamp_path(path)):
-        try:
-            os.unlink(each)
-        except FileNotFoundError:
-            pass
+    """Delete the file and its stamp."""
+    remove((path, _stamp_path(path)))
 
 
 def hash_file(path: Path, algorithm: str) -> str:
@@ -389,17 +386,22 @@ def _fetch_http(url: str, out: IO[bytes], checksum: Checksum, headers: dict | No
                      fix="check the network, the proxy variables and the server (or the mirror)")
 
 
-def _copy_local(source: str, out: IO[bytes], checksum: Checksum, meter: Meter, hint: str) -> str:
-    digest = checksum.hasher()
+def _open_mirrored(source: str, hint: str) -> IO[bytes]:
+    """A file of a mirror directory, opened to read; a missing or unreadable one is a DownloadError."""
     try:
-        handle = open(source, "rb")
+        return open(source, "rb")
     except FileNotFoundError:
         raise DownloadError(f"{source}: no such file in the mirror directory"
                             + (f"\n  fix: {hint}" if hint else "")) from None
     except OSError as err:
         raise DownloadError(f"{source}: cannot read ({err.strerror})\n  fix: check the mirror "
                             "directory's permissions") from None
-    with handle:
+
+
+def _copy_local(source: str, out: IO[bytes], checksum: Checksum, meter: Meter, hint: str) -> str:
+    digest = checksum.hasher()
+    # Opened apart from the copy: an error reading the opened file is not the mirror's missing file.
+    with _open_mirrored(source, hint) as handle:
         total, done = os.fstat(handle.fileno()).st_size, 0
         while chunk := handle.read(1 << 20):
             _write(out, chunk)

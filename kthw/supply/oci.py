@@ -24,9 +24,9 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
+from kthw.fsutil import atomic_file
 from kthw.supply import download
 from kthw.supply.download import DownloadError
-from kthw.fsutil import atomic_file
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -58,7 +58,7 @@ class Repository:
     path: str
 
     @classmethod
-    def parse(cls, text: str) -> "Repository":
+    def parse(cls, text: str) -> Repository:
         match = _REPOSITORY.match(text.strip())
         if not match or ("." not in match.group(2) and ":" not in match.group(2) and match.group(2) != "localhost"):
             raise ValueError(f"'{text}' is not an image repository: write host/path, e.g. registry.k8s.io/pause "
@@ -68,7 +68,7 @@ class Repository:
     def __str__(self) -> str:
         return f"{self.host}/{self.path}" if self.scheme == "https" else f"{self.scheme}://{self.host}/{self.path}"
 
-    def mirrored(self, registry: str) -> "Repository":
+    def mirrored(self, registry: str) -> Repository:
         """The same image in a registry mirror (``http(s)://host[:port][/prefix]``)."""
         parts = urllib.parse.urlsplit(registry)
         prefix = parts.path.strip("/")
@@ -110,7 +110,8 @@ class Client:
         challenge = headers.get("www-authenticate", "")
         if not challenge.lower().startswith("bearer "):
             raise OciError(f"{url}: the registry wants credentials ({challenge or 'no challenge given'})\n  fix: "
-                           "only anonymous pulls are supported; use a registry mirror that serves the image anonymously")
+                           "only anonymous pulls are supported; use a registry mirror that serves the image "
+                           "anonymously")
         params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
         realm = params.get("realm", "")
         if not download.is_url(realm):

@@ -16,14 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
+from kthw.errors import KthwError
 from kthw.supply import components
 from kthw.supply.components import ARCHES
 from kthw.supply.download import Checksum
-from kthw.errors import KthwError
-from kthw.versions import Version, VersionError, version_key
-from kthw.yamldoc import Bad as _Bad, Map as _Map, Reader as _Reader, parse, read_text
 from kthw.supply.oci import DIGEST, Repository
+from kthw.versions import Version, VersionError, version_key
+from kthw.yamldoc import Bad as _Bad
+from kthw.yamldoc import Map as _Map
+from kthw.yamldoc import Reader as _Reader
+from kthw.yamldoc import parse, read_text
 
 SHIPPED = Path(__file__).resolve().parent / "data" / "pins.yaml"
 SCHEMA = 1
@@ -110,12 +112,11 @@ class Pins:
             for name in components.FILES:
                 if name not in self.url_templates:
                     missing.append(f"url_templates.{name}")
-                for arch in ARCHES:
-                    if arch not in self.checksums.get(name, {}).get(release[name], {}):
-                        missing.append(f"checksums.{name}.{release[name]}.{arch} (Kubernetes {kubernetes_version})")
-            for name in components.IMAGES:
-                if release[name] not in self.images.get(name, {}):
-                    missing.append(f"images.{name}.{release[name]} (Kubernetes {kubernetes_version})")
+                pinned = self.checksums.get(name, {}).get(release[name], {})
+                missing.extend(f"checksums.{name}.{release[name]}.{arch} (Kubernetes {kubernetes_version})"
+                               for arch in ARCHES if arch not in pinned)
+            missing.extend(f"images.{name}.{release[name]} (Kubernetes {kubernetes_version})"
+                           for name in components.IMAGES if release[name] not in self.images.get(name, {}))
         return list(dict.fromkeys(missing))
 
 
@@ -188,19 +189,21 @@ def _mapping(reader: _Reader, key: str) -> _Reader:
 
 def _keys(reader: _Reader, parse) -> list[tuple[Any, str]]:
     """The keys of a mapping, checked with ``parse`` (versions must be quoted strings)."""
-    result = []
-    for key in reader.mapping:
-        try:
-            result.append((key, parse(key)))
-        except _Bad as bad:
-            raise reader.fail(str(key), bad.problem, bad.fix) from None
-    return result
+    return [(key, _key(reader, parse, key)) for key in reader.mapping]
+
+
+def _key(reader: _Reader, parse, key: Any) -> str:
+    try:
+        return parse(key)
+    except _Bad as bad:
+        raise reader.fail(str(key), bad.problem, bad.fix) from None
 
 
 def read(path: Path) -> dict:
     """One pins file, validated: its sections."""
     path = Path(path)
-    text = read_text(path, "the pins file", "check vendor.site_pins in the inventory (a path relative to the inventory)")
+    text = read_text(path, "the pins file",
+                     "check vendor.site_pins in the inventory (a path relative to the inventory)")
     data = parse(text, str(path))
     top = _Reader(str(path), _Map() if data is None else data, "", 1)
     top.check_keys(SECTIONS)

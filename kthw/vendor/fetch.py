@@ -17,13 +17,13 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from kthw.supply import components, download, oci
-from kthw.supply import pins as pins_table
 from kthw.errors import KthwError
 from kthw.fsutil import atomic_file
-from kthw.supply.components import ARCHES
 from kthw.inventory import Inventory, Node
 from kthw.layout import Layout
+from kthw.supply import components, download, oci
+from kthw.supply import pins as pins_table
+from kthw.supply.components import ARCHES
 from kthw.supply.pins import ImagePin, Pins
 
 

@@ -16,15 +16,14 @@ from pathlib import Path
 
 import yaml
 
-from kthw.supply import components, download, oci
-from kthw.supply import pins as pins_table
-from kthw.supply.components import ARCHES
 from kthw.errors import KthwError
 from kthw.fsutil import atomic_file
 from kthw.inventory import Inventory
+from kthw.supply import components, download, oci
+from kthw.supply import pins as pins_table
+from kthw.supply.components import ARCHES
 from kthw.vendor.fetch import file_source, image_source
 from kthw.versions import Version, VersionError, version_key
-
 
 
 def base_release(pins: pins_table.Pins, version: str) -> str | None:
@@ -200,7 +199,7 @@ def _insert(lines: list[str], keys: tuple[str, ...], value: object) -> list[str]
         block_end = next((i for i in range(found + 1, end) if _significant(lines[i]) and _indent(lines[i]) <= indent),
                          end)
         if depth == len(keys) - 1:
-            return lines[:found] + [" " * indent + f"{_quoted(key)}: {_scalar(value)}"] + lines[block_end:]
+            return [*lines[:found], " " * indent + f"{_quoted(key)}: {_scalar(value)}", *lines[block_end:]]
         start, end, indent = found + 1, block_end, indent + 2
     return lines
 
@@ -216,7 +215,8 @@ def write(target: Path, entries: list[Entry]) -> None:
     try:
         text = target.read_text(encoding="utf-8")
     except FileNotFoundError:
-        text = f"# Site pins: extend or override the shipped pins table (written by 'doit pin').\nschema: {pins_table.SCHEMA}\n"
+        text = (f"# Site pins: extend or override the shipped pins table (written by 'doit pin').\n"
+                f"schema: {pins_table.SCHEMA}\n")
     except OSError as err:
         raise KthwError(f"{target}: cannot read ({err.strerror})") from None
     expected = yaml.safe_load(text) or {}

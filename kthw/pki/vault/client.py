@@ -59,13 +59,23 @@ from cryptography.hazmat.primitives import serialization
 from hvac import exceptions as hvac_errors
 
 from kthw import clock
-from kthw.pki.catalogue import ROOT
-from kthw.crypto import BACKDATE, CertSpec, PrivateKey, build_csr, certs_pem, load_certificates, load_private_key, \
-    read_facts, same_public_key, signed_by
+from kthw.crypto import (
+    BACKDATE,
+    CertSpec,
+    PrivateKey,
+    build_csr,
+    certs_pem,
+    load_certificates,
+    load_private_key,
+    read_facts,
+    same_public_key,
+    signed_by,
+)
 from kthw.errors import KthwError, StateError
 from kthw.fsutil import PUBLIC_MODE, atomic_write
 from kthw.inventory import CASettings
 from kthw.layout import KeyPairPaths
+from kthw.pki.catalogue import ROOT
 from kthw.pki.renewal import renewal_reason, validity_reason
 from kthw.pki.vault.policy import mount_for, role_for, role_of  # noqa: F401 - role_for: the names, re-exported
 
@@ -453,7 +463,7 @@ def _read_secret_file(path: Path, what: str, secret: str) -> str:
     return value
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def session(settings: CASettings) -> Session:
     """One session (one login) per process and settings: a doit run signs many certs."""
     return Session(settings)

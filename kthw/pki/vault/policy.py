@@ -40,9 +40,9 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from kthw.pki.catalogue import INTERMEDIATES, LEAVES, ROOT, Leaf, leaves_for
 from kthw.crypto import BACKDATE, key_kind_and_size
 from kthw.inventory import CASettings, Inventory
+from kthw.pki.catalogue import INTERMEDIATES, LEAVES, ROOT, Leaf, leaves_for
 
 NODE_SEPARATOR = "."  # <cert>.<node>: cert names have no dot, so a node role never collides with a class role
 

@@ -24,15 +24,22 @@ from datetime import timedelta
 from cryptography import x509
 
 from kthw import clock
-from kthw.pki.catalogue import INTERMEDIATES, ROOT, VAULT_CLUSTER_SIGNER, ca_specs
 from kthw.crypto import BACKDATE, CertSpec, key_kind_and_size, signed_by
 from kthw.errors import KthwError, StateError
 from kthw.inventory import Inventory
 from kthw.layout import Layout
+from kthw.pki.catalogue import INTERMEDIATES, ROOT, VAULT_CLUSTER_SIGNER, ca_specs
 from kthw.pki.issue import ensure_ca
 from kthw.pki.renewal import validity_reason
 from kthw.pki.vault.client import RENEW_HINT, Session, VaultCA, VaultError, read_vault_ca, seconds, session
-from kthw.pki.vault.policy import build_policy, build_policy_name, mount_for, owned_role, role_differences, role_settings
+from kthw.pki.vault.policy import (
+    build_policy,
+    build_policy_name,
+    mount_for,
+    owned_role,
+    role_differences,
+    role_settings,
+)
 
 UPDATE = "run 'doit vault_setup update_roles=1'"
 
