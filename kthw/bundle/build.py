@@ -485,8 +485,8 @@ class SharedPart:
 def shared_part(spec: BundleSpec) -> SharedPart:
     """The cached deflate part of the node's vendored files, made now if missing or stale."""
     member, index = cache_files(spec)
-    wanted = {"format": 3, "level": tarball.COMPRESSION_LEVEL, "mtime": spec.epoch,
-              "entries": _vendored_entries(spec)}
+    vendored = _vendored_entries(spec)
+    wanted = {"format": 3, "level": tarball.COMPRESSION_LEVEL, "mtime": spec.epoch, "entries": vendored}
     try:
         cached = json.loads(index.read_text())
         if {key: cached.get(key) for key in wanted} == wanted and member.stat().st_size == cached["part_size"]:
@@ -494,7 +494,7 @@ def shared_part(spec: BundleSpec) -> SharedPart:
     except (OSError, ValueError, KeyError, TypeError):
         pass
     spec.cache.mkdir(parents=True, exist_ok=True)
-    entries = [tarball.Entry(e["name"], e["mode"], source=Path(e["source"])) for e in wanted["entries"]]
+    entries = [tarball.Entry(e["name"], e["mode"], source=Path(e["source"])) for e in vendored]
     with _writing(member) as handle:
         # The gzip header comes first in the cached file, so that each bundle begins with a
         # copy from offset 0 to offset 0: page-aligned, as fast as cp.

@@ -101,6 +101,8 @@ def write_entries(part: DeflatePart, entries: Iterable[Entry], mtime: int, *, en
             part.write(header(entry.name, size, entry.mode, mtime))
             part.write(entry.data)
             digest.update(entry.data)
+        elif entry.source is None:
+            raise ValueError(f"{entry.name}: an archive entry needs its source or its data")
         else:
             with open(entry.source, "rb") as handle:
                 size = os.fstat(handle.fileno()).st_size

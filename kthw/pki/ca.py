@@ -22,7 +22,9 @@ from kthw.pki.catalogue import key_in_vault
 
 
 class CertificateAuthority(Protocol):
-    name: str
+    # Read-only: the CAs are frozen dataclasses.
+    @property
+    def name(self) -> str: ...
 
     @property
     def certificate(self) -> x509.Certificate: ...

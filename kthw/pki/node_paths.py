@@ -22,7 +22,10 @@ __all__ = ["APISERVER_PORT", "BIN_DIR", "CONTAINERD_SOCKET", "ETCD_CLIENT_PORT",
 
 def _leaf(name: str) -> str:
     row = leaf(name)
-    return row.installed_as or row.kubeconfig
+    path = row.installed_as or row.kubeconfig
+    if path is None:
+        raise ValueError(f"the catalogue installs the leaf {name} nowhere")
+    return path
 
 
 def _trust(ca: str) -> str:

@@ -81,7 +81,7 @@ class EncryptionConfig:
 
     def with_new_key(self, provider: str) -> EncryptionConfig:
         """Phase 1: a fresh key second, so every API server can read data written with it."""
-        numbers = [int(_KEY_NAME.match(k.name).group(1)) for k in self.keys if _KEY_NAME.match(k.name)]
+        numbers = [int(match.group(1)) for k in self.keys if (match := _KEY_NAME.match(k.name))]
         key = new_key(provider, f"key{max(numbers, default=0) + 1}")
         return EncryptionConfig((self.keys[0], key, *self.keys[1:]))
 

@@ -31,6 +31,7 @@ SHIPPED = Path(__file__).resolve().parent / "data" / "pins.yaml"
 SCHEMA = 1
 SECTIONS = ("schema", "url_templates", "releases", "checksums", "images")
 _URL_TEMPLATE = re.compile(r"^https://[^/\s?#]+/\S+$")
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")  # the OCI distribution spec's tag grammar
 
 
 class UnpinnedError(KthwError):
@@ -141,6 +142,13 @@ def _version_text(example: str, patch: bool = False):
     return parse
 
 
+def _tag(value: Any) -> str:
+    if not isinstance(value, str) or not _TAG.match(value):
+        raise _Bad(f"{value!r} is not an image tag", 'quote the tag, e.g. "v1.12.0": letters, digits, "_", "." '
+                   'and "-", at most 128')
+    return value
+
+
 def _url_template(value: Any) -> str:
     if not isinstance(value, str) or not _URL_TEMPLATE.match(value):
         raise _Bad(f"{value!r} is not an https URL template", 'write e.g. "https://dl.k8s.io/v{version}/'
@@ -244,8 +252,7 @@ def read(path: Path) -> dict:
         for key, version in _keys(per_version, _version_text("3.10.1")):
             entry = _mapping(per_version, key)
             entry.check_keys(("repository", "digest", "tag"))
-            tag = entry.get("tag", _version_text(re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"), "v1.12.0"),
-                            components.IMAGES[name].tag.format(version=version))
+            tag = entry.get("tag", _tag, components.IMAGES[name].tag.format(version=version))
             pin = ImagePin(name, version, entry.get("repository", _repository), entry.get("digest", _digest), tag)
             result["images"].setdefault(name, {})[version] = pin
     return result
@@ -268,8 +275,8 @@ def _mtime(path: Path) -> int | None:
 def _load(sources: tuple[tuple[Path, int | None], ...]) -> Pins:
     """Cached by path and mtime: every node's tasks ask for the same pins while doit loads."""
     merged: dict[str, dict] = {"url_templates": {}, "releases": {}, "checksums": {}, "images": {}}
-    sources = tuple(path for path, _ in sources)
-    for path in sources:
+    paths = tuple(path for path, _ in sources)
+    for path in paths:
         data = read(path)
         merged["url_templates"].update(data["url_templates"])
         merged["releases"].update(data["releases"])
@@ -278,4 +285,4 @@ def _load(sources: tuple[tuple[Path, int | None], ...]) -> Pins:
                 merged["checksums"].setdefault(name, {}).setdefault(version, {}).update(arches)
         for name, versions in data["images"].items():
             merged["images"].setdefault(name, {}).update(versions)
-    return Pins(sources=sources, **merged)
+    return Pins(sources=paths, **merged)

@@ -40,7 +40,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from kthw.crypto import BACKDATE, key_kind_and_size
+from kthw.crypto import BACKDATE, CertSpec, key_kind_and_size
 from kthw.inventory import CASettings, Inventory
 from kthw.pki.catalogue import INTERMEDIATES, LEAVES, ROOT, Leaf, leaves_for
 
@@ -165,7 +165,7 @@ def role_settings(inv: Inventory) -> dict[tuple[str, str], dict]:
     settings = inv.ca
     names: dict[tuple[str, str], set[str]] = {}
     ips: dict[tuple[str, str], set[str]] = {}
-    specs = {}
+    specs: dict[tuple[str, str], CertSpec] = {}
     for node in inv.nodes:
         for item in leaves_for(inv, node):
             key = (mount_for(settings, item.row.issuer), role_of(settings, item.spec.name, node.name))
