@@ -73,7 +73,7 @@ from kthw.crypto import (
 )
 from kthw.errors import KthwError, StateError
 from kthw.fsutil import PUBLIC_MODE, atomic_write
-from kthw.inventory import CASettings
+from kthw.inventory import CASettings, VaultAuth
 from kthw.layout import KeyPairPaths
 from kthw.pki.catalogue import ROOT
 from kthw.pki.renewal import renewal_reason, validity_reason
@@ -247,6 +247,8 @@ class Session:
     """An hvac client for one inventory's Vault; logs in on first use."""
 
     def __init__(self, settings: CASettings):
+        if settings.address is None:
+            raise VaultError("the vault backend needs Vault's address: set ca.address in the inventory")
         self.settings = settings
         self.server = settings.address
         if settings.ca_bundle is not None:
@@ -257,7 +259,8 @@ class Session:
                                   verify=str(settings.ca_bundle) if settings.ca_bundle else None)
         self._logged_in = False
         self._secrets: tuple[str, ...] = ()  # the credentials sent, kept out of every message
-        self._revoker = None  # set once this process holds a token it logged in for
+        # Set once this process holds a token it logged in for.
+        self._revoker: multiprocessing_util.Finalize | None = None
 
     def _error(self, err: Exception, path: str) -> VaultError:
         return _translate(err, self.server, path, self._secrets)
@@ -292,7 +295,7 @@ class Session:
             self._login(path, "the user name or password", self.client.auth.userpass.login,
                         auth.username, password, mount_point=mount)
         else:
-            role_id = auth.role_id if auth.role_id else _read_secret_file(auth.role_id_file, "role_id_file", "role-id")
+            role_id = _role_id(auth)
             secret_id = _secret("secret-id", auth.secret_id_env, auth.secret_id_file)
             self._secrets = (secret_id,)
             self._login(f"auth/{mount}/login", "the role-id or secret-id", self.client.auth.approle.login,
@@ -423,6 +426,14 @@ def _token(auth) -> str:
         raise VaultError(f"{where} holds a character that is not ASCII, which no Vault token has; check that it "
                          "holds the token and nothing else (the value is not shown)")
     return token
+
+
+def _role_id(auth: VaultAuth) -> str:
+    if auth.role_id:
+        return auth.role_id
+    if auth.role_id_file is None:
+        raise VaultError("approle login needs ca.auth.role_id or ca.auth.role_id_file")
+    return _read_secret_file(auth.role_id_file, "role_id_file", "role-id")
 
 
 def _secret(what: str, env: str, file: Path | None) -> str:

@@ -68,8 +68,8 @@ def role_for(settings: CASettings, cert: str, node: str | None = None) -> str:
     return settings.naming.role.format(cert=cert if node is None else f"{cert}{NODE_SEPARATOR}{node}")
 
 
-def role_of(settings: CASettings, cert: str, node: str) -> str:
-    """The role a build uses for ``cert`` of ``node``."""
+def role_of(settings: CASettings, cert: str, node: str | None) -> str:
+    """The role a build uses for ``cert`` of ``node`` (None: a cert no node is bound to)."""
     return role_for(settings, cert, node if node_bound(_ROWS[cert]) else None)
 
 
