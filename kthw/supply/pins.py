@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import re
 import string
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -234,28 +235,29 @@ def read(path: Path) -> dict:
             release[name] = entry.get(name, _version_text("3.5.27"))
         result["releases"][version] = release
 
-    checksums = _mapping(top, "checksums")
-    checksums.check_keys(tuple(components.FILES))
-    for name in checksums.mapping:
-        per_version = _mapping(checksums, name)
-        for key, version in _keys(per_version, _version_text("3.5.27")):
-            per_arch = _mapping(per_version, key)
-            per_arch.check_keys(ARCHES)
-            for arch in per_arch.mapping:
-                value = per_arch.get(arch, _checksum)
-                result["checksums"].setdefault(name, {}).setdefault(version, {})[arch] = value
+    for name, version, per_arch in _per_version(top, "checksums", tuple(components.FILES), "3.5.27"):
+        per_arch.check_keys(ARCHES)
+        for arch in per_arch.mapping:
+            value = per_arch.get(arch, _checksum)
+            result["checksums"].setdefault(name, {}).setdefault(version, {})[arch] = value
 
-    images = _mapping(top, "images")
-    images.check_keys(tuple(components.IMAGES))
-    for name in images.mapping:
-        per_version = _mapping(images, name)
-        for key, version in _keys(per_version, _version_text("3.10.1")):
-            entry = _mapping(per_version, key)
-            entry.check_keys(("repository", "digest", "tag"))
-            tag = entry.get("tag", _tag, components.IMAGES[name].tag.format(version=version))
-            pin = ImagePin(name, version, entry.get("repository", _repository), entry.get("digest", _digest), tag)
-            result["images"].setdefault(name, {})[version] = pin
+    for name, version, entry in _per_version(top, "images", tuple(components.IMAGES), "3.10.1"):
+        entry.check_keys(("repository", "digest", "tag"))
+        tag = entry.get("tag", _tag, components.IMAGES[name].tag.format(version=version))
+        pin = ImagePin(name, version, entry.get("repository", _repository), entry.get("digest", _digest), tag)
+        result["images"].setdefault(name, {})[version] = pin
     return result
+
+
+def _per_version(top: _Reader, section: str, names: tuple[str, ...],
+                 example: str) -> Iterator[tuple[str, str, _Reader]]:
+    """(component, version, the entry's reader) of a section laid out as component -> version -> entry."""
+    components_reader = _mapping(top, section)
+    components_reader.check_keys(names)
+    for name in components_reader.mapping:
+        per_version = _mapping(components_reader, name)
+        for key, version in _keys(per_version, _version_text(example)):
+            yield name, version, _mapping(per_version, key)
 
 
 def load(site: Path | None = None, shipped: Path = SHIPPED) -> Pins:

@@ -23,7 +23,7 @@ from kthw.supply import components, download, oci
 from kthw.supply import pins as pins_table
 from kthw.supply.components import ARCHES
 from kthw.vendor.fetch import file_source, image_source
-from kthw.versions import Version, VersionError, version_key
+from kthw.versions import Version, VersionError, minor_of, version_key
 
 
 def base_release(pins: pins_table.Pins, version: str) -> str | None:
@@ -31,7 +31,7 @@ def base_release(pins: pins_table.Pins, version: str) -> str | None:
     pinned = sorted(pins.releases, key=version_key)
     if version in pinned:
         return version
-    same_minor = [v for v in pinned if v.split(".")[:2] == version.split(".")[:2]]
+    same_minor = [v for v in pinned if minor_of(v) == minor_of(version)]
     older = [v for v in pinned if version_key(v) < version_key(version)]
     choice = same_minor or older or pinned
     return choice[-1] if choice else None
