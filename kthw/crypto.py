@@ -31,7 +31,7 @@ LAST_CERT_DATE = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc)
 
 _CURVES = {"ecdsa-p256": ec.SECP256R1, "ecdsa-p384": ec.SECP384R1}
 _RSA_BITS = {"rsa-2048": 2048, "rsa-3072": 3072, "rsa-4096": 4096}
-_CURVE_NAMES = {curve.name: name for name, curve in _CURVES.items()}  # "secp256r1" -> "ecdsa-p256"
+_CURVE_NAMES = {curve().name: name for name, curve in _CURVES.items()}  # "secp256r1" -> "ecdsa-p256"
 KEY_ALGORITHMS = (*_CURVES, *_RSA_BITS)  # the names the inventory's key_algorithm accepts
 _EKU = {"server": ExtendedKeyUsageOID.SERVER_AUTH, "client": ExtendedKeyUsageOID.CLIENT_AUTH}
 
@@ -81,7 +81,7 @@ def generate_key(algorithm: str) -> PrivateKey:
 def key_kind_and_size(algorithm: str) -> tuple[str, int]:
     """("ec", curve bits) or ("rsa", modulus bits): Vault's key_type and key_bits."""
     if algorithm in _CURVES:
-        return "ec", _CURVES[algorithm].key_size
+        return "ec", _CURVES[algorithm]().key_size
     return "rsa", _RSA_BITS[algorithm]
 
 
@@ -204,7 +204,7 @@ def _alt_names(spec: CertSpec) -> x509.SubjectAlternativeName:
                                        + [x509.IPAddress(ipaddress.ip_address(ip)) for ip in spec.ip_addresses])
 
 
-def _signature_hash(key) -> hashes.HashAlgorithm:
+def _signature_hash(key) -> hashes.SHA256 | hashes.SHA384:
     if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size >= 384:
         return hashes.SHA384()
     return hashes.SHA256()
@@ -226,7 +226,7 @@ def read_facts(cert: x509.Certificate) -> CertFacts:
     san = ext(x509.SubjectAlternativeName)
     return CertFacts(
         common_name=_first(cert.subject, NameOID.COMMON_NAME),
-        organizations=tuple(a.value for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)),
+        organizations=tuple(str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)),
         usages=frozenset(usages),
         dns_names=frozenset(san.get_values_for_type(x509.DNSName)) if san else frozenset(),
         ip_addresses=frozenset(str(ip) for ip in san.get_values_for_type(x509.IPAddress)) if san else frozenset(),
@@ -247,12 +247,14 @@ def signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     if cert.issuer != issuer.subject:
         return False
     public = issuer.public_key()
+    algorithm = cert.signature_hash_algorithm  # None only for Ed25519/Ed448 signatures, which no CA here makes
+    if algorithm is None:
+        return False
     try:
         if isinstance(public, rsa.RSAPublicKey):
-            public.verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(),
-                          cert.signature_hash_algorithm)
+            public.verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(), algorithm)
         elif isinstance(public, ec.EllipticCurvePublicKey):
-            public.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm))
+            public.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(algorithm))
         else:
             return False
     except InvalidSignature:

@@ -7,8 +7,9 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 from kthw.errors import KthwError
 
@@ -24,7 +25,8 @@ _tidied: set[str] = set()
 
 
 @contextlib.contextmanager
-def atomic_file(path: Path, mode: int = PUBLIC_MODE, *, suffix: str = ".tmp", sync: bool = False) -> Iterator[IO[bytes]]:
+def atomic_file(path: Path, mode: int = PUBLIC_MODE, *, suffix: str = ".tmp",
+                sync: bool = False) -> Iterator[IO[bytes]]:
     """A binary file (read and write) that replaces ``path`` when the ``with`` block ends.
 
     It is a temp file beside ``path``, ".<name>.<8 random characters><suffix>", created
@@ -69,11 +71,9 @@ def atomic_write(path: Path, data: bytes, mode: int = PUBLIC_MODE) -> bool:
     """
     path = Path(path)
     _tidy_once(path.parent)
-    try:
+    with contextlib.suppress(FileNotFoundError):
         if path.read_bytes() == data and (path.stat().st_mode & 0o777) == mode:
             return False
-    except FileNotFoundError:
-        pass
     try:
         with atomic_file(path, mode) as handle:
             handle.write(data)
@@ -94,30 +94,24 @@ def _tidy_once(directory: Path) -> None:
     key = str(directory)
     if key not in _tidied:
         _tidied.add(key)
-        try:
+        with contextlib.suppress(FileNotFoundError):
             _tidy(key, os.listdir(key))
-        except FileNotFoundError:
-            pass
 
 
 def _tidy(directory: str, names) -> None:
     for name in names:
         if _TEMP_NAME.match(name):
             path = os.path.join(directory, name)
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 if os.lstat(path).st_mtime < _STARTED:
                     os.unlink(path)
-            except FileNotFoundError:
-                pass
 
 
 def remove(paths) -> None:
     """Delete derived files; missing ones are fine."""
     for path in paths:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        except FileNotFoundError:
-            pass
 
 
 def stale_outputs(node_root: Path, node_paths: list[str], keep: list[Path]) -> list[Path]:

@@ -6,7 +6,6 @@ import base64
 
 import yaml
 
-
 # libyaml's emitter when PyYAML has it: the pure-Python one dominates a large build.
 _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
@@ -24,6 +23,8 @@ def kubeconfig(cluster: str, server: str, ca_pem: bytes, user: str, *, cert_pem:
     """
     credentials: dict[str, str] = {}
     if cert_pem is not None:
+        if key_pem is None:
+            raise ValueError(f"the client certificate of {user} needs its key")
         credentials["client-certificate-data"] = _b64(cert_pem)
         credentials["client-key-data"] = _b64(key_pem)
     if token is not None:

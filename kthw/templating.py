@@ -27,14 +27,16 @@ def environment(directory: Path | None = None, comments: bool = True) -> jinja2.
     """The package's templates, or those under ``directory``. StrictUndefined: a value missing
     from a context is an error, never an empty flag. ``comments=False``: "{#" is text, for a
     template of bash full of "${#array[@]}"."""
-    loader = jinja2.PackageLoader("kthw", "templates") if directory is None else jinja2.FileSystemLoader(str(directory))
-    no_comments = {} if comments else {"comment_start_string": "<#jinja-comment",
-                                       "comment_end_string": "jinja-comment#>"}
-    env = jinja2.Environment(loader=loader, undefined=jinja2.StrictUndefined,
+    comment_start, comment_end = ("{#", "#}") if comments else ("<#jinja-comment", "jinja-comment#>")
+    env = jinja2.Environment(loader=_loader(directory), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False,
-                             **no_comments)
+                             comment_start_string=comment_start, comment_end_string=comment_end)
     env.filters["q"] = lambda value: shlex.quote(str(value))  # a shell word, in scripts
     return env
+
+
+def _loader(directory: Path | None) -> jinja2.BaseLoader:
+    return jinja2.PackageLoader("kthw", "templates") if directory is None else jinja2.FileSystemLoader(str(directory))
 
 
 def render(name: str, context: dict, directory: Path | None = None, comments: bool = True) -> str:
@@ -50,16 +52,19 @@ def files(name: str, directory: Path | None = None, comments: bool = True) -> li
     return list(_files(name, directory, comments))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _files(name: str, directory: Path | None, comments: bool) -> tuple[Path, ...]:
     env = environment(directory, comments)
+    loader = _loader(directory)
     seen: dict[str, Path] = {}
     todo = [name]
     while todo:
         current = todo.pop()
         if current in seen:
             continue
-        source, filename, _ = env.loader.get_source(env, current)
+        source, filename, _ = loader.get_source(env, current)
+        if filename is None:  # the loaders above always read files; this one would not be a file_dep
+            raise KthwError(f"template {current}: not a file on disk")
         seen[current] = Path(filename)
         todo.extend(ref for ref in jinja2.meta.find_referenced_templates(env.parse(source)) if ref)
     return tuple(seen.values())

@@ -316,6 +316,6 @@ def containerd_line(version: str, release: KubernetesRelease) -> ContainerdLine:
     line = "2" if major == 2 else _text((major, minor))
     if line not in CONTAINERD or line not in release.containerd_lines:
         raise KthwError(f"containerd {version} is not supported with Kubernetes {release.name}; supported: "
-                        f"{', '.join(l + ('.x' if l == '2' else '') for l in release.containerd_lines)}. "
+                        f"{', '.join(name + ('.x' if name == '2' else '') for name in release.containerd_lines)}. "
                         "Pin one of them in the pins table")
     return CONTAINERD[line]

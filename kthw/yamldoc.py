@@ -8,8 +8,9 @@ reports a bad value with its file, line, dotted field name and fix.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -27,7 +28,11 @@ class Seq(list):
 
 
 # libyaml's parser, when PyYAML was built with it, reads the inventory ten times faster.
-_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# The type checker sees SafeLoader: it cannot follow a base class chosen at run time.
+if TYPE_CHECKING:
+    _SafeLoader = yaml.SafeLoader
+else:
+    _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class Loader(_SafeLoader):
@@ -141,6 +146,6 @@ class Reader:
         except Bad as bad:
             raise self.fail(key, bad.problem, bad.fix) from None
 
-    def sub(self, key: str) -> "Reader":
+    def sub(self, key: str) -> Reader:
         value = self.mapping.get(key)
         return Reader(self.source, Map() if value is None else value, self._name(key), self.where(key))

@@ -27,7 +27,7 @@ STAGE_OF = {name: index for index, (_, names) in enumerate(STAGES) for name in n
 
 
 def _modules() -> list[Path]:
-    return sorted(path for path in KTHW.rglob("*.py") if path.name != "__init__.py" or path.parent.name == "inventory")
+    return sorted(path for path in KTHW.rglob("*.py") if path.name != "__init__.py")
 
 
 def _name(path: Path) -> str:

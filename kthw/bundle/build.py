@@ -43,21 +43,21 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-
-from kthw.bundle import signing as bundle_signing, tarball
-from kthw.pki import catalogue
-from kthw.render import membership
-from kthw.secrets import files as secret_files
 from kthw import templating
-from kthw.vendor import fetch as vendor
+from kthw.bundle import signing as bundle_signing
+from kthw.bundle import tarball
 from kthw.errors import KthwError
 from kthw.fsutil import SECRET_MODE, atomic_file, atomic_write
-from kthw.supply.components import ARCH_ALIASES
 from kthw.inventory import Inventory, Node, url_host
 from kthw.layout import Layout
+from kthw.pki import catalogue
 from kthw.pki.node_paths import ETCD_CLIENT_PORT, PATHS, UNIT_DIR, VERSIONS_FILE
+from kthw.render import membership
 from kthw.render.node_files import NodeFile
+from kthw.secrets import files as secret_files
 from kthw.secrets.state import state_of
+from kthw.supply.components import ARCH_ALIASES
+from kthw.vendor import fetch as vendor
 
 TOP = "kthw-bundle"
 FILES = "files"
@@ -362,7 +362,7 @@ def parse_manifest(text: str) -> tuple[dict[str, str], list[ManifestLine]]:
     if not rows or rows[0] != f"# {MANIFEST_FORMAT}":
         raise KthwError(f"MANIFEST: not a kthw-airgap bundle manifest (first line: {rows[0] if rows else ''!r})")
     words = rows[1].lstrip("# ").split() if len(rows) > 1 else []
-    header = dict(zip(words[::2], words[1::2]))
+    header = dict(zip(words[::2], words[1::2], strict=False))  # an odd last word has no value
     lines = []
     for number, row in enumerate(rows[1:], start=2):
         if row.startswith("# serial "):
@@ -485,8 +485,8 @@ class SharedPart:
 def shared_part(spec: BundleSpec) -> SharedPart:
     """The cached deflate part of the node's vendored files, made now if missing or stale."""
     member, index = cache_files(spec)
-    wanted = {"format": 3, "level": tarball.COMPRESSION_LEVEL, "mtime": spec.epoch,
-              "entries": _vendored_entries(spec)}
+    vendored = _vendored_entries(spec)
+    wanted = {"format": 3, "level": tarball.COMPRESSION_LEVEL, "mtime": spec.epoch, "entries": vendored}
     try:
         cached = json.loads(index.read_text())
         if {key: cached.get(key) for key in wanted} == wanted and member.stat().st_size == cached["part_size"]:
@@ -494,7 +494,7 @@ def shared_part(spec: BundleSpec) -> SharedPart:
     except (OSError, ValueError, KeyError, TypeError):
         pass
     spec.cache.mkdir(parents=True, exist_ok=True)
-    entries = [tarball.Entry(e["name"], e["mode"], source=Path(e["source"])) for e in wanted["entries"]]
+    entries = [tarball.Entry(e["name"], e["mode"], source=Path(e["source"])) for e in vendored]
     with _writing(member) as handle:
         # The gzip header comes first in the cached file, so that each bundle begins with a
         # copy from offset 0 to offset 0: page-aligned, as fast as cp.
@@ -543,7 +543,7 @@ def build(spec: BundleSpec) -> str:
     """Write bundles/<node>.tar.gz (through a temp file and a rename); return what was done."""
     key = bundle_signing.load_key(spec.signing_key)
     install = installer(spec.templates)
-    files = tree_files(spec) + [(INSTALLER, install, 0o755)]
+    files = [*tree_files(spec), (INSTALLER, install, 493)]
     clash = {path for path, _, _ in files} & {placed.path for placed in spec.vendored.files}
     if clash:
         raise KthwError(f"{spec.tree}: {', '.join(sorted(clash))} would also come from vendor/; remove it from "
@@ -630,8 +630,9 @@ def _read_members(archive: tarfile.TarFile, path: Path) -> dict[str, _Member]:
     try:
         for member in archive:
             digest = data = None
-            if member.isfile():
-                handle, sha256, chunks = archive.extractfile(member), hashlib.sha256(), []
+            handle = archive.extractfile(member) if member.isfile() else None
+            if handle is not None:
+                sha256, chunks = hashlib.sha256(), []
                 while chunk := handle.read(tarball.CHUNK):
                     sha256.update(chunk)
                     if member.name in kept:
@@ -644,39 +645,37 @@ def _read_members(archive: tarfile.TarFile, path: Path) -> dict[str, _Member]:
     return members
 
 
-def verify_tarball(path: Path, trusted: str, node: str | None = None) -> str:
-    """Check a bundle file as the node's installer does: the MANIFEST's signature with the key
-    reached from the ``trusted`` fingerprint (through the bundle's endorsements), every file's
-    sha256, that it holds nothing the MANIFEST does not list and no link."""
-    path = Path(path)
+def _open_bundle(path: Path) -> tarfile.TarFile:
     try:
-        archive = tarfile.open(path, "r:gz")
+        return tarfile.open(path, "r:gz")
     except (OSError, tarfile.TarError, EOFError) as err:
         raise KthwError(f"{path}: not a readable .tar.gz ({err}); copy the bundle again") from None
-    with archive:
-        members = _read_members(archive, path)
 
-    def read(name: str) -> bytes:
-        member = members.get(f"{TOP}/{name}")
-        if member is None or not member.is_file:
-            raise KthwError(f"{path}: {TOP}/{name} is missing; this is not a complete kthw-airgap bundle")
-        return member.data
 
-    odd = sorted(name for name, member in members.items() if not (member.is_file or member.is_dir))
-    if odd:
-        raise KthwError(f"{path}: {odd[0]} is neither a file nor a directory (a link?); a bundle holds neither")
+def _kept_data(path: Path, members: dict[str, _Member], name: str) -> bytes:
+    """The bytes of MANIFEST or MANIFEST.sig, which every bundle holds."""
+    member = members.get(f"{TOP}/{name}")
+    if member is None or not member.is_file or member.data is None:
+        raise KthwError(f"{path}: {TOP}/{name} is missing; this is not a complete kthw-airgap bundle")
+    return member.data
+
+
+def _signed_manifest(path: Path, members: dict[str, _Member], trusted: str) -> tuple[str, bytes]:
+    """The signer's fingerprint, reached from ``trusted``, and the MANIFEST it signed."""
     endorsements = members.get(f"{TOP}/{ENDORSEMENTS}")
     try:
         signer = bundle_signing.follow(trusted, endorsements.data if endorsements else None)
     except KthwError as err:
         raise KthwError(f"{path}: {err}") from None
-    manifest = read(MANIFEST)
-    if not bundle_signing.verify(bundle_signing.public_key(signer), read(SIGNATURE), manifest):
+    manifest = _kept_data(path, members, MANIFEST)
+    if not bundle_signing.verify(bundle_signing.public_key(signer), _kept_data(path, members, SIGNATURE), manifest):
         raise KthwError(f"{path}: {MANIFEST}: the signature does not verify with the key {signer}: the MANIFEST "
                         "or its signature was altered, or another key signed it")
-    header, lines = parse_manifest(manifest.decode("utf-8", "replace"))
-    if node is not None and header.get("node") != node:
-        raise KthwError(f"{path}: this is the bundle of {header.get('node')}, not of {node}")
+    return signer, manifest
+
+
+def _check_contents(path: Path, members: dict[str, _Member], lines: list[ManifestLine]) -> None:
+    """Every file the MANIFEST lists is there with its sha256, and nothing else is."""
     listed = {f"{TOP}/{MANIFEST}", f"{TOP}/{SIGNATURE}", f"{TOP}/{ENDORSEMENTS}"}
     for line in lines:
         if line.sha256 == DIRECTORY:
@@ -693,6 +692,23 @@ def verify_tarball(path: Path, trusted: str, node: str | None = None) -> str:
     extra = sorted(name for name, member in members.items() if name not in listed and not member.is_dir)
     if extra:
         raise KthwError(f"{path}: holds files the MANIFEST does not list: {', '.join(extra[:5])}")
+
+
+def verify_tarball(path: Path, trusted: str, node: str | None = None) -> str:
+    """Check a bundle file as the node's installer does: the MANIFEST's signature with the key
+    reached from the ``trusted`` fingerprint (through the bundle's endorsements), every file's
+    sha256, that it holds nothing the MANIFEST does not list and no link."""
+    path = Path(path)
+    with _open_bundle(path) as archive:
+        members = _read_members(archive, path)
+    odd = sorted(name for name, member in members.items() if not (member.is_file or member.is_dir))
+    if odd:
+        raise KthwError(f"{path}: {odd[0]} is neither a file nor a directory (a link?); a bundle holds neither")
+    signer, manifest = _signed_manifest(path, members, trusted)
+    header, lines = parse_manifest(manifest.decode("utf-8", "replace"))
+    if node is not None and header.get("node") != node:
+        raise KthwError(f"{path}: this is the bundle of {header.get('node')}, not of {node}")
+    _check_contents(path, members, lines)
     return (f"{path}: OK, bundle of {header.get('node')} ({header.get('arch')}), serial {header.get('serial')}, "
             f"{sum(1 for line in lines if line.path.startswith('/') and line.sha256 != DIRECTORY)} files, "
             f"signed by {signer}, MANIFEST sha256 {sha256_hex(manifest)}")

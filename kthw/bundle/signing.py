@@ -130,11 +130,12 @@ def rotate(state: Path) -> str:
     key = Ed25519PrivateKey.generate()
     endorsements = endorsements_path(state)
     if old_key is not None:
-        lines = read_endorsements(endorsements) + [endorse(old_key, key.public_key())]
+        lines = [*read_endorsements(endorsements), endorse(old_key, key.public_key())]
         # The endorsement first: were the key written first and the run killed, the old key
         # would be gone (*.old) without having endorsed its successor.
         atomic_write(endorsements, "".join(line + "\n" for line in lines).encode(), PUBLIC_MODE)
-        note = f"replaced the bundle-signing key {fingerprint(old_key)} (kept as {path.name}.old; it endorses the new key)\n"
+        note = (f"replaced the bundle-signing key {fingerprint(old_key)} (kept as {path.name}.old; "
+                "it endorses the new key)\n")
     for current in (path, pub_path(state)):
         if current.exists():
             os.replace(current, current.with_name(current.name + ".old"))

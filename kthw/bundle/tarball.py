@@ -28,9 +28,10 @@ import os
 import struct
 import tarfile
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterable
+from typing import BinaryIO
 
 BLOCK = 512
 END_OF_ARCHIVE = bytes(2 * BLOCK)
@@ -100,6 +101,8 @@ def write_entries(part: DeflatePart, entries: Iterable[Entry], mtime: int, *, en
             part.write(header(entry.name, size, entry.mode, mtime))
             part.write(entry.data)
             digest.update(entry.data)
+        elif entry.source is None:
+            raise ValueError(f"{entry.name}: an archive entry needs its source or its data")
         else:
             with open(entry.source, "rb") as handle:
                 size = os.fstat(handle.fileno()).st_size

@@ -14,16 +14,17 @@ from typing import Protocol
 
 from cryptography import x509
 
-from kthw.pki.catalogue import key_in_vault
-from kthw.crypto import CertSpec, PrivateKey, build_certificate, load_certificates, load_private_key, \
-    same_public_key
+from kthw.crypto import CertSpec, PrivateKey, build_certificate, load_certificates, load_private_key, same_public_key
 from kthw.errors import StateError
 from kthw.inventory import CASettings
 from kthw.layout import KeyPairPaths, Layout
+from kthw.pki.catalogue import key_in_vault
 
 
 class CertificateAuthority(Protocol):
-    name: str
+    # Read-only: the CAs are frozen dataclasses.
+    @property
+    def name(self) -> str: ...
 
     @property
     def certificate(self) -> x509.Certificate: ...

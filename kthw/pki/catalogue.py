@@ -8,8 +8,8 @@ the rows into concrete :class:`~kthw.crypto.CertSpec` for one node of an invento
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from kthw.crypto import CertSpec
 from kthw.inventory import APISERVER_PORT, Inventory, Node
@@ -51,7 +51,7 @@ def _apiserver_sans(inv: Inventory, node: Node) -> tuple[list[str], list[str]]:
            f"kubernetes.default.svc.{inv.cluster_domain}", "localhost"]
     ips = [str(inv.kubernetes_service_ip), str(node.ip), "127.0.0.1"]
     if inv.api_endpoint.node_local:
-        dns.append(inv.api_endpoint.name)
+        dns.append(inv.api_endpoint.host)  # the node-local name
     if inv.api_endpoint.dns:
         dns.append(inv.api_endpoint.dns)
     if inv.api_endpoint.ip:
@@ -192,7 +192,8 @@ def applies(roles: frozenset[Role], node: Node) -> bool:
 def node_paths() -> list[str]:
     """Every node path the pki stage may write on some node: leaf certs and keys,
     kubeconfigs, trust bundles and the cluster-signing key."""
-    return sorted({path for row in (*LEAVES, *TRUST) for path in row.node_files})
+    leaf_paths = {path for leaf_row in LEAVES for path in leaf_row.node_files}
+    return sorted(leaf_paths | {path for trust_row in TRUST for path in trust_row.node_files})
 
 
 def node_files(inv: Inventory, node: Node) -> list[str]:

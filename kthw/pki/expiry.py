@@ -11,10 +11,10 @@ import json
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
-from kthw.pki.catalogue import ROOT, ca_specs, key_in_vault, leaves_for
 from kthw.crypto import read_facts
 from kthw.inventory import Inventory
 from kthw.layout import KeyPairPaths, Layout
+from kthw.pki.catalogue import ROOT, ca_specs, key_in_vault, leaves_for
 from kthw.pki.issue import ROOT_DUE_HINT, key_problem, read_cert
 from kthw.pki.renewal import validity_reason
 
@@ -48,9 +48,8 @@ def collect(inv: Inventory, layout: Layout, now: datetime) -> list[ExpiryRow]:
         else:
             note = "renewed by doit with the same key"
         rows.append(_row("-", name, layout.ca(name), now, inv, note, has_local_key=not in_vault))
-    for node in inv.nodes:
-        for item in leaves_for(inv, node):
-            rows.append(_row(node.name, item.spec.name, layout.leaf(node.name, item.spec.name), now, inv))
+    rows.extend(_row(node.name, item.spec.name, layout.leaf(node.name, item.spec.name), now, inv)
+                for node in inv.nodes for item in leaves_for(inv, node))
     return rows
 
 
@@ -84,7 +83,8 @@ def as_table(rows: list[ExpiryRow]) -> str:
     header = ("NODE", "CERT", "ISSUER", "EXPIRES", "DAYS LEFT", "STATE")
     lines = [(r.node, r.cert, r.issuer, r.expires[:16].replace("T", " "),
               "" if r.days_left is None else str(r.days_left), r.state) for r in rows]
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *lines)]
-    out = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in [header, *lines]]
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *lines, strict=True)]
+    out = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+           for line in [header, *lines]]
     notes = sorted({f"{r.cert}: {r.note}" for r in rows if r.note and r.state != OK})
-    return "\n".join(out + [""] + notes if notes else out)
+    return "\n".join([*out, "", *notes] if notes else out)

@@ -21,13 +21,23 @@ from pathlib import Path
 from cryptography import x509
 
 from kthw import clock
-from kthw.pki.ca import CertificateAuthority, require_matching_pair
-from kthw.crypto import CertSpec, build_certificate, certs_pem, generate_key, key_algorithm, load_certificates, \
-    load_private_key, parse_certificates, private_key_pem, same_public_key
+from kthw.crypto import (
+    CertSpec,
+    build_certificate,
+    certs_pem,
+    generate_key,
+    key_algorithm,
+    load_certificates,
+    load_private_key,
+    parse_certificates,
+    private_key_pem,
+    same_public_key,
+)
 from kthw.errors import KthwError, StateError
 from kthw.fsutil import PUBLIC_MODE, SECRET_MODE, atomic_write
 from kthw.kubeconfig import kubeconfig
 from kthw.layout import KeyPairPaths
+from kthw.pki.ca import CertificateAuthority, require_matching_pair
 from kthw.pki.renewal import Reason, date_reason, renewal_reason
 
 ROOT_DUE_HINT = ("doit never renews the root CA: replacing it means distributing a new trust anchor "
@@ -160,17 +170,15 @@ def ensure_ca(spec: CertSpec, paths: KeyPairPaths, parent: CertificateAuthority 
     if parent is None and cert is not None and reason.due:
         return f"CA {spec.name}: {reason.text}; {ROOT_DUE_HINT}"
     issued_at = clock.issue_time()
-    new_key = key is None
-    if new_key:
-        key = generate_key(spec.key_algorithm)
+    ca_key = generate_key(spec.key_algorithm) if key is None else key
     if parent is None:
-        new = build_certificate(spec, key.public_key(), issued_at, None, key)
+        new = build_certificate(spec, ca_key.public_key(), issued_at, None, ca_key)
     else:
-        new = parent.issue(spec, key, issued_at)[0]
+        new = parent.issue(spec, ca_key, issued_at)[0]
     _require_current(spec, (new,), issuer, now, window, parent.name if parent else spec.name)
     # The key only once its cert exists: a CA key without a cert is a CA nobody can use.
-    if new_key:
-        atomic_write(paths.key, private_key_pem(key), SECRET_MODE)
+    if key is None:
+        atomic_write(paths.key, private_key_pem(ca_key), SECRET_MODE)
     atomic_write(paths.cert, certs_pem(new), PUBLIC_MODE)
     return f"CA {spec.name}: {'issued' if cert is None else 'renewed'} ({reason.text})"
 
@@ -181,6 +189,7 @@ def ensure_leaf(spec: CertSpec, paths: KeyPairPaths, ca: CertificateAuthority, n
     key = load_private_key(paths.key) if paths.key.exists() else None
     chain = read_chain(paths.cert)
     new_key = key is None or rekey or key_algorithm(key) != spec.key_algorithm
+    reason: Reason | None
     if key is None:
         reason = Reason("missing" if not chain else "its key is missing: a new key")
     elif rekey:
@@ -195,14 +204,13 @@ def ensure_leaf(spec: CertSpec, paths: KeyPairPaths, ca: CertificateAuthority, n
     if reason is None:
         return f"{spec.name}: current"
     issued_at = clock.issue_time()
-    if new_key:
-        key = generate_key(spec.key_algorithm)
-    new_chain = tuple(ca.issue(spec, key, issued_at))
+    leaf_key = generate_key(spec.key_algorithm) if new_key or key is None else key
+    new_chain = tuple(ca.issue(spec, leaf_key, issued_at))
     _require_current(spec, new_chain, ca.certificate, now, window, ca.name)
     # Key before cert: if the build dies in between, the next run sees a cert that does
     # not match the key and issues it again for the key now on disk.
     if new_key:
-        atomic_write(paths.key, private_key_pem(key), SECRET_MODE)
+        atomic_write(paths.key, private_key_pem(leaf_key), SECRET_MODE)
     atomic_write(paths.cert, certs_pem(*new_chain), PUBLIC_MODE)
     return f"{spec.name}: {'issued' if not chain else 'renewed'} ({reason.text})"
 

@@ -4,9 +4,9 @@ installer and the day-2 scripts read them)."""
 
 from __future__ import annotations
 
-from kthw.supply import components
-from kthw.pki.catalogue import CLUSTER_SIGNER, TRUST, leaf
 from kthw.inventory import APISERVER_PORT  # the inventory checks an endpoint's port against it
+from kthw.pki.catalogue import CLUSTER_SIGNER, TRUST, leaf
+from kthw.supply import components
 
 BIN_DIR = components.BIN_DIR
 UNIT_DIR = "/etc/systemd/system"
@@ -22,7 +22,10 @@ __all__ = ["APISERVER_PORT", "BIN_DIR", "CONTAINERD_SOCKET", "ETCD_CLIENT_PORT",
 
 def _leaf(name: str) -> str:
     row = leaf(name)
-    return row.installed_as or row.kubeconfig
+    path = row.installed_as or row.kubeconfig
+    if path is None:
+        raise ValueError(f"the catalogue installs the leaf {name} nowhere")
+    return path
 
 
 def _trust(ca: str) -> str:

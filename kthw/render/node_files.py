@@ -9,31 +9,29 @@ value missing from a context is an error, never an empty flag.
 Version-dependent choices come from :mod:`kthw.versions`; the pinned etcd, containerd
 and pause image come from the same pins the vendor stage fetches by
 (:func:`kthw.vendor.fetch.load_pins`: the shipped table extended by the inventory's
-``vendor.site_pins``), so the configs name exactly what the bundles install. Every flag a unit passes to a Kubernetes binary is checked
-against the version table before the unit is written.
+``vendor.site_pins``), so the configs name exactly what the bundles install. Every flag a
+unit passes to a Kubernetes binary is checked against the version table before the unit is written.
 """
 
 from __future__ import annotations
 
 import shlex
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable
 
-
-from kthw.supply import components
-from kthw.render import membership
 from kthw import templating, versions
-from kthw.vendor import fetch as vendor
-from kthw.pki.catalogue import leaf
 from kthw.errors import KthwError
 from kthw.fsutil import PUBLIC_MODE, atomic_write
 from kthw.inventory import Inventory, Node, url_host
+from kthw.pki.catalogue import leaf
 from kthw.pki.node_paths import APISERVER_PORT, ETCD_CLIENT_PORT, ETCD_PEER_PORT, PATHS, UNIT_DIR, VERSIONS_FILE
-from kthw.supply.pins import Pins
+from kthw.render import membership
 from kthw.roles import CONTROL_PLANE, ETCD, WORKER
-
+from kthw.supply import components
+from kthw.supply.pins import Pins
+from kthw.vendor import fetch as vendor
 
 # --- what each role installs from the vendor stage --------------------------------
 
@@ -81,10 +79,18 @@ def _go_duration(delta) -> str:
 class _Inputs:
     """What the file rules read: the inventory, its version row and the pins."""
 
-    def __init__(self, inv: Inventory, release: versions.KubernetesRelease, pins: Pins | None,
+    def __init__(self, inv: Inventory, release: versions.KubernetesRelease, pins: Pins | None, pins_error: str | None,
                  service_account_keys: tuple[str, ...] | None, service_account_error: str | None):
-        self.inv, self.release, self.pins = inv, release, pins
+        self.inv, self.release = inv, release
+        self._pins, self._pins_error = pins, pins_error
         self._service_account_keys, self._service_account_error = service_account_keys, service_account_error
+
+    @property
+    def pins(self) -> Pins:
+        """The pins; only the rules that need them read them, and only when they loaded."""
+        if self._pins is None:
+            raise KthwError(self._pins_error)
+        return self._pins
 
     def service_account_keys(self) -> list[str]:
         """Node paths of every public key the API servers accept service-account tokens from."""
@@ -135,7 +141,9 @@ def node_versions(inv: Inventory, pins: Pins, node: Node) -> dict[str, str]:
     roles install, with their versions."""
     release = pins.release(inv.kubernetes_version)
     result = {}
-    for component in (*components.FILE_COMPONENTS, *components.IMAGE_COMPONENTS):
+    every: tuple[components.FileComponent | components.ImageComponent, ...] = (
+        *components.FILE_COMPONENTS, *components.IMAGE_COMPONENTS)
+    for component in every:
         if not component.roles & node.roles:
             continue
         if component.name in components.KUBERNETES_FILES:
@@ -236,6 +244,8 @@ def _kube_proxy_config(i: _Inputs, node: Node) -> dict:
 
 
 def _cni_bridge(i: _Inputs, node: Node) -> dict:
+    if node.pod_cidr is None:  # the rule's condition leaves such a node out
+        raise KthwError(f"{node.name}: a bridge network needs the node's pod_cidr")
     return {"subnet": str(node.pod_cidr), "default_route": "::/0" if node.pod_cidr.version == 6 else "0.0.0.0/0"}
 
 
@@ -354,13 +364,14 @@ def plan(inv: Inventory, pins: Pins | None = None,
             pins = vendor.load_pins(inv)
         except KthwError as err:
             pins_error = str(err)
-    sa_keys, sa_error = (PATHS["sa_pub"],), None
+    sa_keys: tuple[str, ...] | None = (PATHS["sa_pub"],)
+    sa_error = None
     if service_account_keys is not None:
         try:
             sa_keys = service_account_keys()
         except KthwError as err:
             sa_keys, sa_error = None, str(err)
-    inputs = _Inputs(inv, release, pins, sa_keys, sa_error)
+    inputs = _Inputs(inv, release, pins, pins_error, sa_keys, sa_error)
     result = {}
     for node in inv.nodes:
         files = []

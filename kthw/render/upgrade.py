@@ -22,9 +22,9 @@ from pathlib import Path
 from kthw.errors import KthwError
 from kthw.inventory import Inventory, Node
 from kthw.layout import Layout
-from kthw.supply.pins import Pins
 from kthw.pki.node_paths import VERSIONS_FILE
 from kthw.render.node_files import node_versions
+from kthw.supply.pins import Pins
 from kthw.versions import minor_of, version_key
 
 SKEW_POLICY = "https://kubernetes.io/releases/version-skew-policy/"

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import yaml
 
-from kthw.secrets import rotation
 from kthw.errors import KthwError, StateError
 from kthw.fsutil import SECRET_MODE, atomic_write
 from kthw.pki.node_paths import PATHS
+from kthw.secrets import rotation
 
 API_VERSION = "apiserver.config.k8s.io/v1"
 KIND = "EncryptionConfiguration"
@@ -79,11 +79,11 @@ class EncryptionConfig:
                   "# `doit rotate_encryption_key`; never edit it by hand.\n")
         return (header + yaml.safe_dump(document, sort_keys=False)).encode()
 
-    def with_new_key(self, provider: str) -> "EncryptionConfig":
+    def with_new_key(self, provider: str) -> EncryptionConfig:
         """Phase 1: a fresh key second, so every API server can read data written with it."""
-        numbers = [int(_KEY_NAME.match(k.name).group(1)) for k in self.keys if _KEY_NAME.match(k.name)]
+        numbers = [int(match.group(1)) for k in self.keys if (match := _KEY_NAME.match(k.name))]
         key = new_key(provider, f"key{max(numbers, default=0) + 1}")
-        return EncryptionConfig((self.keys[0], key) + self.keys[1:])
+        return EncryptionConfig((self.keys[0], key, *self.keys[1:]))
 
 
 def new_key(provider: str, name: str) -> Key:
@@ -102,6 +102,17 @@ def _bad(path: Path, problem: str) -> StateError:
 
 
 def parse(data: bytes, path: Path) -> EncryptionConfig:
+    keys = [key for entry in _providers(data, path) for key in _provider_keys(entry, path)]
+    if not keys:
+        raise _bad(path, "it holds no encryption key, only 'identity'")
+    names = [k.name for k in keys]
+    if len(set(names)) != len(names):
+        raise _bad(path, f"key names repeat ({', '.join(names)}); each key needs its own name")
+    return EncryptionConfig(tuple(keys))
+
+
+def _providers(data: bytes, path: Path) -> list:
+    """The provider entries of the one resource entry, the closing ``identity`` left out."""
     try:
         document = yaml.safe_load(data)
     except yaml.YAMLError as err:
@@ -116,34 +127,35 @@ def parse(data: bytes, path: Path) -> EncryptionConfig:
     if not isinstance(providers, list) or not providers or providers[-1] != {"identity": {}}:
         raise _bad(path, "the provider list must end with 'identity: {}' (so data stored unencrypted stays "
                          "readable)")
-    keys: list[Key] = []
-    for entry in providers[:-1]:
-        if not isinstance(entry, dict) or len(entry) != 1:
-            raise _bad(path, f"provider entry {entry!r} must name exactly one provider")
-        (provider, settings), = entry.items()
-        if provider not in KEY_LENGTHS:
-            raise _bad(path, f"unknown provider {provider!r} (known: {', '.join(KEY_LENGTHS)}; 'identity' only last)")
-        entries = settings.get("keys") if isinstance(settings, dict) else None
-        if not isinstance(entries, list) or not entries:
-            raise _bad(path, f"provider {provider} has no keys")
-        for item in entries:
-            if not isinstance(item, dict) or set(item) != {"name", "secret"}:
-                raise _bad(path, f"a {provider} key must have exactly 'name' and 'secret'")
-            key = Key(provider, str(item["name"]), str(item["secret"]))
-            try:
-                length = len(base64.b64decode(key.secret, validate=True))
-            except (binascii.Error, ValueError):
-                raise _bad(path, f"key {key.name!r} ({provider}) is not valid base64") from None
-            if length not in KEY_LENGTHS[provider]:
-                allowed = " or ".join(str(n) for n in KEY_LENGTHS[provider])
-                raise _bad(path, f"key {key.name!r} ({provider}) is {length} bytes long; {provider} needs {allowed}")
-            keys.append(key)
-    if not keys:
-        raise _bad(path, "it holds no encryption key, only 'identity'")
-    names = [k.name for k in keys]
-    if len(set(names)) != len(names):
-        raise _bad(path, f"key names repeat ({', '.join(names)}); each key needs its own name")
-    return EncryptionConfig(tuple(keys))
+    return providers[:-1]
+
+
+def _provider_keys(entry: object, path: Path) -> list[Key]:
+    """The keys of one provider entry, e.g. ``{secretbox: {keys: [...]}}``."""
+    if not isinstance(entry, dict) or len(entry) != 1:
+        raise _bad(path, f"provider entry {entry!r} must name exactly one provider")
+    (provider, settings), = entry.items()
+    if provider not in KEY_LENGTHS:
+        raise _bad(path, f"unknown provider {provider!r} (known: {', '.join(KEY_LENGTHS)}; 'identity' only last)")
+    entries = settings.get("keys") if isinstance(settings, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise _bad(path, f"provider {provider} has no keys")
+    return [_key(provider, item, path) for item in entries]
+
+
+def _key(provider: str, item: object, path: Path) -> Key:
+    """One key, its secret base64 of a length the provider takes."""
+    if not isinstance(item, dict) or set(item) != {"name", "secret"}:
+        raise _bad(path, f"a {provider} key must have exactly 'name' and 'secret'")
+    key = Key(provider, str(item["name"]), str(item["secret"]))
+    try:
+        length = len(base64.b64decode(key.secret, validate=True))
+    except (binascii.Error, ValueError):
+        raise _bad(path, f"key {key.name!r} ({provider}) is not valid base64") from None
+    if length not in KEY_LENGTHS[provider]:
+        allowed = " or ".join(str(n) for n in KEY_LENGTHS[provider])
+        raise _bad(path, f"key {key.name!r} ({provider}) is {length} bytes long; {provider} needs {allowed}")
+    return key
 
 
 def read(path: Path) -> EncryptionConfig | None:

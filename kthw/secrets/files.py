@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from kthw.secrets import sa_rotation, tokens
 from kthw.inventory import Inventory, Node
-from kthw.secrets.manifests import BOOTSTRAP_DIR, bootstrap_files
 from kthw.pki.node_paths import PATHS
+from kthw.secrets import sa_rotation, tokens
+from kthw.secrets.manifests import BOOTSTRAP_DIR, bootstrap_files
 from kthw.secrets.state import SecretsState
 
 # Every node path the stage may write on some node; what a node should not have is removed from it.

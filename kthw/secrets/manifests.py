@@ -17,17 +17,19 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from kthw.pki.catalogue import LOCAL_APISERVER_URL, leaf
 from kthw import templating
 from kthw.errors import KthwError, StateError
 from kthw.fsutil import PUBLIC_MODE, SECRET_MODE, atomic_write
 from kthw.inventory import Inventory, url_host
+from kthw.pki.catalogue import LOCAL_APISERVER_URL, leaf
 from kthw.pki.node_paths import ETCD_CLIENT_PORT, PATHS
+from kthw.secrets.tokens import BootstrapToken, kubelet_nodes
+from kthw.secrets.tokens import require as require_token
 from kthw.supply.pins import ImagePin
-from kthw.secrets.tokens import BootstrapToken, kubelet_nodes, require as require_token
 from kthw.vendor.fetch import images as pinned_images
 
 BOOTSTRAP_DIR = "/etc/k8s/bootstrap"
@@ -143,7 +145,8 @@ def corefile(cluster_domain: str) -> str:
             "        pods insecure\n        fallthrough in-addr.arpa ip6.arpa\n        ttl 30\n    }\n"
             "    prometheus :9153\n"
             "    forward . /etc/resolv.conf {\n        max_concurrent 1000\n    }\n"
-            f"    cache 30 {{\n        disable success {cluster_domain}\n        disable denial {cluster_domain}\n    }}\n"
+            f"    cache 30 {{\n        disable success {cluster_domain}\n"
+            f"        disable denial {cluster_domain}\n    }}\n"
             "    loop\n    reload\n    loadbalance\n"
             "}\n")
 
@@ -159,7 +162,7 @@ def coredns(inv: Inventory, image: ImagePin) -> list[dict]:
     then finds it among the images install.sh imported, and never pulls."""
     namespace, name = "kube-system", "coredns"
     meta = {"name": name, "namespace": namespace, "labels": dict(COREDNS_LABELS)}
-    probe = {"httpGet": {"scheme": "HTTP"}, "timeoutSeconds": 5, "successThreshold": 1}
+    probe: dict[str, Any] = {"httpGet": {"scheme": "HTTP"}, "timeoutSeconds": 5, "successThreshold": 1}
     container = {
         "name": name,
         "image": f"{image.reference}@{image.digest}",
@@ -243,10 +246,15 @@ def manifests(inv: Inventory, tokens: list[BootstrapToken], ca_pem: bytes,
               coredns_image: ImagePin | None) -> dict[str, tuple[bytes, int]]:
     """File name -> (bytes, mode), in the order they are applied. ``coredns_image``: the
     pinned CoreDNS image, needed when the inventory has workers."""
+    def coredns_manifest() -> list[dict]:
+        if coredns_image is None:
+            raise ValueError("the inventory has workers, so CoreDNS runs: its pinned image is needed")
+        return coredns(inv, coredns_image)
+
     shared = {KUBELET_API_ADMIN_FILE: lambda: [kubelet_api_admin_binding()],
               TLS_BOOTSTRAP_RBAC_FILE: tls_bootstrap_bindings,
               CLUSTER_INFO_FILE: lambda: cluster_info(inv.api_endpoint.url, ca_pem),
-              COREDNS_FILE: lambda: coredns(inv, coredns_image)}
+              COREDNS_FILE: coredns_manifest}
     secrets = {token_file(token.node): token for token in tokens}
     files = {}
     for name in manifest_names(inv):
@@ -283,7 +291,7 @@ def smoke_script(inv: Inventory, coredns_image: ImagePin, templates: Path | None
 
 
 def read_tokens(token_paths: dict[str, Path]) -> list[BootstrapToken]:
-    tokens = []
+    tokens: list[BootstrapToken] = []
     for node, path in token_paths.items():
         token = require_token(path, node)
         for other in tokens:

@@ -7,10 +7,10 @@ The record says which phase was reached and which key is old and which new.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
 
 import yaml
 

@@ -37,11 +37,11 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from kthw.secrets import rotation
 from kthw.crypto import generate_key, load_private_key, private_key_pem, public_key_pem, public_key_sha256
 from kthw.errors import KthwError, StateError
 from kthw.fsutil import PUBLIC_MODE, SECRET_MODE, atomic_write
 from kthw.pki.node_paths import PATHS
+from kthw.secrets import rotation
 from kthw.secrets.state import SecretsState, ensure_sa_keypair, load_sa_key, sa_keypair_current
 
 IDLE, ADD, PROMOTE, DROP = rotation.IDLE, "add", "promote", "drop"
@@ -205,7 +205,7 @@ def current(state: SecretsState) -> bool:
 def ensure(state: SecretsState, algorithm: str) -> str:
     """The `doit secrets` side: make the first pair when there is none, otherwise check the
     files against the rotation record and rewrite the public halves; never a new key."""
-    record, key = check(state)
+    record, _ = check(state)
     if record.phase in (IDLE, DROP):
         return ensure_sa_keypair(state.sa_key, state.sa_pub, algorithm)
     for private, pub in _derived_pubs(state, record):
@@ -250,7 +250,8 @@ def rotate(state: SecretsState, algorithm: str, now: datetime, old_tokens_gone: 
                 "signed by the old key: the kubelet refreshes the tokens it mounts in pods within 24 hours, but a "
                 "bound token stays valid until it expires (at most the API server's "
                 "--service-account-max-token-expiration; a client that never rereads its token file keeps one for up "
-                "to a year, as --service-account-extend-token-expiration is on by default), and legacy token Secrets never expire: "
+                "to a year, as --service-account-extend-token-expiration is on by default), and legacy token "
+                "Secrets never expire: "
                 f"delete and recreate each one ({LEGACY_TOKEN_SECRETS}). Then run `{TASK} {CONFIRM}` to drop "
                 "the old key")
     else:

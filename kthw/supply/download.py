@@ -12,6 +12,7 @@ in place (by a rename) only once the bytes match the pinned checksum.
 
 from __future__ import annotations
 
+import email.message
 import hashlib
 import http.client
 import json
@@ -23,12 +24,15 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, TypeVar
 
 from kthw.errors import KthwError
-from kthw.fsutil import atomic_file
+from kthw.fsutil import atomic_file, remove
+
+T = TypeVar("T")
 
 ATTEMPTS = 5          # tries per file, the first included
 BACKOFF = 0.5         # seconds before the second try; doubles after each failure
@@ -50,7 +54,7 @@ class Checksum:
     hex: str
 
     @classmethod
-    def parse(cls, text: str) -> "Checksum":
+    def parse(cls, text: str) -> Checksum:
         match = _CHECKSUM.match(text.strip().lower()) if isinstance(text, str) else None
         if not match or len(match.group(2)) != ALGORITHMS[match.group(1)]:
             raise ValueError(f"'{text}' is not a checksum: write sha256:<64 hex digits> or sha512:<128 hex digits>")
@@ -109,11 +113,8 @@ def verified(path: Path, origin: str) -> bool:
 
 
 def forget(path: Path) -> None:
-    for each in (path, _stamp_path(path)):
-        try:
-            os.unlink(each)
-        except FileNotFoundError:
-            pass
+    """Delete the file and its stamp."""
+    remove((path, _stamp_path(path)))
 
 
 def hash_file(path: Path, algorithm: str) -> str:
@@ -185,7 +186,7 @@ class Response:
     url: str
 
 
-def _header_dict(message: http.client.HTTPMessage) -> dict:
+def _header_dict(message: email.message.Message) -> dict:
     return {name.lower(): value for name, value in message.items()}
 
 
@@ -239,15 +240,53 @@ def _http_error(url: str, err: urllib.error.HTTPError, hint: str) -> DownloadErr
     return DownloadError(text + (f"\n  fix: {hint}" if hint else ""))
 
 
+class _Retry(Exception):
+    """A try failed in a way the next one may not; the text says how."""
+
+
+class _Truncated(_Retry):
+    """The body ended before its Content-Length (or resumed at the wrong place)."""
+
+
+class _StartOver(Exception):
+    """Try again at once, without a pause: it counts as a try, but no failure is reported."""
+
+
+def _retrying(url: str, attempt: Callable[[], T], *, meter: Meter | None = None, hint: str = "",
+              fix: str = "check the network, the proxy variables and the server",
+              progress: Callable[[], str] | None = None) -> T:
+    """``attempt()``'s result, tried again with a growing pause after a 5xx or retryable answer,
+    a dropped connection or a :class:`_Retry`, at most :data:`ATTEMPTS` times. ``progress`` adds
+    to a connection error how far the try got."""
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            return attempt()
+        except _StartOver:
+            continue
+        except urllib.error.HTTPError as err:
+            if not (err.code >= 500 or err.code in _RETRY_STATUS):
+                raise _http_error(url, err, hint) from None
+            why = f"the server answered {err.code} {err.reason}"
+        except _Retry as err:
+            why = str(err)
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
+            _give_up_on_unknown_host(url, err)
+            why = _connection_problem(err) + (progress() if progress else "")
+        if tries >= ATTEMPTS:
+            raise DownloadError(f"{url}: {why}, {ATTEMPTS} tries\n  fix: {fix}, then run again")
+        _retry_note(meter, url, why, tries)
+        time.sleep(_pause(tries))
+
+
 def get(url: str, headers: dict | None = None, *, method: str = "GET", allow: tuple[int, ...] = (),
         hint: str = "", limit: int = 16 << 20) -> Response:
     """A small document (checksum file, manifest, token), with the same retries as files.
 
     Answers listed in ``allow`` (e.g. 401 for a registry challenge) are returned, not raised.
     """
-    attempt = 0
-    while True:
-        attempt += 1
+    def attempt() -> Response:
         try:
             with _opener.open(_request(url, headers, method), timeout=TIMEOUT) as answer:
                 body = answer.read(limit + 1)
@@ -258,21 +297,8 @@ def get(url: str, headers: dict | None = None, *, method: str = "GET", allow: tu
         except urllib.error.HTTPError as err:
             if err.code in allow:
                 return Response(err.code, _header_dict(err.headers), err.read(limit), url)
-            if not (err.code >= 500 or err.code in _RETRY_STATUS):
-                raise _http_error(url, err, hint) from None
-            why = f"the server answered {err.code} {err.reason}"
-        except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
-            _give_up_on_unknown_host(url, err)
-            why = _connection_problem(err)
-        if attempt >= ATTEMPTS:
-            raise DownloadError(f"{url}: {why}, {ATTEMPTS} tries\n  fix: check the network, the proxy "
-                                "variables and the server, then run again")
-        _retry_note(None, url, why, attempt)
-        time.sleep(_pause(attempt))
-
-
-class _Truncated(Exception):
-    """The body ended before its Content-Length (or resumed at the wrong place)."""
+            raise
+    return _retrying(url, attempt, hint=hint)
 
 
 class _WriteFailed(Exception):
@@ -283,7 +309,7 @@ class _WriteFailed(Exception):
         self.strerror = err.strerror
 
 
-def _write(out: BinaryIO, chunk: bytes) -> None:
+def _write(out: IO[bytes], chunk: bytes) -> None:
     try:
         out.write(chunk)
     except OSError as err:
@@ -295,79 +321,87 @@ def _content_range_start(value: str | None) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _fetch_http(url: str, out: BinaryIO, checksum: Checksum, headers: dict | None, meter: Meter,
+class _Transfer:
+    """One file streamed into ``out`` across tries: how much has arrived, and its running digest."""
+
+    def __init__(self, url: str, out: IO[bytes], checksum: Checksum, headers: dict | None, meter: Meter):
+        self.url, self.out, self.checksum, self.headers, self.meter = url, out, checksum, headers, meter
+        self.digest, self.have = checksum.hasher(), 0
+        self.resumed = self.restarted = False
+
+    def restart(self) -> None:
+        self.out.seek(0)
+        self.out.truncate()
+        self.digest, self.have = self.checksum.hasher(), 0
+
+    def progress(self) -> str:
+        return f" after {_size(self.have)}" if self.have else ""
+
+    def attempt(self) -> str:
+        """One try, resuming where the last one stopped; the hex digest of the whole file."""
+        try:
+            self._receive()
+        except urllib.error.HTTPError as err:
+            if err.code == 416 and self.have:
+                self.restart()
+                raise _Retry("the server refused to resume (416)") from None
+            raise
+        if self.digest.hexdigest() != self.checksum.hex and self.resumed and not self.restarted:
+            # A resumed transfer that does not verify: once, take the whole file again,
+            # in case the parts came from two different versions of the file.
+            self.meter.note("the resumed file does not verify; fetching it again from the start")
+            self.restarted, self.resumed = True, False
+            self.restart()
+            raise _StartOver
+        return self.digest.hexdigest()
+
+    def _receive(self) -> None:
+        extra = dict(self.headers or {})
+        if self.have:
+            extra["Range"] = f"bytes={self.have}-"
+        with _opener.open(_request(self.url, extra), timeout=TIMEOUT) as answer:
+            if self.have and answer.status == 206:
+                if _content_range_start(answer.headers.get("Content-Range")) != self.have:
+                    self.restart()
+                    raise _Truncated("the server resumed at the wrong offset")
+                self.resumed = True
+            elif self.have:
+                self.restart()  # the server ignored the Range: take the whole body again
+            length = answer.headers.get("Content-Length")
+            total = self.have + int(length) if length and length.isdigit() else None
+            while chunk := answer.read(CHUNK):
+                _write(self.out, chunk)
+                self.digest.update(chunk)
+                self.have += len(chunk)
+                self.meter.update(self.have, total)
+            if total is not None and self.have < total:
+                raise _Truncated(f"the connection closed after {_size(self.have)} of {_size(total)}")
+
+
+def _fetch_http(url: str, out: IO[bytes], checksum: Checksum, headers: dict | None, meter: Meter,
                 hint: str) -> str:
     """Stream ``url`` into ``out``; returns the hex digest of what was written."""
-    digest, have, attempt, resumed, restarted = checksum.hasher(), 0, 0, False, False
-
-    def restart():
-        nonlocal digest, have
-        out.seek(0)
-        out.truncate()
-        digest, have = checksum.hasher(), 0
-
-    while True:
-        attempt += 1
-        extra = dict(headers or {})
-        if have:
-            extra["Range"] = f"bytes={have}-"
-        try:
-            with _opener.open(_request(url, extra), timeout=TIMEOUT) as answer:
-                if have and answer.status == 206:
-                    if _content_range_start(answer.headers.get("Content-Range")) != have:
-                        restart()
-                        raise _Truncated("the server resumed at the wrong offset")
-                    resumed = True
-                elif have:
-                    restart()  # the server ignored the Range: take the whole body again
-                length = answer.headers.get("Content-Length")
-                total = have + int(length) if length and length.isdigit() else None
-                while chunk := answer.read(CHUNK):
-                    _write(out, chunk)
-                    digest.update(chunk)
-                    have += len(chunk)
-                    meter.update(have, total)
-                if total is not None and have < total:
-                    raise _Truncated(f"the connection closed after {_size(have)} of {_size(total)}")
-            if digest.hexdigest() != checksum.hex and resumed and not restarted:
-                # A resumed transfer that does not verify: once, take the whole file again,
-                # in case the parts came from two different versions of the file.
-                meter.note("the resumed file does not verify; fetching it again from the start")
-                restarted, resumed = True, False
-                restart()
-                continue
-            return digest.hexdigest()
-        except urllib.error.HTTPError as err:
-            if err.code == 416 and have:
-                restart()
-                why = "the server refused to resume (416)"
-            elif err.code >= 500 or err.code in _RETRY_STATUS:
-                why = f"the server answered {err.code} {err.reason}"
-            else:
-                raise _http_error(url, err, hint) from None
-        except _Truncated as err:
-            why = str(err)
-        except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
-            _give_up_on_unknown_host(url, err)
-            why = _connection_problem(err) + (f" after {_size(have)}" if have else "")
-        if attempt >= ATTEMPTS:
-            raise DownloadError(f"{url}: {why}, {ATTEMPTS} tries\n  fix: check the network, the proxy "
-                                "variables and the server (or the mirror), then run again")
-        _retry_note(meter, url, why, attempt)
-        time.sleep(_pause(attempt))
+    transfer = _Transfer(url, out, checksum, headers, meter)
+    return _retrying(url, transfer.attempt, meter=meter, hint=hint, progress=transfer.progress,
+                     fix="check the network, the proxy variables and the server (or the mirror)")
 
 
-def _copy_local(source: str, out: BinaryIO, checksum: Checksum, meter: Meter, hint: str) -> str:
-    digest = checksum.hasher()
+def _open_mirrored(source: str, hint: str) -> IO[bytes]:
+    """A file of a mirror directory, opened to read; a missing or unreadable one is a DownloadError."""
     try:
-        handle = open(source, "rb")
+        return open(source, "rb")
     except FileNotFoundError:
         raise DownloadError(f"{source}: no such file in the mirror directory"
                             + (f"\n  fix: {hint}" if hint else "")) from None
     except OSError as err:
         raise DownloadError(f"{source}: cannot read ({err.strerror})\n  fix: check the mirror "
                             "directory's permissions") from None
-    with handle:
+
+
+def _copy_local(source: str, out: IO[bytes], checksum: Checksum, meter: Meter, hint: str) -> str:
+    digest = checksum.hasher()
+    # Opened apart from the copy: an error reading the opened file is not the mirror's missing file.
+    with _open_mirrored(source, hint) as handle:
         total, done = os.fstat(handle.fileno()).st_size, 0
         while chunk := handle.read(1 << 20):
             _write(out, chunk)

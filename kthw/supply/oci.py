@@ -24,9 +24,9 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
+from kthw.fsutil import atomic_file
 from kthw.supply import download
 from kthw.supply.download import DownloadError
-from kthw.fsutil import atomic_file
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -58,7 +58,7 @@ class Repository:
     path: str
 
     @classmethod
-    def parse(cls, text: str) -> "Repository":
+    def parse(cls, text: str) -> Repository:
         match = _REPOSITORY.match(text.strip())
         if not match or ("." not in match.group(2) and ":" not in match.group(2) and match.group(2) != "localhost"):
             raise ValueError(f"'{text}' is not an image repository: write host/path, e.g. registry.k8s.io/pause "
@@ -68,7 +68,7 @@ class Repository:
     def __str__(self) -> str:
         return f"{self.host}/{self.path}" if self.scheme == "https" else f"{self.scheme}://{self.host}/{self.path}"
 
-    def mirrored(self, registry: str) -> "Repository":
+    def mirrored(self, registry: str) -> Repository:
         """The same image in a registry mirror (``http(s)://host[:port][/prefix]``)."""
         parts = urllib.parse.urlsplit(registry)
         prefix = parts.path.strip("/")
@@ -110,7 +110,8 @@ class Client:
         challenge = headers.get("www-authenticate", "")
         if not challenge.lower().startswith("bearer "):
             raise OciError(f"{url}: the registry wants credentials ({challenge or 'no challenge given'})\n  fix: "
-                           "only anonymous pulls are supported; use a registry mirror that serves the image anonymously")
+                           "only anonymous pulls are supported; use a registry mirror that serves the image "
+                           "anonymously")
         params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
         realm = params.get("realm", "")
         if not download.is_url(realm):
@@ -196,25 +197,10 @@ def pull(repository: Repository, name: str, tag: str, index_digest: str, arch: s
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
-        body, media_type = client.manifest(index_digest, f"the image index of {name}")
-        document = json.loads(body)
-        if media_type in INDEX_TYPES:
-            digest, size, media_type = _descriptor(_platform_manifest(document, arch, where), where)
-            body, media_type = client.manifest(digest, f"the {arch} manifest of {name}")
-            document = json.loads(body)
-        elif media_type in MANIFEST_TYPES:
-            digest = index_digest  # a single-arch image: its config must say it is this arch
-        else:
-            raise OciError(f"{where}: unexpected manifest type '{media_type}'")
-        if media_type not in MANIFEST_TYPES:
-            raise OciError(f"{where}: the {arch} entry is a '{media_type}', not an image manifest")
+        digest, body, media_type, document = _image_manifest(client, name, index_digest, arch, where)
         blobs = [_descriptor(document.get("config"), where)] + [_descriptor(layer, where)
                                                                  for layer in document.get("layers") or []]
-        for index, (blob_digest, size, _) in enumerate(blobs):
-            path = work / blob_digest.split(":")[1]
-            client.blob(blob_digest, path, f"{name} ({arch}) blob {index + 1}/{len(blobs)}")
-            if path.stat().st_size != size:
-                raise OciError(f"{where}: blob {blob_digest} is {path.stat().st_size} bytes, the manifest says {size}")
+        _pull_blobs(client, work, blobs, f"{name} ({arch})", where)
         if digest == index_digest:
             config = json.loads((work / blobs[0][0].split(":")[1]).read_bytes())
             if config.get("architecture") != arch:
@@ -234,6 +220,34 @@ def pull(repository: Repository, name: str, tag: str, index_digest: str, arch: s
     finally:
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _image_manifest(client: Client, name: str, index_digest: str, arch: str,
+                    where: str) -> tuple[str, bytes, str, dict]:
+    """The ``arch`` image manifest the pinned digest leads to: its digest, bytes, media type and document.
+    A pinned index leads to its ``arch`` entry; a pinned single-arch manifest is itself."""
+    body, media_type = client.manifest(index_digest, f"the image index of {name}")
+    document = json.loads(body)
+    if media_type in INDEX_TYPES:
+        digest, _, media_type = _descriptor(_platform_manifest(document, arch, where), where)
+        body, media_type = client.manifest(digest, f"the {arch} manifest of {name}")
+        document = json.loads(body)
+    elif media_type in MANIFEST_TYPES:
+        digest = index_digest  # a single-arch image: its config must say it is this arch
+    else:
+        raise OciError(f"{where}: unexpected manifest type '{media_type}'")
+    if media_type not in MANIFEST_TYPES:
+        raise OciError(f"{where}: the {arch} entry is a '{media_type}', not an image manifest")
+    return digest, body, media_type, document
+
+
+def _pull_blobs(client: Client, work: Path, blobs: list[tuple[str, int, str]], label: str, where: str) -> None:
+    """Each blob into ``work``, named by its hex digest, of the size its descriptor gives."""
+    for index, (blob_digest, size, _) in enumerate(blobs):
+        path = work / blob_digest.split(":")[1]
+        client.blob(blob_digest, path, f"{label} blob {index + 1}/{len(blobs)}")
+        if path.stat().st_size != size:
+            raise OciError(f"{where}: blob {blob_digest} is {path.stat().st_size} bytes, the manifest says {size}")
 
 
 def _write_layout(dest: Path, work: Path, digests: list[str], index_json: dict, origin: str) -> None:

@@ -12,23 +12,27 @@ from __future__ import annotations
 import functools
 import re
 import string
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
+from kthw.errors import KthwError
 from kthw.supply import components
 from kthw.supply.components import ARCHES
 from kthw.supply.download import Checksum
-from kthw.errors import KthwError
-from kthw.versions import Version, VersionError, version_key
-from kthw.yamldoc import Bad as _Bad, Map as _Map, Reader as _Reader, parse, read_text
 from kthw.supply.oci import DIGEST, Repository
+from kthw.versions import Version, VersionError, version_key
+from kthw.yamldoc import Bad as _Bad
+from kthw.yamldoc import Map as _Map
+from kthw.yamldoc import Reader as _Reader
+from kthw.yamldoc import parse, read_text
 
 SHIPPED = Path(__file__).resolve().parent / "data" / "pins.yaml"
 SCHEMA = 1
 SECTIONS = ("schema", "url_templates", "releases", "checksums", "images")
 _URL_TEMPLATE = re.compile(r"^https://[^/\s?#]+/\S+$")
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")  # the OCI distribution spec's tag grammar
 
 
 class UnpinnedError(KthwError):
@@ -110,12 +114,11 @@ class Pins:
             for name in components.FILES:
                 if name not in self.url_templates:
                     missing.append(f"url_templates.{name}")
-                for arch in ARCHES:
-                    if arch not in self.checksums.get(name, {}).get(release[name], {}):
-                        missing.append(f"checksums.{name}.{release[name]}.{arch} (Kubernetes {kubernetes_version})")
-            for name in components.IMAGES:
-                if release[name] not in self.images.get(name, {}):
-                    missing.append(f"images.{name}.{release[name]} (Kubernetes {kubernetes_version})")
+                pinned = self.checksums.get(name, {}).get(release[name], {})
+                missing.extend(f"checksums.{name}.{release[name]}.{arch} (Kubernetes {kubernetes_version})"
+                               for arch in ARCHES if arch not in pinned)
+            missing.extend(f"images.{name}.{release[name]} (Kubernetes {kubernetes_version})"
+                           for name in components.IMAGES if release[name] not in self.images.get(name, {}))
         return list(dict.fromkeys(missing))
 
 
@@ -138,6 +141,13 @@ def _version_text(example: str, patch: bool = False):
             raise _Bad(err.problem, err.fix) from None
         return value
     return parse
+
+
+def _tag(value: Any) -> str:
+    if not isinstance(value, str) or not _TAG.match(value):
+        raise _Bad(f"{value!r} is not an image tag", 'quote the tag, e.g. "v1.12.0": letters, digits, "_", "." '
+                   'and "-", at most 128')
+    return value
 
 
 def _url_template(value: Any) -> str:
@@ -188,19 +198,21 @@ def _mapping(reader: _Reader, key: str) -> _Reader:
 
 def _keys(reader: _Reader, parse) -> list[tuple[Any, str]]:
     """The keys of a mapping, checked with ``parse`` (versions must be quoted strings)."""
-    result = []
-    for key in reader.mapping:
-        try:
-            result.append((key, parse(key)))
-        except _Bad as bad:
-            raise reader.fail(str(key), bad.problem, bad.fix) from None
-    return result
+    return [(key, _key(reader, parse, key)) for key in reader.mapping]
+
+
+def _key(reader: _Reader, parse, key: Any) -> str:
+    try:
+        return parse(key)
+    except _Bad as bad:
+        raise reader.fail(str(key), bad.problem, bad.fix) from None
 
 
 def read(path: Path) -> dict:
     """One pins file, validated: its sections."""
     path = Path(path)
-    text = read_text(path, "the pins file", "check vendor.site_pins in the inventory (a path relative to the inventory)")
+    text = read_text(path, "the pins file",
+                     "check vendor.site_pins in the inventory (a path relative to the inventory)")
     data = parse(text, str(path))
     top = _Reader(str(path), _Map() if data is None else data, "", 1)
     top.check_keys(SECTIONS)
@@ -223,29 +235,29 @@ def read(path: Path) -> dict:
             release[name] = entry.get(name, _version_text("3.5.27"))
         result["releases"][version] = release
 
-    checksums = _mapping(top, "checksums")
-    checksums.check_keys(tuple(components.FILES))
-    for name in checksums.mapping:
-        per_version = _mapping(checksums, name)
-        for key, version in _keys(per_version, _version_text("3.5.27")):
-            per_arch = _mapping(per_version, key)
-            per_arch.check_keys(ARCHES)
-            for arch in per_arch.mapping:
-                value = per_arch.get(arch, _checksum)
-                result["checksums"].setdefault(name, {}).setdefault(version, {})[arch] = value
+    for name, version, per_arch in _per_version(top, "checksums", tuple(components.FILES), "3.5.27"):
+        per_arch.check_keys(ARCHES)
+        for arch in per_arch.mapping:
+            value = per_arch.get(arch, _checksum)
+            result["checksums"].setdefault(name, {}).setdefault(version, {})[arch] = value
 
-    images = _mapping(top, "images")
-    images.check_keys(tuple(components.IMAGES))
-    for name in images.mapping:
-        per_version = _mapping(images, name)
-        for key, version in _keys(per_version, _version_text("3.10.1")):
-            entry = _mapping(per_version, key)
-            entry.check_keys(("repository", "digest", "tag"))
-            tag = entry.get("tag", _version_text(re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"), "v1.12.0"),
-                            components.IMAGES[name].tag.format(version=version))
-            pin = ImagePin(name, version, entry.get("repository", _repository), entry.get("digest", _digest), tag)
-            result["images"].setdefault(name, {})[version] = pin
+    for name, version, entry in _per_version(top, "images", tuple(components.IMAGES), "3.10.1"):
+        entry.check_keys(("repository", "digest", "tag"))
+        tag = entry.get("tag", _tag, components.IMAGES[name].tag.format(version=version))
+        pin = ImagePin(name, version, entry.get("repository", _repository), entry.get("digest", _digest), tag)
+        result["images"].setdefault(name, {})[version] = pin
     return result
+
+
+def _per_version(top: _Reader, section: str, names: tuple[str, ...],
+                 example: str) -> Iterator[tuple[str, str, _Reader]]:
+    """(component, version, the entry's reader) of a section laid out as component -> version -> entry."""
+    components_reader = _mapping(top, section)
+    components_reader.check_keys(names)
+    for name in components_reader.mapping:
+        per_version = _mapping(components_reader, name)
+        for key, version in _keys(per_version, _version_text(example)):
+            yield name, version, _mapping(per_version, key)
 
 
 def load(site: Path | None = None, shipped: Path = SHIPPED) -> Pins:
@@ -265,8 +277,8 @@ def _mtime(path: Path) -> int | None:
 def _load(sources: tuple[tuple[Path, int | None], ...]) -> Pins:
     """Cached by path and mtime: every node's tasks ask for the same pins while doit loads."""
     merged: dict[str, dict] = {"url_templates": {}, "releases": {}, "checksums": {}, "images": {}}
-    sources = tuple(path for path, _ in sources)
-    for path in sources:
+    paths = tuple(path for path, _ in sources)
+    for path in paths:
         data = read(path)
         merged["url_templates"].update(data["url_templates"])
         merged["releases"].update(data["releases"])
@@ -275,4 +287,4 @@ def _load(sources: tuple[tuple[Path, int | None], ...]) -> Pins:
                 merged["checksums"].setdefault(name, {}).setdefault(version, {}).update(arches)
         for name, versions in data["images"].items():
             merged["images"].setdefault(name, {}).update(versions)
-    return Pins(sources=sources, **merged)
+    return Pins(sources=paths, **merged)

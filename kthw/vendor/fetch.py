@@ -17,13 +17,13 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from kthw.supply import components, download, oci
-from kthw.supply import pins as pins_table
 from kthw.errors import KthwError
 from kthw.fsutil import atomic_file
-from kthw.supply.components import ARCHES
 from kthw.inventory import Inventory, Node
 from kthw.layout import Layout
+from kthw.supply import components, download, oci
+from kthw.supply import pins as pins_table
+from kthw.supply.components import ARCHES
 from kthw.supply.pins import ImagePin, Pins
 
 
@@ -138,13 +138,13 @@ def plan(inv: Inventory, pins: Pins, layout: Layout) -> tuple[Item, ...]:
                           f"{binary.install_dir}/{binary.name}", f"{checksum} {binary.member or binary.name}")
                 for binary in component.binaries)
             items.append(Item(component.name, version, arch, source, path, checksum, checksum, extracted, hint=hint))
-    for component in components.IMAGE_COMPONENTS:
-        version = release[component.name]
-        for arch in _arches(inv, component.roles):
-            image = pins.image(component.name, version, k8s)
+    for image_component in components.IMAGE_COMPONENTS:
+        version = release[image_component.name]
+        for arch in _arches(inv, image_component.roles):
+            image = pins.image(image_component.name, version, k8s)
             repository = image_source(inv, image)
-            path = layout.vendor / "images" / arch / f"{component.name}-{version}.tar"
-            items.append(Item(component.name, version, arch, str(repository), path, image.digest,
+            path = layout.vendor / "images" / arch / f"{image_component.name}-{version}.tar"
+            items.append(Item(image_component.name, version, arch, str(repository), path, image.digest,
                               f"{image.reference}@{image.digest} {arch}", reference=image.reference,
                               by_digest=image.by_digest, tag=image.tag))
     return tuple(items)

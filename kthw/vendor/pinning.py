@@ -16,15 +16,14 @@ from pathlib import Path
 
 import yaml
 
-from kthw.supply import components, download, oci
-from kthw.supply import pins as pins_table
-from kthw.supply.components import ARCHES
 from kthw.errors import KthwError
 from kthw.fsutil import atomic_file
 from kthw.inventory import Inventory
+from kthw.supply import components, download, oci
+from kthw.supply import pins as pins_table
+from kthw.supply.components import ARCHES
 from kthw.vendor.fetch import file_source, image_source
-from kthw.versions import Version, VersionError, version_key
-
+from kthw.versions import Version, VersionError, minor_of, version_key
 
 
 def base_release(pins: pins_table.Pins, version: str) -> str | None:
@@ -32,7 +31,7 @@ def base_release(pins: pins_table.Pins, version: str) -> str | None:
     pinned = sorted(pins.releases, key=version_key)
     if version in pinned:
         return version
-    same_minor = [v for v in pinned if v.split(".")[:2] == version.split(".")[:2]]
+    same_minor = [v for v in pinned if minor_of(v) == minor_of(version)]
     older = [v for v in pinned if version_key(v) < version_key(version)]
     choice = same_minor or older or pinned
     return choice[-1] if choice else None
@@ -78,6 +77,9 @@ def _fetch_checksum(inv: Inventory, pins: pins_table.Pins, name: str, version: s
     return f"{component.algorithm}:{found}", checksum_source
 
 
+Entry = tuple[tuple[str, ...], object]  # the keys down to a value in the pins file, and the value
+
+
 def pin(inv: Inventory, version: str, chosen: dict[str, str], target: Path | None = None) -> str:
     """Pin ``version`` (with ``chosen`` component versions) into ``target``; returns what was done."""
     try:
@@ -89,10 +91,28 @@ def pin(inv: Inventory, version: str, chosen: dict[str, str], target: Path | Non
     pins = pins_table.load(site if site and site.exists() else None)
     if target not in pins.sources and target.exists():
         pins = pins_table.load(target)  # an explicit pins=PATH: it extends the shipped table too
-    release = {}
     base = base_release(pins, version)
-    if base:
-        release.update(pins.releases[base])
+    release = _release(pins, version, base, chosen)
+    lines = [f"Kubernetes {version}: " + ", ".join(f"{name} {release[name]}" for name in components.RELEASE_KEYS)
+             + (f" (from the pinned {base} release)" if base and base != version else "")]
+    entries: list[Entry] = []
+    if pins.releases.get(version) != release:
+        entries.append((("releases", version), release))
+    full = pins_table.with_kubernetes_files(release, version)
+    for found in (_file_checksums(inv, pins, full), _image_digests(inv, pins, full)):
+        for entry, line in found:
+            entries.append(entry)
+            lines.append(line)
+    if not entries:
+        return f"Kubernetes {version} is already pinned in {', '.join(map(str, pins.sources))}; nothing to do"
+    write(target, entries)
+    lines.append(f"pinned into {target}")
+    return "\n".join(lines)
+
+
+def _release(pins: pins_table.Pins, version: str, base: str | None, chosen: dict[str, str]) -> dict[str, str]:
+    """The component versions of ``version``: the ``base`` release's, with the ``chosen`` ones over them."""
+    release = dict(pins.releases[base]) if base else {}
     for name, value in chosen.items():
         if name not in components.RELEASE_KEYS:
             raise KthwError(f"'{name}' is not a component\n  fix: use any of {', '.join(components.RELEASE_KEYS)}")
@@ -105,20 +125,25 @@ def pin(inv: Inventory, version: str, chosen: dict[str, str], target: Path | Non
         raise KthwError(f"no pinned release to start from: the component versions of Kubernetes {version} are "
                         f"needed\n  fix: run 'doit pin version={version} "
                         + " ".join(f"{name}=X.Y.Z" for name in missing) + "'")
+    return release
 
-    lines = [f"Kubernetes {version}: " + ", ".join(f"{name} {release[name]}" for name in components.RELEASE_KEYS)
-             + (f" (from the pinned {base} release)" if base and base != version else "")]
-    entries: list[tuple[tuple[str, ...], object]] = []
-    if pins.releases.get(version) != release:
-        entries.append((("releases", version), release))
-    full = pins_table.with_kubernetes_files(release, version)
+
+def _file_checksums(inv: Inventory, pins: pins_table.Pins, full: dict[str, str]) -> list[tuple[Entry, str]]:
+    """The checksums not pinned yet of every file component, each arch: fetched from the published files."""
+    found: list[tuple[Entry, str]] = []
     for name in components.FILES:
         for arch in ARCHES:
             if arch in pins.checksums.get(name, {}).get(full[name], {}):
                 continue
             checksum, where = _fetch_checksum(inv, pins, name, full[name], arch)
-            entries.append((("checksums", name, full[name], arch), checksum))
-            lines.append(f"  {name} {full[name]} {arch}: {checksum[:19]}... from {where}")
+            found.append(((("checksums", name, full[name], arch), checksum),
+                          f"  {name} {full[name]} {arch}: {checksum[:19]}... from {where}"))
+    return found
+
+
+def _image_digests(inv: Inventory, pins: pins_table.Pins, full: dict[str, str]) -> list[tuple[Entry, str]]:
+    """The index digests not pinned yet of the images, asked of their registries (or the mirror)."""
+    found: list[tuple[Entry, str]] = []
     for name, component in components.IMAGES.items():
         if full[name] in pins.images.get(name, {}):
             continue
@@ -130,13 +155,9 @@ def pin(inv: Inventory, version: str, chosen: dict[str, str], target: Path | Non
         tag = component.tag.format(version=full[name])
         probe = pins_table.ImagePin(name, full[name], repository, "", tag)
         digest = oci.Client(image_source(inv, probe)).resolve(tag)
-        entries.append((("images", name, full[name]), {"repository": repository, "digest": digest}))
-        lines.append(f"  image {repository}:{tag}: {digest}")
-    if not entries:
-        return f"Kubernetes {version} is already pinned in {', '.join(map(str, pins.sources))}; nothing to do"
-    write(target, entries)
-    lines.append(f"pinned into {target}")
-    return "\n".join(lines)
+        found.append(((("images", name, full[name]), {"repository": repository, "digest": digest}),
+                      f"  image {repository}:{tag}: {digest}"))
+    return found
 
 
 # --- writing: keep the file's comments ---------------------------------------------------
@@ -178,7 +199,7 @@ def _insert(lines: list[str], keys: tuple[str, ...], value: object) -> list[str]
         block_end = next((i for i in range(found + 1, end) if _significant(lines[i]) and _indent(lines[i]) <= indent),
                          end)
         if depth == len(keys) - 1:
-            return lines[:found] + [" " * indent + f"{_quoted(key)}: {_scalar(value)}"] + lines[block_end:]
+            return [*lines[:found], " " * indent + f"{_quoted(key)}: {_scalar(value)}", *lines[block_end:]]
         start, end, indent = found + 1, block_end, indent + 2
     return lines
 
@@ -189,12 +210,13 @@ def _merge(data: dict, keys: tuple[str, ...], value: object) -> None:
     data[keys[-1]] = value
 
 
-def write(target: Path, entries: list[tuple[tuple[str, ...], object]]) -> None:
+def write(target: Path, entries: list[Entry]) -> None:
     """Add ``entries`` to the pins file ``target`` (created if missing); checked before it is replaced."""
     try:
         text = target.read_text(encoding="utf-8")
     except FileNotFoundError:
-        text = f"# Site pins: extend or override the shipped pins table (written by 'doit pin').\nschema: {pins_table.SCHEMA}\n"
+        text = (f"# Site pins: extend or override the shipped pins table (written by 'doit pin').\n"
+                f"schema: {pins_table.SCHEMA}\n")
     except OSError as err:
         raise KthwError(f"{target}: cannot read ({err.strerror})") from None
     expected = yaml.safe_load(text) or {}

@@ -59,13 +59,23 @@ from cryptography.hazmat.primitives import serialization
 from hvac import exceptions as hvac_errors
 
 from kthw import clock
-from kthw.pki.catalogue import ROOT
-from kthw.crypto import BACKDATE, CertSpec, PrivateKey, build_csr, certs_pem, load_certificates, load_private_key, \
-    read_facts, same_public_key, signed_by
+from kthw.crypto import (
+    BACKDATE,
+    CertSpec,
+    PrivateKey,
+    build_csr,
+    certs_pem,
+    load_certificates,
+    load_private_key,
+    read_facts,
+    same_public_key,
+    signed_by,
+)
 from kthw.errors import KthwError, StateError
 from kthw.fsutil import PUBLIC_MODE, atomic_write
-from kthw.inventory import CASettings
+from kthw.inventory import CASettings, VaultAuth
 from kthw.layout import KeyPairPaths
+from kthw.pki.catalogue import ROOT
 from kthw.pki.renewal import renewal_reason, validity_reason
 from kthw.pki.vault.policy import mount_for, role_for, role_of  # noqa: F401 - role_for: the names, re-exported
 
@@ -121,6 +131,18 @@ def _shows(secret: str, message: str) -> bool:
 
 def _describe(err: Exception, server: str, path: str) -> VaultError:
     where = f"Vault at {server}"
+    if not isinstance(err, hvac_errors.VaultError):
+        return _describe_transport(err, where, path)
+    detail = _first_line("; ".join(err.errors) if getattr(err, "errors", None) else str(err).split(", on ")[0])
+    for describe in (_describe_state, _describe_forbidden, _describe_missing, _describe_role):
+        described = describe(err, where, path, detail)
+        if described is not None:
+            return described
+    return VaultError(f"{where}: {path}: {detail}")
+
+
+def _describe_transport(err: Exception, where: str, path: str) -> VaultError:
+    """A request that got no answer from Vault: refused before sending, TLS, the network."""
     # requests' InvalidHeader and http.client's ValueError quote the refused header value,
     # which for every request is the X-Vault-Token: their text is never repeated.
     if isinstance(err, requests.exceptions.InvalidHeader) or (
@@ -140,9 +162,11 @@ def _describe(err: Exception, server: str, path: str) -> VaultError:
                           "inventory and that Vault is running")
     if isinstance(err, requests.exceptions.RequestException):
         return VaultError(f"{where}: request to {path} failed ({_library_text(err)}); check ca.address")
-    if not isinstance(err, hvac_errors.VaultError):
-        return VaultError(f"{where}: {path}: {_library_text(err)}")
-    detail = _first_line("; ".join(err.errors) if getattr(err, "errors", None) else str(err).split(", on ")[0])
+    return VaultError(f"{where}: {path}: {_library_text(err)}")
+
+
+def _describe_state(err: hvac_errors.VaultError, where: str, path: str, detail: str) -> VaultError | None:
+    """Vault answered, but is not in a state to serve: plain HTTP to HTTPS, sealed, down, uninitialised."""
     if "HTTP request to an HTTPS server" in detail:
         return VaultError(f"{where} expects HTTPS; use https:// in ca.address (and ca.ca_bundle if its "
                           "certificate is not signed by a system CA)")
@@ -154,6 +178,10 @@ def _describe(err: Exception, server: str, path: str) -> VaultError:
                           "('bao status') and run again")
     if isinstance(err, hvac_errors.VaultNotInitialized):
         return VaultError(f"{where} is not initialised ({path}); initialise and unseal it first")
+    return None
+
+
+def _describe_forbidden(err: hvac_errors.VaultError, where: str, path: str, detail: str) -> VaultError | None:
     if isinstance(err, hvac_errors.Forbidden) and path.endswith("/cert/ca"):
         # A PKI mount serves its CA cert to anyone: a refusal means there is no such mount
         # (Vault answers "permission denied" for a path it cannot route, unless the token may go there).
@@ -163,6 +191,11 @@ def _describe(err: Exception, server: str, path: str) -> VaultError:
         return VaultError(f"{where}: permission denied on {path}: the token is expired or revoked, or its "
                           f"policy does not allow this path; grant it in the policy of the identity in ca.auth "
                           f"(the build policy 'doit vault_setup' writes allows every role of the inventory)")
+    return None
+
+
+def _describe_missing(err: hvac_errors.VaultError, where: str, path: str, detail: str) -> VaultError | None:
+    """What 'doit vault_setup' creates is not there: an auth method, a mount, a mount's CA."""
     if isinstance(err, hvac_errors.InvalidPath) and "no handler for route" in detail:
         if path.startswith("auth/"):
             return VaultError(f"{where}: no auth method is enabled at {path.rsplit('/login', 1)[0]}; enable it or "
@@ -170,11 +203,15 @@ def _describe(err: Exception, server: str, path: str) -> VaultError:
         return VaultError(f"{where}: mount '{_mount_of(path)}' does not exist ({path}); {SETUP_HINT}")
     if "no default issuer" in detail:
         return VaultError(f"{where}: mount '{_mount_of(path)}' has no CA yet ({path}); {SETUP_HINT}")
+    return None
+
+
+def _describe_role(err: hvac_errors.VaultError, where: str, path: str, detail: str) -> VaultError | None:
     if "unknown role" in detail:
         return VaultError(f"{where}: {path}: {detail}; {SETUP_HINT}")
     if "not allowed by this role" in detail or "not allowed by role" in detail or "role requires" in detail:
         return VaultError(f"{where}: the role refuses the request at {path}: {detail}; {ROLE_HINT}")
-    return VaultError(f"{where}: {path}: {detail}")
+    return None
 
 
 def _library_text(err: Exception) -> str:
@@ -210,6 +247,8 @@ class Session:
     """An hvac client for one inventory's Vault; logs in on first use."""
 
     def __init__(self, settings: CASettings):
+        if settings.address is None:
+            raise VaultError("the vault backend needs Vault's address: set ca.address in the inventory")
         self.settings = settings
         self.server = settings.address
         if settings.ca_bundle is not None:
@@ -220,7 +259,8 @@ class Session:
                                   verify=str(settings.ca_bundle) if settings.ca_bundle else None)
         self._logged_in = False
         self._secrets: tuple[str, ...] = ()  # the credentials sent, kept out of every message
-        self._revoker = None  # set once this process holds a token it logged in for
+        # Set once this process holds a token it logged in for.
+        self._revoker: multiprocessing_util.Finalize | None = None
 
     def _error(self, err: Exception, path: str) -> VaultError:
         return _translate(err, self.server, path, self._secrets)
@@ -255,7 +295,7 @@ class Session:
             self._login(path, "the user name or password", self.client.auth.userpass.login,
                         auth.username, password, mount_point=mount)
         else:
-            role_id = auth.role_id if auth.role_id else _read_secret_file(auth.role_id_file, "role_id_file", "role-id")
+            role_id = _role_id(auth)
             secret_id = _secret("secret-id", auth.secret_id_env, auth.secret_id_file)
             self._secrets = (secret_id,)
             self._login(f"auth/{mount}/login", "the role-id or secret-id", self.client.auth.approle.login,
@@ -388,6 +428,14 @@ def _token(auth) -> str:
     return token
 
 
+def _role_id(auth: VaultAuth) -> str:
+    if auth.role_id:
+        return auth.role_id
+    if auth.role_id_file is None:
+        raise VaultError("approle login needs ca.auth.role_id or ca.auth.role_id_file")
+    return _read_secret_file(auth.role_id_file, "role_id_file", "role-id")
+
+
 def _secret(what: str, env: str, file: Path | None) -> str:
     if file is not None:
         return _read_secret_file(file, f"{what} file", what)
@@ -426,7 +474,7 @@ def _read_secret_file(path: Path, what: str, secret: str) -> str:
     return value
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def session(settings: CASettings) -> Session:
     """One session (one login) per process and settings: a doit run signs many certs."""
     return Session(settings)

@@ -40,9 +40,9 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from kthw.pki.catalogue import INTERMEDIATES, LEAVES, ROOT, Leaf, leaves_for
-from kthw.crypto import BACKDATE, key_kind_and_size
+from kthw.crypto import BACKDATE, CertSpec, key_kind_and_size
 from kthw.inventory import CASettings, Inventory
+from kthw.pki.catalogue import INTERMEDIATES, LEAVES, ROOT, Leaf, leaves_for
 
 NODE_SEPARATOR = "."  # <cert>.<node>: cert names have no dot, so a node role never collides with a class role
 
@@ -68,8 +68,8 @@ def role_for(settings: CASettings, cert: str, node: str | None = None) -> str:
     return settings.naming.role.format(cert=cert if node is None else f"{cert}{NODE_SEPARATOR}{node}")
 
 
-def role_of(settings: CASettings, cert: str, node: str) -> str:
-    """The role a build uses for ``cert`` of ``node``."""
+def role_of(settings: CASettings, cert: str, node: str | None) -> str:
+    """The role a build uses for ``cert`` of ``node`` (None: a cert no node is bound to)."""
     return role_for(settings, cert, node if node_bound(_ROWS[cert]) else None)
 
 
@@ -165,7 +165,7 @@ def role_settings(inv: Inventory) -> dict[tuple[str, str], dict]:
     settings = inv.ca
     names: dict[tuple[str, str], set[str]] = {}
     ips: dict[tuple[str, str], set[str]] = {}
-    specs = {}
+    specs: dict[tuple[str, str], CertSpec] = {}
     for node in inv.nodes:
         for item in leaves_for(inv, node):
             key = (mount_for(settings, item.row.issuer), role_of(settings, item.spec.name, node.name))

@@ -19,18 +19,27 @@ the Vault intermediates and the kubelet signer. The root is never renewed (READM
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from cryptography import x509
 
 from kthw import clock
-from kthw.pki.catalogue import INTERMEDIATES, ROOT, VAULT_CLUSTER_SIGNER, ca_specs
 from kthw.crypto import BACKDATE, CertSpec, key_kind_and_size, signed_by
 from kthw.errors import KthwError, StateError
 from kthw.inventory import Inventory
 from kthw.layout import Layout
+from kthw.pki.catalogue import INTERMEDIATES, ROOT, VAULT_CLUSTER_SIGNER, ca_specs
 from kthw.pki.issue import ensure_ca
 from kthw.pki.renewal import validity_reason
 from kthw.pki.vault.client import RENEW_HINT, Session, VaultCA, VaultError, read_vault_ca, seconds, session
-from kthw.pki.vault.policy import build_policy, build_policy_name, mount_for, owned_role, role_differences, role_settings
+from kthw.pki.vault.policy import (
+    build_policy,
+    build_policy_name,
+    mount_for,
+    owned_role,
+    role_differences,
+    role_settings,
+)
 
 UPDATE = "run 'doit vault_setup update_roles=1'"
 
@@ -57,14 +66,26 @@ def setup(inv: Inventory, layout: Layout, update_roles: bool = False) -> str:
     """Create in Vault what is missing: mounts, the root, the intermediates, the roles, the build policy;
     and the kubelet signer in build/pki/ca."""
     vault = _session(inv, "vault_setup")
-    settings = inv.ca
     specs = ca_specs(inv)
-    report: list[str] = []
     _local_root_guard(layout)
+    report = _mounts(vault, inv, specs)
+    key_kind = key_kind_and_size(inv.key_algorithm)
+    root_pem, created = _root_ca(vault, inv, specs, key_kind)
+    report += created
+    root = x509.load_pem_x509_certificate(root_pem)
+    report += _intermediate_cas(vault, inv, specs, key_kind, root_pem, root)
+    report += _kubelet_signer(inv, layout, root, create_only=True)
+    report += _roles(vault, inv, update_roles)
+    report += _build_policy(vault, inv, update_roles)
+    return "\n".join(report) if report else f"Vault at {vault.server}: everything in place, nothing changed"
 
+
+def _mounts(vault: Session, inv: Inventory, specs: dict[str, CertSpec]) -> list[str]:
+    """Enable the PKI mounts that are missing; refuse a mount of another engine."""
+    report = []
     mounts = vault.call("sys/mounts", vault.client.sys.list_mounted_secrets_engines).get("data") or {}
     for name in (ROOT, *INTERMEDIATES):
-        mount = mount_for(settings, name)
+        mount = mount_for(inv.ca, name)
         # The root mount's max_lease_ttl caps the root and every CA it signs; leaves are
         # capped by their role's max_ttl instead.
         lifetime = specs[name].lifetime
@@ -77,36 +98,54 @@ def setup(inv: Inventory, layout: Layout, update_roles: bool = False) -> str:
             raise VaultError(f"Vault at {vault.server}: mount '{mount}' exists but is a {existing.get('type')} "
                              "engine, not pki; choose another name in ca.naming")
         elif name == ROOT:
-            tune = vault.call(f"sys/mounts/{mount}/tune", vault.client.sys.read_mount_configuration, mount)
-            max_ttl = (tune.get("data") or tune).get("max_lease_ttl", 0)
-            if max_ttl < lifetime.total_seconds():
-                fix = f"raise it with 'bao secrets tune -max-lease-ttl={seconds(lifetime)} {mount}'"
-                if _existing_ca(vault, mount) is None:
-                    raise VaultError(f"Vault at {vault.server}: mount '{mount}' allows at most {max_ttl}s "
-                                     f"(max_lease_ttl), less than the root CA's lifetime ({seconds(lifetime)}); "
-                                     f"nothing was generated: {fix}, then run vault_setup again")
-                report.append(f"mount {mount}: max_lease_ttl {max_ttl}s is shorter than the root lifetime "
-                              f"({seconds(lifetime)}): the CAs it signs would be cut short. Left as it is: {fix}")
+            report += _check_root_mount_ttl(vault, mount, lifetime)
+    return report
 
-    key_type, key_bits = key_kind_and_size(inv.key_algorithm)
-    root_mount = mount_for(settings, ROOT)
+
+def _check_root_mount_ttl(vault: Session, mount: str, lifetime: timedelta) -> list[str]:
+    """An existing root mount whose max_lease_ttl is shorter than the root's lifetime: refused
+    while it has no CA yet, reported once it has one."""
+    tune = vault.call(f"sys/mounts/{mount}/tune", vault.client.sys.read_mount_configuration, mount)
+    max_ttl = (tune.get("data") or tune).get("max_lease_ttl", 0)
+    if max_ttl >= lifetime.total_seconds():
+        return []
+    fix = f"raise it with 'bao secrets tune -max-lease-ttl={seconds(lifetime)} {mount}'"
+    if _existing_ca(vault, mount) is None:
+        raise VaultError(f"Vault at {vault.server}: mount '{mount}' allows at most {max_ttl}s "
+                         f"(max_lease_ttl), less than the root CA's lifetime ({seconds(lifetime)}); "
+                         f"nothing was generated: {fix}, then run vault_setup again")
+    return [f"mount {mount}: max_lease_ttl {max_ttl}s is shorter than the root lifetime "
+            f"({seconds(lifetime)}): the CAs it signs would be cut short. Left as it is: {fix}"]
+
+
+def _root_ca(vault: Session, inv: Inventory, specs: dict[str, CertSpec],
+             key_kind: tuple[str, int]) -> tuple[bytes, list[str]]:
+    """The root CA's PEM, generated in its mount unless it is there."""
+    key_type, key_bits = key_kind
+    root_mount = mount_for(inv.ca, ROOT)
     root_pem = _existing_ca(vault, root_mount)
-    if root_pem is None:
-        spec = specs[ROOT]
-        clock.issue_time()  # refuses while KTHW_NOW is set, as every cert written
-        # Backdated as every cert is (BACKDATE), so no cert starts before its issuer; it ends its
-        # lifetime after now (Vault's start and end may differ by a second in the dates: no cut).
-        vault.write(f"{root_mount}/root/generate/internal", {
-            "common_name": spec.common_name, "ttl": seconds(spec.lifetime),
-            "not_before_duration": seconds(BACKDATE), "key_type": key_type, "key_bits": key_bits,
-            "max_path_length": spec.path_length, "exclude_cn_from_sans": True})
-        _truncate_leaves(vault, root_mount)
-        root_pem = vault.ca_pem(root_mount)
-        report.append(f"generated root CA {spec.common_name} in {root_mount}")
-    root = x509.load_pem_x509_certificate(root_pem)
+    if root_pem is not None:
+        return root_pem, []
+    spec = specs[ROOT]
+    clock.issue_time()  # refuses while KTHW_NOW is set, as every cert written
+    # Backdated as every cert is (BACKDATE), so no cert starts before its issuer; it ends its
+    # lifetime after now (Vault's start and end may differ by a second in the dates: no cut).
+    vault.write(f"{root_mount}/root/generate/internal", {
+        "common_name": spec.common_name, "ttl": seconds(spec.lifetime),
+        "not_before_duration": seconds(BACKDATE), "key_type": key_type, "key_bits": key_bits,
+        "max_path_length": spec.path_length, "exclude_cn_from_sans": True})
+    _truncate_leaves(vault, root_mount)
+    return vault.ca_pem(root_mount), [f"generated root CA {spec.common_name} in {root_mount}"]
 
+
+def _intermediate_cas(vault: Session, inv: Inventory, specs: dict[str, CertSpec], key_kind: tuple[str, int],
+                      root_pem: bytes, root: x509.Certificate) -> list[str]:
+    """Generate the intermediates missing from their mounts, each signed by the root; warn of one it did not sign."""
+    key_type, key_bits = key_kind
+    root_mount = mount_for(inv.ca, ROOT)
+    report = []
     for name in INTERMEDIATES:
-        mount = mount_for(settings, name)
+        mount = mount_for(inv.ca, name)
         pem = _existing_ca(vault, mount)
         if pem is not None:
             if not signed_by(x509.load_pem_x509_certificate(pem), root):
@@ -120,11 +159,7 @@ def setup(inv: Inventory, layout: Layout, update_roles: bool = False) -> str:
             "exclude_cn_from_sans": True})["csr"]
         _install_intermediate(vault, mount, root_mount, root_pem, spec, csr)
         report.append(f"generated intermediate CA {spec.common_name} in {mount}, signed by {root_mount}")
-
-    report += _kubelet_signer(inv, layout, root, create_only=True)
-    report += _roles(vault, inv, update_roles)
-    report += _build_policy(vault, inv, update_roles)
-    return "\n".join(report) if report else f"Vault at {vault.server}: everything in place, nothing changed"
+    return report
 
 
 def _install_intermediate(vault: Session, mount: str, root_mount: str, root_pem: bytes, spec: CertSpec,
