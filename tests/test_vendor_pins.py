@@ -124,6 +124,8 @@ url_templates:
     ("repository: registry.k8s.io/pause", "repository: registry.k8s.io/pause:3.10", "images.pause.3.10.1.repository",
      ["not an image repository"]),
     ("schema: 1", "schema: 2", "schema", ["not supported"]),
+    ('digest: "sha256:' + "a" * 64 + '"', 'digest: "sha256:' + "a" * 64 + '", tag: "v1.12/0"',
+     "images.pause.3.10.1.tag", ["not an image tag"]),
 ])
 def test_a_bad_pins_file_names_line_entry_and_fix(tmp_path, old, new, field, words):
     assert old in GOOD, old
@@ -145,6 +147,12 @@ def test_the_good_sample_is_accepted(tmp_path):
     table = pins.load(_site(tmp_path, GOOD))
     assert table.checksums["etcd"]["9.5.1"]["amd64"] == "sha256:" + "a" * 64
     assert table.image("pause", "3.10.1", "1.99.0").reference == "registry.k8s.io/pause:3.10.1"
+
+
+def test_a_site_pins_file_may_give_an_image_its_own_tag(tmp_path):
+    text = GOOD.replace('digest: "sha256:' + "a" * 64 + '"', 'digest: "sha256:' + "a" * 64 + '", tag: v3.10.1-site')
+    image = pins.load(_site(tmp_path, text)).image("pause", "3.10.1", "1.99.0")
+    assert image.tag == "v3.10.1-site" and image.reference == "registry.k8s.io/pause:v3.10.1-site"
 
 
 def test_coredns_images_are_tagged_with_a_v():
