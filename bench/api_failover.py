@@ -4,7 +4,7 @@
 
 Builds the example inventory (stand-in vendored binaries), installs one worker's bundle
 into a directory with its install.sh, and runs real kubectl with the kubeconfigs and the
-/etc/hosts it installed against three stand-in API servers (tests/test_failover_support.py),
+/etc/hosts it installed against three stand-in API servers (tests/support/failover.py),
 in network namespaces of its own. Per round and kubeconfig, one `kubectl get --raw
 /version` (a new process and connection each) for each case:
   up        every API server up
@@ -26,8 +26,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent / "tests"))
 sys.path.insert(0, str(BENCH.parent))
-from test_api_failover import failover_config, installed_worker  # noqa: E402
-from test_failover_support import failover  # noqa: E402
+from support.failover import failover, failover_config, installed_worker  # noqa: E402
 
 CASES = ("up", "refused", "dead", "silent")
 

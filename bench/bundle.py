@@ -28,7 +28,7 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent / "tests"))
 sys.path.insert(0, str(BENCH.parent))
 from common import Scratch, inventory, report, timed  # noqa: E402
-from test_bundle_support import stand_in_vendor  # noqa: E402
+from support.bundles import stand_in_vendor  # noqa: E402
 
 from kthw.bundle import build as bundle  # noqa: E402
 from kthw.inventory import load  # noqa: E402

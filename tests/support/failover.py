@@ -37,7 +37,13 @@ import time
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
+import yaml
+
+from kthw import inventory
+from support.bundles import example_project, fingerprint, install, unpack
+from support.project import Project
 from support.servers import JsonHandler
+from support.tools import require
 
 PORT = 6443
 WORKER_LINK, SERVER_LINK, SERVER_NS = "veth-w", "veth-s", "srv"
@@ -224,3 +230,36 @@ if __name__ == "__main__":
         serve(*sys.argv[2:])
     elif sys.argv[1] == "driver":
         print(json.dumps(drive(json.loads(Path(sys.argv[2]).read_text()))))
+
+
+# --- the worker the failover runs against (the test's and the bench's) -----------------------------
+
+WORKER = "worker-az1-a"
+KUBECONFIGS = {"kube-proxy": "/etc/k8s/kube-proxy/kubeconfig",
+               "kubelet-bootstrap": "/etc/k8s/kubelet/bootstrap-kubeconfig"}
+
+
+def failover_config(project: Project, root: Path, worker: str) -> dict:
+    """What the driver needs: the installed files of ``worker`` under ``root``, every control
+    plane's apiserver cert from the build."""
+    inv = inventory.load(project.inventory)
+    bootstrap = yaml.safe_load((root / KUBECONFIGS["kubelet-bootstrap"].lstrip("/")).read_text())
+    servers = {str(cp.ip): {"cert": str(project.node_file(cp.name, "/etc/k8s/kube-apiserver/apiserver.crt")),
+                            "key": str(project.node_file(cp.name, "/etc/k8s/kube-apiserver/apiserver.key")),
+                            "client_ca": str(project.node_file(cp.name, "/etc/k8s/shared/kubernetes-ca.crt"))}
+               for cp in inv.control_plane_nodes}
+    return {"worker": str(inv.node(worker).ip), "servers": servers, "token": bootstrap["users"][0]["user"]["token"],
+            "hosts": str(root / "etc/hosts"), "kubectl": require("kubectl"),
+            "kubeconfigs": {name: str(root / path.lstrip("/")) for name, path in KUBECONFIGS.items()}}
+
+
+def installed_worker(where: Path, worker: str = WORKER) -> tuple[Project, Path]:
+    """The example built, and ``worker``'s bundle installed into where/root by its install.sh."""
+    project = example_project(where / "project")
+    project.doit("pki", f"bundle:{worker}")
+    root = where / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/hosts").write_text("127.0.0.1 localhost\n")
+    install(unpack(project, worker, where / "bundle"), "--root", str(root), "--no-start", "--any-hostname",
+            "--fingerprint", fingerprint(project), check=True)
+    return project, root
