@@ -25,8 +25,6 @@ from doit import create_after, get_var
 from doit.tools import config_changed
 
 from kthw.bundle import signing as bundle_signing
-from kthw.render import membership
-from kthw.vendor import fetch as vendor
 from kthw.errors import KthwError
 from kthw.fsutil import remove
 
@@ -50,7 +48,10 @@ def task_bundle_signing_key():
 @create_after()
 def task_bundle():
     """Per-node tarballs: bundles/<node>.tar.gz with install.sh, MANIFEST and its signature."""
-    from kthw.bundle import build as bundle  # loaded only where bundles are made or checked, like the tasks
+    # Loaded only where bundles are made or checked, like the tasks.
+    from kthw.bundle import build as bundle
+    from kthw.render import membership
+    from kthw.vendor import fetch as vendor
 
     inv, layout = context()
     try:

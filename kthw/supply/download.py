@@ -12,23 +12,29 @@ in place (by a rename) only once the bytes match the pinned checksum.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import http.client
 import json
 import os
 import re
 import socket
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from kthw.errors import KthwError
 from kthw.fsutil import atomic_file
+
+# http.client, urllib.request and urllib.error (with the email package, ~15 ms) are imported
+# by the functions that go to the network: the inventory reads this module's types on every
+# doit run, which never downloads.
+if TYPE_CHECKING:
+    import http.client
+    import urllib.error
+    import urllib.request
 
 ATTEMPTS = 5          # tries per file, the first included
 BACKOFF = 0.5         # seconds before the second try; doubles after each failure
@@ -174,7 +180,11 @@ class Meter:
 
 # --- HTTP -------------------------------------------------------------------------------
 
-_opener = urllib.request.build_opener()  # ProxyHandler reads the proxy variables
+@functools.lru_cache(maxsize=None)
+def _opener() -> urllib.request.OpenerDirector:
+    import urllib.request
+
+    return urllib.request.build_opener()  # ProxyHandler reads the proxy variables
 
 
 @dataclass(frozen=True)
@@ -190,6 +200,8 @@ def _header_dict(message: http.client.HTTPMessage) -> dict:
 
 
 def _request(url: str, headers: dict | None, method: str = "GET") -> urllib.request.Request:
+    import urllib.request
+
     request = urllib.request.Request(url, method=method, headers={"User-Agent": USER_AGENT})
     for name, value in (headers or {}).items():
         # Credentials go to the host asked, never to the host a redirect points at.
@@ -213,6 +225,9 @@ def _retry_note(meter: Meter | None, url: str, why: str, attempt: int) -> None:
 
 
 def _connection_problem(err: BaseException) -> str:
+    import http.client
+    import urllib.error
+
     if isinstance(err, urllib.error.URLError):
         err = err.reason if isinstance(err.reason, BaseException) else err
     if isinstance(err, http.client.IncompleteRead):
@@ -222,6 +237,8 @@ def _connection_problem(err: BaseException) -> str:
 
 def _give_up_on_unknown_host(url: str, err: BaseException) -> None:
     """A name that does not resolve will not resolve a second later: no retries for it."""
+    import urllib.error
+
     reason = err.reason if isinstance(err, urllib.error.URLError) else err
     if isinstance(reason, socket.gaierror):
         host = urllib.parse.urlsplit(url).hostname
@@ -245,11 +262,14 @@ def get(url: str, headers: dict | None = None, *, method: str = "GET", allow: tu
 
     Answers listed in ``allow`` (e.g. 401 for a registry challenge) are returned, not raised.
     """
+    import http.client
+    import urllib.error
+
     attempt = 0
     while True:
         attempt += 1
         try:
-            with _opener.open(_request(url, headers, method), timeout=TIMEOUT) as answer:
+            with _opener().open(_request(url, headers, method), timeout=TIMEOUT) as answer:
                 body = answer.read(limit + 1)
                 if len(body) > limit:
                     raise DownloadError(f"{url}: the answer is larger than {limit} bytes; this is not the "
@@ -298,6 +318,9 @@ def _content_range_start(value: str | None) -> int | None:
 def _fetch_http(url: str, out: BinaryIO, checksum: Checksum, headers: dict | None, meter: Meter,
                 hint: str) -> str:
     """Stream ``url`` into ``out``; returns the hex digest of what was written."""
+    import http.client
+    import urllib.error
+
     digest, have, attempt, resumed, restarted = checksum.hasher(), 0, 0, False, False
 
     def restart():
@@ -312,7 +335,7 @@ def _fetch_http(url: str, out: BinaryIO, checksum: Checksum, headers: dict | Non
         if have:
             extra["Range"] = f"bytes={have}-"
         try:
-            with _opener.open(_request(url, extra), timeout=TIMEOUT) as answer:
+            with _opener().open(_request(url, extra), timeout=TIMEOUT) as answer:
                 if have and answer.status == 206:
                     if _content_range_start(answer.headers.get("Content-Range")) != have:
                         restart()
