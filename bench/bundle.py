@@ -18,6 +18,7 @@ median of the per-node ratios ours/cp (target: at most 1.3). --doit also times a
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import subprocess
 import sys
@@ -95,8 +96,9 @@ def main() -> None:
                 # Both write a new file (replacing a 200 MB file would add the freeing of its blocks).
                 spec.output.unlink(missing_ok=True)
                 copy.unlink(missing_ok=True)
-                times["ours"].append(synced(lambda: bundle.build(spec)))
-                times["cp"].append(synced(lambda: subprocess.run(["cp", str(spec.output), str(copy)], check=True)))
+                times["ours"].append(synced(functools.partial(bundle.build, spec)))
+                times["cp"].append(synced(functools.partial(subprocess.run, ["cp", str(spec.output), str(copy)],
+                                                            check=True)))
         for spec in specs:
             spec.output.unlink(missing_ok=True)
         # report pairs each run of "ours" with the "cp" of the same node: ratio ours / cp.

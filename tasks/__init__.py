@@ -7,8 +7,9 @@ import importlib
 import os
 import pkgutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import ClassVar
 
 from doit.dependency import MD5Checker, get_file_md5
 from doit.reporter import ExecutedOnlyReporter
@@ -26,7 +27,7 @@ class SharedFileChecker(MD5Checker):
     """doit's md5 checker, hashing each changed file once per run instead of once per task
     that depends on it: every bundle of an arch depends on the same ~300 MB of binaries."""
 
-    _md5: dict[tuple, str] = {}
+    _md5: ClassVar[dict[tuple, str]] = {}  # shared by every checker of the run
 
     def _hash(self, path: str, stat: os.stat_result) -> str:
         key = (path, stat.st_mtime_ns, stat.st_size)
@@ -49,17 +50,19 @@ class SharedFileChecker(MD5Checker):
         return stat.st_mtime, stat.st_size, self._hash(dep, stat)
 
 
+DEP_FILE = "build/.doit.db"
+
 DOIT_CONFIG = {
     # `doit vendor` is left out: it is the one stage that needs the network.
     "default_tasks": ["pki", "secrets", "render", "bundle"],
-    "dep_file": "build/.doit.db",
+    "dep_file": DEP_FILE,
     "backend": "sqlite3",
     "reporter": ProgressOnStderr,
     "check_file_uptodate": SharedFileChecker,
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def gather() -> dict:
     """Every ``task_*`` creator of every module in this package.
 
@@ -68,7 +71,7 @@ def gather() -> dict:
     """
     from .common import context
     context()
-    Path(DOIT_CONFIG["dep_file"]).parent.mkdir(exist_ok=True)
+    Path(DEP_FILE).parent.mkdir(exist_ok=True)
     creators = {}
     for module_info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if module_info.name == "common":

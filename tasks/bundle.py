@@ -143,7 +143,7 @@ def _verify(paths: list[Path], state: Path, nodes: list[str | None], trusted: st
         bundle_signing.public_key(trusted)  # a clear error for a malformed value
     expected = trusted or bundle_signing.fingerprint(bundle_signing.load_key(bundle_signing.key_path(state)))
     lines = []
-    for path, node in zip(paths, nodes):
+    for path, node in zip(paths, nodes, strict=True):
         if not Path(path).is_file():
             raise KthwError(f"{path}: no such bundle; build it with `doit bundle`")
         lines.append(bundle.verify_tarball(path, expected, node))
@@ -155,6 +155,7 @@ def task_verify_bundle():
     inv, layout = context()
     chosen = get_var("path", None)
     trusted = get_var("fingerprint", None)
+    nodes: list[str | None]
     if chosen:
         paths, nodes = [Path(chosen)], [None]
     else:

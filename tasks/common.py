@@ -23,7 +23,7 @@ def inventory_path() -> Path:
     return Path(get_var("inventory", None) or os.environ.get(INVENTORY_ENV) or "cluster.yaml")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def context() -> tuple[inventory.Inventory, Layout]:
     """The validated inventory and the output layout; a bad inventory ends doit here, with
     exit status 2, before doit opens its state database or any task runs."""

@@ -31,13 +31,23 @@ from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
 from kthw import clock
-from kthw.pki.ca import open_ca, open_local_ca
-from kthw.pki.catalogue import (INTERMEDIATES, LOCAL_APISERVER_URL, ROOT, VAULT_CLUSTER_SIGNER, NodeCert, ca_specs,
-                            key_in_vault, leaves_for, node_paths, trust_for)
 from kthw.crypto import CertSpec
 from kthw.fsutil import PUBLIC_MODE, SECRET_MODE, atomic_write, remove, remove_orphans
 from kthw.inventory import CASettings, Inventory, Node
 from kthw.layout import KeyPairPaths, Layout
+from kthw.pki.ca import open_ca, open_local_ca
+from kthw.pki.catalogue import (
+    INTERMEDIATES,
+    LOCAL_APISERVER_URL,
+    ROOT,
+    VAULT_CLUSTER_SIGNER,
+    NodeCert,
+    ca_specs,
+    key_in_vault,
+    leaves_for,
+    node_paths,
+    trust_for,
+)
 from kthw.pki.issue import ensure_ca, ensure_leaf, pair_digest, pending_reason, place_all, write_cert_kubeconfig
 
 from .common import checked, context, guarded, stale_task
@@ -227,7 +237,7 @@ def task_pki():
     for node in inv.nodes:
         names, keep = [], []
         tasks = [task for item in leaves_for(inv, node) for task in _leaf_tasks(inv, layout, node, item)]
-        for task in tasks + [_trust_task(layout, node, inv.ca.backend)]:
+        for task in [*tasks, _trust_task(layout, node, inv.ca.backend)]:
             names.append(f"pki:{task['name']}")
             keep += task["targets"]
             yield task

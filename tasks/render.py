@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 # where render or bundle tasks are made: `doit pki` and `doit list` never load it.
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def planned() -> tuple[dict[str, tuple[NodeFile, ...]] | None, str]:
     """The render plan of every node, made once per doit run (the bundle stage reads it too),
     or None and why it cannot be made."""

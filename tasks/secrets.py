@@ -24,16 +24,16 @@ from doit import get_var
 from doit.tools import config_changed
 
 from kthw import clock, templating
-from kthw.secrets import encryption, sa_rotation, tokens
 from kthw.fsutil import SECRET_MODE
 from kthw.inventory import Inventory, Node
 from kthw.layout import Layout
-from kthw.secrets.manifests import APPLY_TEMPLATE, BOOTSTRAP_DIR, SMOKE_TEMPLATE, bootstrap_targets, write_bootstrap_dir
 from kthw.pki.issue import place_all
 from kthw.pki.node_paths import PATHS
+from kthw.secrets import encryption, sa_rotation, tokens
 from kthw.secrets.files import NODE_PATHS
-from kthw.vendor.fetch import pin_files
+from kthw.secrets.manifests import APPLY_TEMPLATE, BOOTSTRAP_DIR, SMOKE_TEMPLATE, bootstrap_targets, write_bootstrap_dir
 from kthw.secrets.state import SecretsState, state_of
+from kthw.vendor.fetch import pin_files
 
 from .common import checked, context, guarded, stale_task
 
