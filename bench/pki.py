@@ -245,6 +245,10 @@ def small_cluster(rounds: int, baseline: Path | None) -> None:
         out.mkdir()
 
     times = alternate(contenders, rounds, before_each=clean_outputs)
+    clean_outputs()  # each contender's outputs, untimed, to count them
+    scratch.doit("pki")
+    if kubeadm:
+        kubeadm_nodes(kubeadm, version, out)
     files = sum(1 for path in (scratch.root / "build").rglob("*") if path.is_file() and ".doit" not in path.name)
     kubeadm_files = sum(1 for path in out.rglob("*") if path.is_file() and path.suffix != ".yaml")
     report(f"pki, 3 control planes + etcd, ecdsa-p256: ours {files} files"

@@ -22,13 +22,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from doit import create_after, get_var
-from doit.tools import config_changed
 
 from kthw.bundle import signing as bundle_signing
 from kthw.errors import KthwError
 from kthw.fsutil import remove
 
-from .common import checked, context, failing, guarded
+from .common import checked, config_changed, context, failing, guarded
 from .render import planned
 
 

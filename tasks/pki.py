@@ -28,7 +28,6 @@ import sys
 
 from doit import create_after, get_var
 from doit.exceptions import TaskFailed
-from doit.tools import config_changed
 
 from kthw import clock
 from kthw.crypto import CertSpec
@@ -50,7 +49,7 @@ from kthw.pki.catalogue import (
 )
 from kthw.pki.issue import ensure_ca, ensure_leaf, pair_digest, pending_reason, place_all, write_cert_kubeconfig
 
-from .common import checked, context, guarded, stale_task
+from .common import checked, config_changed, context, guarded, signature_once, stale_task
 
 PLACED = "placed"  # the leaf task's saved value: the digest of the cert and key it last placed
 
@@ -59,11 +58,13 @@ def _current(spec: CertSpec, paths: KeyPairPaths, issuer_cert, window) -> bool:
     return pending_reason(spec, paths, issuer_cert, clock.now(), window) is None
 
 
+@signature_once
 def _leaf_current(task, values, spec: CertSpec, paths: KeyPairPaths, issuer_cert, window) -> bool:
     """Nothing to issue, and the store pair is the one this task last checked and copied."""
     return checked(_current, spec, paths, issuer_cert, window) and values.get(PLACED) == pair_digest(paths)
 
 
+@signature_once
 def _placed(paths: KeyPairPaths) -> dict:
     return {PLACED: pair_digest(paths)}
 

@@ -18,11 +18,10 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
 from doit import create_after
-from doit.tools import config_changed
 
 from kthw.errors import KthwError
 
-from .common import checked, context, failing, guarded
+from .common import checked, config_changed, context, failing, guarded
 
 if TYPE_CHECKING:
     from kthw.render.node_files import NodeFile

@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 
 from doit import get_var
-from doit.tools import config_changed
 
 from kthw import clock, templating
 from kthw.fsutil import SECRET_MODE
@@ -35,7 +34,7 @@ from kthw.secrets.manifests import APPLY_TEMPLATE, BOOTSTRAP_DIR, SMOKE_TEMPLATE
 from kthw.secrets.state import SecretsState, state_of
 from kthw.vendor.fetch import pin_files
 
-from .common import checked, context, guarded, stale_task
+from .common import checked, config_changed, context, guarded, stale_task
 
 
 def _ensure_encryption(config: Path, rotation: Path, provider: str) -> str:
