@@ -90,7 +90,7 @@ def main() -> None:
         print(f"\n{len(workers)} amd64 workers, {vendored_mb:.0f} MB vendored per worker, bundle {size_mb:.0f} MB")
         print(f"  first node (compresses the vendored part): {first:.2f} s; cp of its bundle {first_cp:.2f} s")
 
-        times = {"ours": [], "cp": []}
+        times: dict[str, list[float]] = {"ours": [], "cp": []}
         for _ in range(args.rounds):
             for spec in specs[1:]:
                 # Both write a new file (replacing a 200 MB file would add the freeing of its blocks).

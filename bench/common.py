@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -111,7 +111,7 @@ def timed(action: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def alternate(contenders: dict[str, Callable[[], object]], rounds: int,
+def alternate(contenders: Mapping[str, Callable[[], object]], rounds: int,
               before_each: Callable[[], None] | None = None) -> dict[str, list[float]]:
     """Run every contender once per round, in turn, so noise hits them alike."""
     times: dict[str, list[float]] = {name: [] for name in contenders}

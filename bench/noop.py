@@ -59,7 +59,8 @@ def main() -> None:
 def one_inventory(title: str, text: str, target: str, rounds: int, baseline: Path | None,
                   floor: Callable[[], object]) -> None:
     scratch = built(text)
-    contenders = {"doit list": lambda: scratch.doit("list"), OURS: lambda: scratch.doit()}
+    contenders: dict[str, Callable[[], object]] = {"doit list": lambda: scratch.doit("list"),
+                                                   OURS: lambda: scratch.doit()}
     before = built(text, baseline) if baseline else None
     if before:
         contenders["baseline"] = lambda: before.doit()

@@ -45,7 +45,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import yaml
@@ -91,6 +91,7 @@ def _entry(path: Path, ident: str, issuer: str | None) -> dict:
                [f"IP:{i}" for i in san.get_values_for_type(x509.IPAddress)]
     except x509.ExtensionNotFound:
         sans = []
+    eku: Iterable[x509.ObjectIdentifier]
     try:
         eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:  # CAs
