@@ -5,6 +5,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tasks import DOIT_CONFIG, gather  # noqa: E402
+from tasks import DOIT_CONFIG, gather
 
 globals().update(gather())
+# doit reads DOIT_CONFIG and the task_* creators from this module's namespace.
+__all__ = ["DOIT_CONFIG", *gather()]

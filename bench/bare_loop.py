@@ -17,7 +17,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 spec = json.loads(Path(sys.argv[1]).read_text())
 out = Path(sys.argv[2])
 now = datetime.now(timezone.utc)
-made = {}
+made: dict[str, tuple] = {}
 for entry in spec["certs"]:
     key = (ec.generate_private_key(ec.SECP256R1()) if spec["algorithm"] == "ecdsa-p256"
            else rsa.generate_private_key(65537, 2048))

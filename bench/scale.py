@@ -48,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     scratches = {n: Scratch(inventory(workers=n - 3)) for n in sizes}
-    for n, scratch in scratches.items():
+    for scratch in scratches.values():
         stand_in_vendor(scratch.root, scratch.root / "cluster.yaml")
     per_node: dict[int, list[float]] = {n: [] for n in sizes}
     peaks: dict[int, float] = {n: 0.0 for n in sizes}
@@ -64,7 +64,7 @@ def main() -> None:
     # Each round builds every size back to back: the ratio is taken within a round (the
     # disk's speed here drifts by 2x within minutes), then the median over rounds.
     for n in sizes[1:]:
-        ratios = [big / small for big, small in zip(per_node[n], per_node[sizes[0]])]
+        ratios = [big / small for big, small in zip(per_node[n], per_node[sizes[0]], strict=True)]
         print(f"  per-node time {n} / {sizes[0]}: median ratio {statistics.median(ratios):.2f}"
               + ("   target: <= 1.2" if n == max(sizes) else ""))
     print(f"  peak memory at {max(sizes)} nodes: {peaks[max(sizes)]:.1f} MB   target: < 300 MB")

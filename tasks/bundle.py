@@ -22,15 +22,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from doit import create_after, get_var
-from doit.tools import config_changed
 
 from kthw.bundle import signing as bundle_signing
-from kthw.render import membership
-from kthw.vendor import fetch as vendor
 from kthw.errors import KthwError
 from kthw.fsutil import remove
 
-from .common import checked, context, failing, guarded
+from .common import checked, config_changed, context, failing, guarded
 from .render import planned
 
 
@@ -50,7 +47,10 @@ def task_bundle_signing_key():
 @create_after()
 def task_bundle():
     """Per-node tarballs: bundles/<node>.tar.gz with install.sh, MANIFEST and its signature."""
-    from kthw.bundle import build as bundle  # loaded only where bundles are made or checked, like the tasks
+    # Loaded only where bundles are made or checked, like the tasks.
+    from kthw.bundle import build as bundle
+    from kthw.render import membership
+    from kthw.vendor import fetch as vendor
 
     inv, layout = context()
     try:
@@ -142,7 +142,7 @@ def _verify(paths: list[Path], state: Path, nodes: list[str | None], trusted: st
         bundle_signing.public_key(trusted)  # a clear error for a malformed value
     expected = trusted or bundle_signing.fingerprint(bundle_signing.load_key(bundle_signing.key_path(state)))
     lines = []
-    for path, node in zip(paths, nodes):
+    for path, node in zip(paths, nodes, strict=True):
         if not Path(path).is_file():
             raise KthwError(f"{path}: no such bundle; build it with `doit bundle`")
         lines.append(bundle.verify_tarball(path, expected, node))
@@ -154,6 +154,7 @@ def task_verify_bundle():
     inv, layout = context()
     chosen = get_var("path", None)
     trusted = get_var("fingerprint", None)
+    nodes: list[str | None]
     if chosen:
         paths, nodes = [Path(chosen)], [None]
     else:

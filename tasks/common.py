@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import sys
 from pathlib import Path
 
 from doit import get_var
+from doit import tools as doit_tools
 from doit.exceptions import TaskFailed
 
 from kthw import inventory
@@ -18,12 +20,26 @@ from kthw.layout import Layout
 INVENTORY_ENV = "KTHW_INVENTORY"
 
 
+def signature_once(function):
+    """``function`` with its signature computed now. doit asks inspect.signature of every uptodate
+    callable at every status check (and of every action it runs) for the arguments it may pass;
+    inspect answers with ``__signature__`` when there is one: at 100 nodes that was 8% of a no-op."""
+    function.__signature__ = inspect.signature(function)
+    return function
+
+
+class config_changed(doit_tools.config_changed):  # doit's name: a drop-in for it
+    """doit's config_changed with its call signature computed once (see :func:`signature_once`)."""
+
+    __signature__ = inspect.signature(doit_tools.config_changed(None).__call__)
+
+
 def inventory_path() -> Path:
     """`doit inventory=PATH`, else $KTHW_INVENTORY, else ./cluster.yaml."""
     return Path(get_var("inventory", None) or os.environ.get(INVENTORY_ENV) or "cluster.yaml")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def context() -> tuple[inventory.Inventory, Layout]:
     """The validated inventory and the output layout; a bad inventory ends doit here, with
     exit status 2, before doit opens its state database or any task runs."""
@@ -36,6 +52,7 @@ def context() -> tuple[inventory.Inventory, Layout]:
     return inv, Layout(Path.cwd())
 
 
+@signature_once
 def guarded(function, *args, **kwargs):
     """Run a library call as a doit action: a user error fails the task with its message only."""
     try:
@@ -47,6 +64,7 @@ def guarded(function, *args, **kwargs):
     return True
 
 
+@signature_once
 def checked(function, *args, **kwargs) -> bool:
     """An uptodate check that reads files; unreadable input means 'not up to date'."""
     try:

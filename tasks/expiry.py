@@ -11,13 +11,14 @@ from __future__ import annotations
 from doit.exceptions import TaskFailed
 
 from kthw import clock
-from kthw.pki import expiry
 from kthw.errors import KthwError
 
 from .common import context
 
 
 def _report(json: bool, check: bool, at: str):
+    from kthw.pki import expiry  # loaded when the report runs, not by every doit command
+
     inv, layout = context()
     try:
         moment = clock.parse(at, "--at", "or leave --at out for now") if at else clock.now()

@@ -28,19 +28,28 @@ import sys
 
 from doit import create_after, get_var
 from doit.exceptions import TaskFailed
-from doit.tools import config_changed
 
 from kthw import clock
-from kthw.pki.ca import open_ca, open_local_ca
-from kthw.pki.catalogue import (INTERMEDIATES, LOCAL_APISERVER_URL, ROOT, VAULT_CLUSTER_SIGNER, NodeCert, ca_specs,
-                            key_in_vault, leaves_for, node_paths, trust_for)
 from kthw.crypto import CertSpec
 from kthw.fsutil import PUBLIC_MODE, SECRET_MODE, atomic_write, remove, remove_orphans
 from kthw.inventory import CASettings, Inventory, Node
 from kthw.layout import KeyPairPaths, Layout
+from kthw.pki.ca import open_ca, open_local_ca
+from kthw.pki.catalogue import (
+    INTERMEDIATES,
+    LOCAL_APISERVER_URL,
+    ROOT,
+    VAULT_CLUSTER_SIGNER,
+    NodeCert,
+    ca_specs,
+    key_in_vault,
+    leaves_for,
+    node_paths,
+    trust_for,
+)
 from kthw.pki.issue import ensure_ca, ensure_leaf, pair_digest, pending_reason, place_all, write_cert_kubeconfig
 
-from .common import checked, context, guarded, stale_task
+from .common import checked, config_changed, context, guarded, signature_once, stale_task
 
 PLACED = "placed"  # the leaf task's saved value: the digest of the cert and key it last placed
 
@@ -49,11 +58,13 @@ def _current(spec: CertSpec, paths: KeyPairPaths, issuer_cert, window) -> bool:
     return pending_reason(spec, paths, issuer_cert, clock.now(), window) is None
 
 
+@signature_once
 def _leaf_current(task, values, spec: CertSpec, paths: KeyPairPaths, issuer_cert, window) -> bool:
     """Nothing to issue, and the store pair is the one this task last checked and copied."""
     return checked(_current, spec, paths, issuer_cert, window) and values.get(PLACED) == pair_digest(paths)
 
 
+@signature_once
 def _placed(paths: KeyPairPaths) -> dict:
     return {PLACED: pair_digest(paths)}
 
@@ -227,7 +238,7 @@ def task_pki():
     for node in inv.nodes:
         names, keep = [], []
         tasks = [task for item in leaves_for(inv, node) for task in _leaf_tasks(inv, layout, node, item)]
-        for task in tasks + [_trust_task(layout, node, inv.ca.backend)]:
+        for task in [*tasks, _trust_task(layout, node, inv.ca.backend)]:
             names.append(f"pki:{task['name']}")
             keep += task["targets"]
             yield task

@@ -15,22 +15,29 @@ from __future__ import annotations
 
 import functools
 from pathlib import PurePosixPath
+from typing import TYPE_CHECKING
 
 from doit import create_after
-from doit.tools import config_changed
 
 from kthw.errors import KthwError
-from kthw.render.node_files import NodeFile, plan, remove_stale, stale_files, template_files, write_node_file
-from kthw.secrets.sa_rotation import public_key_files
-from kthw.secrets.state import state_of
 
-from .common import checked, context, failing, guarded
+from .common import checked, config_changed, context, failing, guarded
+
+if TYPE_CHECKING:
+    from kthw.render.node_files import NodeFile
+
+# kthw.render.node_files (and what it reads: the version table, the vendor plan) is imported
+# where render or bundle tasks are made: `doit pki` and `doit list` never load it.
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def planned() -> tuple[dict[str, tuple[NodeFile, ...]] | None, str]:
     """The render plan of every node, made once per doit run (the bundle stage reads it too),
     or None and why it cannot be made."""
+    from kthw.render.node_files import plan
+    from kthw.secrets.sa_rotation import public_key_files
+    from kthw.secrets.state import state_of
+
     inv, layout = context()
     try:
         # The API servers' service-account keys follow the rotation phase recorded by the secrets stage.
@@ -44,6 +51,8 @@ def planned() -> tuple[dict[str, tuple[NodeFile, ...]] | None, str]:
 @create_after()
 def task_render():
     """Systemd units and component configs for every node, only for its roles."""
+    from kthw.render.node_files import remove_stale, template_files, write_node_file
+
     inv, layout = context()
     files, error = planned()
     if files is None:
@@ -78,4 +87,6 @@ def task_render():
 
 
 def _nothing_stale(node_root, planned) -> bool:
+    from kthw.render.node_files import stale_files
+
     return not stale_files(node_root, planned)

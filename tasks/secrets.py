@@ -21,22 +21,20 @@ import sys
 from pathlib import Path
 
 from doit import get_var
-from doit.tools import config_changed
 
-from kthw import clock
-from kthw.secrets import encryption, sa_rotation, tokens
+from kthw import clock, templating
 from kthw.fsutil import SECRET_MODE
 from kthw.inventory import Inventory, Node
 from kthw.layout import Layout
-from kthw.secrets.manifests import APPLY_TEMPLATE, BOOTSTRAP_DIR, SMOKE_TEMPLATE, bootstrap_targets, write_bootstrap_dir
 from kthw.pki.issue import place_all
 from kthw.pki.node_paths import PATHS
-from kthw.render.node_files import template_files
+from kthw.secrets import encryption, sa_rotation, tokens
 from kthw.secrets.files import NODE_PATHS
-from kthw.vendor.fetch import pin_files
+from kthw.secrets.manifests import APPLY_TEMPLATE, BOOTSTRAP_DIR, SMOKE_TEMPLATE, bootstrap_targets, write_bootstrap_dir
 from kthw.secrets.state import SecretsState, state_of
+from kthw.vendor.fetch import pin_files
 
-from .common import checked, context, guarded, stale_task
+from .common import checked, config_changed, context, guarded, stale_task
 
 
 def _ensure_encryption(config: Path, rotation: Path, provider: str) -> str:
@@ -124,8 +122,8 @@ def _node_tasks(inv: Inventory, layout: Layout, state: SecretsState, node: Node)
             "doc": f"cluster-side manifests and apply.sh on {node.name}",
             "actions": [(guarded, [write_bootstrap_dir, directory, inv, token_paths, ca_cert])],
             # The pins name the CoreDNS image: read by the action, followed here as files.
-            "file_dep": [*token_paths.values(), ca_cert, *template_files(APPLY_TEMPLATE),
-                         *template_files(SMOKE_TEMPLATE), *pin_files(inv)],
+            "file_dep": [*token_paths.values(), ca_cert, *templating.files(APPLY_TEMPLATE),
+                         *templating.files(SMOKE_TEMPLATE), *pin_files(inv)],
             "targets": bootstrap_targets(inv, directory),
             "uptodate": [config_changed({"credentials": inv.kubelet_credentials, "server": inv.api_endpoint.url,
                                          "kubelets": sorted(token_paths), "domain": inv.cluster_domain,

@@ -7,13 +7,13 @@ what the last build put in the bundles.
 
 from __future__ import annotations
 
-from kthw.render import upgrade
-from kthw.vendor import fetch as vendor
-
 from .common import context, guarded
 
 
 def _plan(inv, root) -> str:
+    from kthw.render import upgrade  # the render and vendor modules load only when the plan is asked for
+    from kthw.vendor import fetch as vendor
+
     return upgrade.describe(inv, vendor.load_pins(inv), root)
 
 

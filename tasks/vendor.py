@@ -18,9 +18,10 @@ from pathlib import Path
 
 from doit import get_var
 
-from kthw.supply import components
-from kthw.vendor import pinning, fetch as vendor
 from kthw.errors import KthwError
+from kthw.supply import components
+from kthw.vendor import fetch as vendor
+from kthw.vendor import pinning
 
 from .common import checked, context, failing, guarded
 

@@ -200,10 +200,25 @@ def bundle_mode(mode: int, data: bytes | None = None) -> int:
 
 def _tree(tree: Path) -> dict[str, Path]:
     """Node path -> workstation file, for everything in a node's tree but directories and
-    the temp files of a write in progress (fsutil.atomic_write: never a node file)."""
-    return {"/" + path.relative_to(tree).as_posix(): path for path in sorted(tree.rglob("*"))
-            if not path.is_dir() or path.is_symlink()
-            if not (path.name.startswith(".") and path.name.endswith(".tmp"))}
+    the temp files of a write in progress (fsutil.atomic_write: never a node file), in the
+    order of their paths' parts. With os.scandir: Path.rglob was a tenth of a 100-node no-op."""
+    found: list[tuple[str, ...]] = []
+
+    def walk(directory: str, parts: tuple[str, ...]) -> None:
+        try:
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    here = (*parts, entry.name)
+                    if entry.is_dir() and not entry.is_symlink():
+                        walk(entry.path, here)
+                    elif not (entry.name.startswith(".") and entry.name.endswith(".tmp")):
+                        found.append(here)
+        except PermissionError:
+            pass  # as rglob: an unreadable directory shows nothing
+
+    if tree.is_dir():
+        walk(str(tree), ())
+    return {"/" + "/".join(parts): tree.joinpath(*parts) for parts in sorted(found)}
 
 
 def tree_files(spec: BundleSpec) -> list[tuple[str, bytes, int]]:

@@ -12,27 +12,32 @@ in place (by a rename) only once the bytes match the pinned checksum.
 
 from __future__ import annotations
 
-import email.message
+import functools
 import hashlib
-import http.client
 import json
 import os
 import re
 import socket
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, TYPE_CHECKING, TypeVar
 
 from kthw.errors import KthwError
 from kthw.fsutil import atomic_file, remove
 
 T = TypeVar("T")
+
+# http.client, urllib.request and urllib.error (with the email package, ~15 ms) are imported
+# by the functions that go to the network: the inventory reads this module's types on every
+# doit run, which never downloads.
+if TYPE_CHECKING:
+    import email.message
+    import urllib.error
+    import urllib.request
 
 ATTEMPTS = 5          # tries per file, the first included
 BACKOFF = 0.5         # seconds before the second try; doubles after each failure
@@ -175,7 +180,11 @@ class Meter:
 
 # --- HTTP -------------------------------------------------------------------------------
 
-_opener = urllib.request.build_opener()  # ProxyHandler reads the proxy variables
+@functools.cache
+def _opener() -> urllib.request.OpenerDirector:
+    import urllib.request
+
+    return urllib.request.build_opener()  # ProxyHandler reads the proxy variables
 
 
 @dataclass(frozen=True)
@@ -191,6 +200,8 @@ def _header_dict(message: email.message.Message) -> dict:
 
 
 def _request(url: str, headers: dict | None, method: str = "GET") -> urllib.request.Request:
+    import urllib.request
+
     request = urllib.request.Request(url, method=method, headers={"User-Agent": USER_AGENT})
     for name, value in (headers or {}).items():
         # Credentials go to the host asked, never to the host a redirect points at.
@@ -214,6 +225,9 @@ def _retry_note(meter: Meter | None, url: str, why: str, attempt: int) -> None:
 
 
 def _connection_problem(err: BaseException) -> str:
+    import http.client
+    import urllib.error
+
     if isinstance(err, urllib.error.URLError):
         err = err.reason if isinstance(err.reason, BaseException) else err
     if isinstance(err, http.client.IncompleteRead):
@@ -223,6 +237,8 @@ def _connection_problem(err: BaseException) -> str:
 
 def _give_up_on_unknown_host(url: str, err: BaseException) -> None:
     """A name that does not resolve will not resolve a second later: no retries for it."""
+    import urllib.error
+
     reason = err.reason if isinstance(err, urllib.error.URLError) else err
     if isinstance(reason, socket.gaierror):
         host = urllib.parse.urlsplit(url).hostname
@@ -258,6 +274,9 @@ def _retrying(url: str, attempt: Callable[[], T], *, meter: Meter | None = None,
     """``attempt()``'s result, tried again with a growing pause after a 5xx or retryable answer,
     a dropped connection or a :class:`_Retry`, at most :data:`ATTEMPTS` times. ``progress`` adds
     to a connection error how far the try got."""
+    import http.client
+    import urllib.error
+
     tries = 0
     while True:
         tries += 1
@@ -286,9 +305,11 @@ def get(url: str, headers: dict | None = None, *, method: str = "GET", allow: tu
 
     Answers listed in ``allow`` (e.g. 401 for a registry challenge) are returned, not raised.
     """
+    import urllib.error
+
     def attempt() -> Response:
         try:
-            with _opener.open(_request(url, headers, method), timeout=TIMEOUT) as answer:
+            with _opener().open(_request(url, headers, method), timeout=TIMEOUT) as answer:
                 body = answer.read(limit + 1)
                 if len(body) > limit:
                     raise DownloadError(f"{url}: the answer is larger than {limit} bytes; this is not the "
@@ -339,6 +360,8 @@ class _Transfer:
 
     def attempt(self) -> str:
         """One try, resuming where the last one stopped; the hex digest of the whole file."""
+        import urllib.error
+
         try:
             self._receive()
         except urllib.error.HTTPError as err:
@@ -359,7 +382,7 @@ class _Transfer:
         extra = dict(self.headers or {})
         if self.have:
             extra["Range"] = f"bytes={self.have}-"
-        with _opener.open(_request(self.url, extra), timeout=TIMEOUT) as answer:
+        with _opener().open(_request(self.url, extra), timeout=TIMEOUT) as answer:
             if self.have and answer.status == 206:
                 if _content_range_start(answer.headers.get("Content-Range")) != self.have:
                     self.restart()
