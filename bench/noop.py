@@ -28,7 +28,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent / "tests"))
 from common import REPO, Scratch, alternate, baseline_checkout, empty_dodo, inventory, python_alone, report  # noqa: E402
-from test_bundle_support import stand_in_vendor  # noqa: E402
+from support.bundles import stand_in_vendor  # noqa: E402
 
 OURS = "doit (nothing stale)"
 
