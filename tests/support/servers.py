@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import ssl
@@ -57,14 +58,41 @@ def tls_stand_in(tree, handler: type[BaseHTTPRequestHandler], *, host: str = "12
     context.load_verify_locations(tree.node_file("cp1", "/etc/k8s/shared/kubernetes-ca.crt"))
     context.verify_mode = client_cert
     context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # the intermediate is the anchor, as in Go
-    server = ThreadingHTTPServer((host, port), handler)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
+    server = _TLSServer((host, port), handler, context)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield server
     finally:
         server.shutdown()
         server.server_close()
+
+
+class _TLSServer(ThreadingHTTPServer):
+    """HTTPS with each handshake in the connection's own thread. A refused handshake ends
+    with the alert, then a FIN once what the client sent is read: closed with unread data
+    the socket would send a reset, which can reach the client before the alert does (a
+    TLS 1.3 client sends its request before it learns that its cert was refused)."""
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], context: ssl.SSLContext):
+        super().__init__(address, handler)
+        self.context = context
+
+    def finish_request(self, request, client_address) -> None:
+        tls = self.context.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
+        try:
+            tls.do_handshake()
+        except (ssl.SSLError, OSError):
+            tls.settimeout(5)
+            with contextlib.suppress(OSError):
+                tls.shutdown(socket.SHUT_WR)  # after the alert; the TLS layer is done with
+                while tls.recv(65536):  # plain reads from here: the client's request, unread
+                    pass
+            tls.close()
+            return
+        try:
+            self.RequestHandlerClass(tls, client_address, self)
+        finally:
+            self.shutdown_request(tls)
 
 
 class JsonHandler(BaseHTTPRequestHandler):
