@@ -19,12 +19,16 @@ from pathlib import Path, PurePosixPath
 
 @dataclass(frozen=True)
 class KeyPairPaths:
+    """A cert file and its key file."""
+
     cert: Path
     key: Path
 
 
 @dataclass(frozen=True)
 class Layout:
+    """Where the build's files go, under ``root``."""
+
     root: Path
 
     # Cached: a 200-node graph asks for these paths tens of thousands of times while loading.

@@ -107,6 +107,8 @@ class Placed:
 
 @dataclass(frozen=True)
 class Vendored:
+    """The vendored files of a node's bundle, and the image archives among them."""
+
     files: tuple[Placed, ...]
     # node path of an image archive, the image name it holds, and its name by digest
     images: tuple[tuple[str, str, str], ...]
@@ -325,6 +327,8 @@ def units_of(files: list[tuple[str, bytes, int]]) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class ManifestLine:
+    """One line of a bundle's MANIFEST."""
+
     mode: int
     sha256: str   # DIRECTORY for a directory
     path: str     # "/..." = installed there from files/...; otherwise a file of the bundle itself
