@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,8 +56,23 @@ def atomic_file(path: Path, mode: int = PUBLIC_MODE, *, suffix: str = ".tmp",
         raise
 
 
+_NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"
+
+
+def _owner_only(name: str, flags: int) -> int:
+    return os.open(name, flags, SECRET_MODE)
+
+
 def _temp_file(path: Path, suffix: str) -> IO[bytes]:
-    return tempfile.NamedTemporaryFile("w+b", dir=path.parent, prefix=f".{path.name}.", suffix=suffix, delete=False)
+    """What tempfile.NamedTemporaryFile(delete=False) makes (an exclusive new file, mode 0600,
+    a random name), without its wrapper and name checks: a third of the cost of each write."""
+    for _ in range(100):
+        name = os.path.join(path.parent, f".{path.name}.{''.join(random.choices(_NAME_CHARS, k=8))}{suffix}")
+        try:
+            return open(name, "x+b", opener=_owner_only)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path.parent}: no free temp file name for {path.name}")
 
 
 def atomic_write(path: Path, data: bytes, mode: int = PUBLIC_MODE) -> bool:
