@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import random
 import re
-import tempfile
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +24,8 @@ _TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 # newer (this run's, or a parallel worker's: workers are forked after this import).
 _STARTED = time.time()
 _tidied: set[str] = set()
+# The errors pathlib's is_dir() and exists() take for 'not there'.
+_MISSING = (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP)
 
 
 @contextlib.contextmanager
@@ -56,8 +60,23 @@ def atomic_file(path: Path, mode: int = PUBLIC_MODE, *, suffix: str = ".tmp",
         raise
 
 
+_NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"
+
+
+def _owner_only(name: str, flags: int) -> int:
+    return os.open(name, flags, SECRET_MODE)
+
+
 def _temp_file(path: Path, suffix: str) -> IO[bytes]:
-    return tempfile.NamedTemporaryFile("w+b", dir=path.parent, prefix=f".{path.name}.", suffix=suffix, delete=False)
+    """What tempfile.NamedTemporaryFile(delete=False) makes (an exclusive new file, mode 0600,
+    a random name), without its wrapper and name checks: a third of the cost of each write."""
+    for _ in range(100):
+        name = os.path.join(path.parent, f".{path.name}.{''.join(random.choices(_NAME_CHARS, k=8))}{suffix}")
+        try:
+            return open(name, "x+b", opener=_owner_only)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path.parent}: no free temp file name for {path.name}")
 
 
 def atomic_write(path: Path, data: bytes, mode: int = PUBLIC_MODE) -> bool:
@@ -122,8 +141,18 @@ def stale_outputs(node_root: Path, node_paths: list[str], keep: list[Path]) -> l
     found = []
     for node_path in node_paths:
         path = node_root / node_path.lstrip("/")
-        candidates = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-        found += [p for p in candidates if p not in keep_set and p.exists()]
+        # One stat per path, where is_dir() then exists() took two: at 100 nodes this check
+        # runs for some 3000 paths.
+        try:
+            is_dir = stat.S_ISDIR(os.stat(path).st_mode)
+        except OSError as err:
+            if err.errno in _MISSING:  # what is_dir() and exists() answer False to
+                continue
+            raise
+        if is_dir:
+            found += [p for p in sorted(p for p in path.iterdir() if p.is_file()) if p not in keep_set and p.exists()]
+        elif path not in keep_set:
+            found.append(path)
     return found
 
 

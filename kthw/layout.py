@@ -19,12 +19,16 @@ from pathlib import Path, PurePosixPath
 
 @dataclass(frozen=True)
 class KeyPairPaths:
+    """A cert file and its key file."""
+
     cert: Path
     key: Path
 
 
 @dataclass(frozen=True)
 class Layout:
+    """Where the build's files go, under ``root``."""
+
     root: Path
 
     # Cached: a 200-node graph asks for these paths tens of thousands of times while loading.
@@ -57,15 +61,29 @@ class Layout:
     def _nodes_dir(self) -> Path:
         return self.build / "nodes"
 
+    # Paths asked for again and again while the tasks are made and checked (each CA once per
+    # leaf, each node root once per node file): each is made once per run.
+    @functools.cached_property
+    def _cas(self) -> dict[str, KeyPairPaths]:
+        return {}
+
+    @functools.cached_property
+    def _node_roots(self) -> dict[str, Path]:
+        return {}
+
     def ca(self, name: str) -> KeyPairPaths:
-        return KeyPairPaths(self._ca_dir / f"{name}.crt", self._ca_dir / f"{name}.key")
+        if name not in self._cas:
+            self._cas[name] = KeyPairPaths(self._ca_dir / f"{name}.crt", self._ca_dir / f"{name}.key")
+        return self._cas[name]
 
     def leaf(self, node: str, cert: str) -> KeyPairPaths:
         directory = self.pki / "nodes" / node
         return KeyPairPaths(directory / f"{cert}.crt", directory / f"{cert}.key")
 
     def node_root(self, node: str) -> Path:
-        return self._nodes_dir / node
+        if node not in self._node_roots:
+            self._node_roots[node] = self._nodes_dir / node
+        return self._node_roots[node]
 
     def on_node(self, node: str, path: str | PurePosixPath) -> Path:
         """The workstation file that becomes ``path`` (absolute, as on the node) on ``node``."""

@@ -7,7 +7,6 @@ reports a bad value with its file, line, dotted field name and fix.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -132,6 +131,7 @@ class Reader:
     def check_keys(self, allowed: tuple[str, ...]) -> None:
         for key in self.mapping:
             if key not in allowed:
+                import difflib  # only for the error message: a valid inventory never loads it
                 guess = difflib.get_close_matches(str(key), allowed, n=1)
                 hint = f"did you mean '{guess[0]}'? " if guess else ""
                 raise self.fail(str(key), f"unknown key '{key}'", f"{hint}allowed keys here: {', '.join(allowed)}")

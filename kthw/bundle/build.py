@@ -39,9 +39,9 @@ import hashlib
 import json
 import os
 import re
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from kthw import templating
 from kthw.bundle import signing as bundle_signing
@@ -58,6 +58,9 @@ from kthw.secrets import files as secret_files
 from kthw.secrets.state import state_of
 from kthw.supply.components import ARCH_ALIASES
 from kthw.vendor import fetch as vendor
+
+if TYPE_CHECKING:
+    import tarfile
 
 TOP = "kthw-bundle"
 FILES = "files"
@@ -104,6 +107,8 @@ class Placed:
 
 @dataclass(frozen=True)
 class Vendored:
+    """The vendored files of a node's bundle, and the image archives among them."""
+
     files: tuple[Placed, ...]
     # node path of an image archive, the image name it holds, and its name by digest
     images: tuple[tuple[str, str, str], ...]
@@ -322,6 +327,8 @@ def units_of(files: list[tuple[str, bytes, int]]) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class ManifestLine:
+    """One line of a bundle's MANIFEST."""
+
     mode: int
     sha256: str   # DIRECTORY for a directory
     path: str     # "/..." = installed there from files/...; otherwise a file of the bundle itself
@@ -640,6 +647,7 @@ class _Member:
 def _read_members(archive: tarfile.TarFile, path: Path) -> dict[str, _Member]:
     """Every member by name (a later one of the same name wins, as tar unpacks it), the
     archive decompressed once: each file hashed in chunks as it streams past."""
+    import tarfile  # tarfile is loaded only where an archive is read or written: a no-op run never is
     kept = {f"{TOP}/{name}" for name in (MANIFEST, SIGNATURE, ENDORSEMENTS)}
     members = {}
     try:
@@ -661,6 +669,7 @@ def _read_members(archive: tarfile.TarFile, path: Path) -> dict[str, _Member]:
 
 
 def _open_bundle(path: Path) -> tarfile.TarFile:
+    import tarfile
     try:
         return tarfile.open(path, "r:gz")
     except (OSError, tarfile.TarError, EOFError) as err:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-import tarfile
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -53,6 +52,7 @@ class Entry:
 
 def header(name: str, size: int, mode: int, mtime: int) -> bytes:
     """The tar header of a regular file, with nothing taken from the host."""
+    import tarfile  # tarfile is loaded only where an archive is read or written: a no-op run never is
     info = tarfile.TarInfo(name)
     info.size, info.mode, info.mtime = size, mode, mtime
     info.type = tarfile.REGTYPE

@@ -68,6 +68,8 @@ class ApiEndpoint:
 
 @dataclass(frozen=True)
 class Lifetimes:
+    """How long each kind of cert is issued for."""
+
     root_ca: timedelta
     intermediate_ca: timedelta
     leaf: timedelta
@@ -102,6 +104,8 @@ class VaultNaming:
 
 @dataclass(frozen=True)
 class CASettings:
+    """The inventory's ``ca`` section: where the CA keys live."""
+
     backend: str
     address: str | None = None              # vault: https://host:8200
     namespace: str | None = None            # vault: X-Vault-Namespace
@@ -125,6 +129,8 @@ class VendorSettings:
 
 @dataclass(frozen=True)
 class Node:
+    """One node of the inventory."""
+
     name: str
     roles: frozenset[Role]
     arch: str
@@ -151,6 +157,8 @@ class Node:
 
 @dataclass(frozen=True)
 class Inventory:
+    """The validated cluster.yaml."""
+
     source: Path
     name: str
     kubernetes_version: str

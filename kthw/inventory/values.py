@@ -3,7 +3,6 @@ raises :class:`~kthw.yamldoc.Bad` with the problem and the fix; the reader adds 
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import re
 import string
@@ -39,6 +38,7 @@ def _choice(options: tuple[str, ...], aliases: dict[str, str] | None = None) -> 
         text = _text(value) if isinstance(value, str) else str(value)
         canon = (aliases or {}).get(text, text)
         if canon not in options:
+            import difflib  # only for the error message: a valid inventory never loads it
             guess = difflib.get_close_matches(text, list(aliases or options), n=1)
             hint = f"did you mean '{guess[0]}'? " if guess else ""
             raise Bad(f"unknown value '{text}'", f"{hint}use one of: {', '.join(aliases or options)}")

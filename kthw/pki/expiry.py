@@ -24,6 +24,8 @@ NOT_YET_VALID, BAD_KEY = "not yet valid", "bad key"
 
 @dataclass(frozen=True)
 class ExpiryRow:
+    """One row of the expiry report."""
+
     node: str          # "-" for the CA hierarchy
     cert: str
     issuer: str

@@ -313,6 +313,8 @@ def _crictl(i: _Inputs, node: Node) -> dict:
 
 @dataclass(frozen=True)
 class _Rule:
+    """Which template makes a node file, for which nodes, with what context."""
+
     path: str
     template: str
     role: str | None  # None: every node

@@ -103,6 +103,8 @@ def check_rebuild(previous: Path, new: bytes) -> None:
 
 @dataclass(frozen=True)
 class NodeStep:
+    """What an upgrade changes on one node."""
+
     node: Node
     moves: tuple[tuple[str, str | None, str], ...]  # component, from (None: new), to; only what changes
 

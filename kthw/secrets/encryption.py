@@ -51,6 +51,8 @@ INSTALL = ("run `doit` (it rebuilds the control-plane nodes' files only), instal
 
 @dataclass(frozen=True)
 class Key:
+    """One key of the encryption config."""
+
     provider: str
     name: str
     secret: str  # base64, as in the file

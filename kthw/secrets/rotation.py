@@ -23,6 +23,8 @@ _FIELDS = {"phase", "old_key", "new_key", "at"}
 
 @dataclass(frozen=True)
 class PhaseRecord:
+    """Where a key rotation stands, as recorded in the state file."""
+
     phase: str
     old_key: str
     new_key: str

@@ -26,6 +26,8 @@ from kthw.layout import Layout
 
 @dataclass(frozen=True)
 class SecretsState:
+    """The paths of the secrets stage's state."""
+
     root: Path
 
     @property

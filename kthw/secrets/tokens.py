@@ -48,6 +48,8 @@ def renewal_window(inv: Inventory) -> timedelta:
 
 @dataclass(frozen=True)
 class BootstrapToken:
+    """A node's kubelet bootstrap token."""
+
     node: str
     token_id: str
     token_secret: str

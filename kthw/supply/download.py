@@ -55,6 +55,8 @@ class DownloadError(KthwError):
 
 @dataclass(frozen=True)
 class Checksum:
+    """A pinned file's expected digest."""
+
     algorithm: str
     hex: str
 
@@ -189,6 +191,8 @@ def _opener() -> urllib.request.OpenerDirector:
 
 @dataclass(frozen=True)
 class Response:
+    """An HTTP response, read whole."""
+
     status: int
     headers: dict     # names lower-cased: HTTP header names are case-insensitive
     body: bytes

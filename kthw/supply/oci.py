@@ -18,7 +18,6 @@ import io
 import json
 import re
 import shutil
-import tarfile
 import tempfile
 import urllib.parse
 from dataclasses import dataclass
@@ -252,6 +251,8 @@ def _pull_blobs(client: Client, work: Path, blobs: list[tuple[str, int, str]], l
 
 def _write_layout(dest: Path, work: Path, digests: list[str], index_json: dict, origin: str) -> None:
     """A reproducible tar: fixed order, owner and times, so the same image gives the same bytes."""
+    import tarfile  # tarfile is loaded only where an archive is read or written: a no-op run never is
+
     def info(name: str, size: int = 0, directory: bool = False) -> tarfile.TarInfo:
         entry = tarfile.TarInfo(name)
         entry.size, entry.mtime, entry.uid, entry.gid, entry.uname, entry.gname = size, 0, 0, 0, "", ""

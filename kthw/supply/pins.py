@@ -41,6 +41,8 @@ class UnpinnedError(KthwError):
 
 @dataclass(frozen=True)
 class ImagePin:
+    """A container image pinned by digest."""
+
     name: str
     version: str
     repository: str
@@ -61,6 +63,8 @@ class ImagePin:
 
 @dataclass(frozen=True)
 class Pins:
+    """The pins table: release URLs, versions, checksums and images."""
+
     sources: tuple[Path, ...]
     url_templates: dict[str, str]
     releases: dict[str, dict[str, str]]

@@ -13,7 +13,6 @@ vendored files a node gets and where they go on the node.
 from __future__ import annotations
 
 import hashlib
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,6 +179,7 @@ def _extract(item: Item) -> None:
             with open(item.path, "rb") as handle:
                 _write_binary(binary, handle, item)
         return
+    import tarfile  # tarfile is loaded only where an archive is read or written: a no-op run never is
     try:
         with tarfile.open(item.path, "r:*") as archive:
             members = {member.name.removeprefix("./"): member for member in archive.getmembers()}
