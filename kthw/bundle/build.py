@@ -565,7 +565,7 @@ def build(spec: BundleSpec) -> str:
     """Write bundles/<node>.tar.gz (through a temp file and a rename); return what was done."""
     key = bundle_signing.load_key(spec.signing_key)
     install = installer(spec.templates)
-    files = [*tree_files(spec), (INSTALLER, install, 493)]
+    files = [*tree_files(spec), (INSTALLER, install, 0o755)]
     clash = {path for path, _, _ in files} & {placed.path for placed in spec.vendored.files}
     if clash:
         raise KthwError(f"{spec.tree}: {', '.join(sorted(clash))} would also come from vendor/; remove it from "
