@@ -150,7 +150,7 @@ def stale_outputs(node_root: Path, node_paths: list[str], keep: list[Path]) -> l
                 continue
             raise
         if is_dir:
-            found += [p for p in sorted(p for p in path.iterdir() if p.is_file()) if p not in keep_set and p.exists()]
+            found += sorted(p for p in path.iterdir() if p.is_file() and p not in keep_set)
         elif path not in keep_set:
             found.append(path)
     return found
