@@ -34,6 +34,11 @@ else:
     _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+def safe_load(data: bytes | str) -> Any:
+    """yaml.safe_load with libyaml's parser where PyYAML has it (for files read on every run)."""
+    return yaml.load(data, Loader=_SafeLoader)
+
+
 class Loader(_SafeLoader):
     """SafeLoader that remembers lines and refuses duplicate keys."""
 

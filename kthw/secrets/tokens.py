@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from kthw import yamldoc
 from kthw.clock import in_utc
 from kthw.errors import StateError
 from kthw.fsutil import SECRET_MODE, atomic_write
@@ -79,11 +80,6 @@ def dumps(token: BootstrapToken) -> bytes:
     return (header + yaml.safe_dump(body, sort_keys=False)).encode()
 
 
-# libyaml's safe loader where PyYAML has it: the pure-Python one took 1 ms a token (a
-# 100-node no-op reads them all).
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
 def read(path: Path, node: str) -> BootstrapToken | None:
     """The token recorded in ``path``; None when the file does not exist.
 
@@ -92,7 +88,8 @@ def read(path: Path, node: str) -> BootstrapToken | None:
     """
     path = Path(path)
     try:
-        data = yaml.load(path.read_bytes(), Loader=_LOADER)
+        # libyaml's parser: the pure-Python one took 1 ms a token, and a 100-node no-op reads them all
+        data = yamldoc.safe_load(path.read_bytes())
     except FileNotFoundError:
         return None
     except (OSError, yaml.YAMLError) as err:
