@@ -5,8 +5,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tasks import DOIT_CONFIG, gather
+from tasks import namespace
 
-globals().update(gather())
 # doit reads DOIT_CONFIG and the task_* creators from this module's namespace.
-__all__ = ["DOIT_CONFIG", *gather()]
+globals().update(namespace())
+__all__ = list(namespace())

@@ -17,6 +17,10 @@ from kthw.errors import KthwError
 
 ENV = "KTHW_NOW"
 
+# The earliest moment at which a calendar decision made by this process would come out
+# differently (see :func:`decided_until`): a record that nothing was due holds until then.
+_next_change: datetime | None = None
+
 
 def system_now() -> datetime:
     """The system clock in UTC, to the second: the only time ever written into a cert."""
@@ -57,3 +61,17 @@ def in_utc(moment: datetime) -> datetime:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.astimezone(timezone.utc).replace(microsecond=0)
+
+
+def decided_until(now: datetime, *thresholds: datetime) -> None:
+    """Note that a decision just made for ``now`` changes when the clock reaches the first of
+    ``thresholds`` still ahead (one already passed stays passed while the clock goes forward)."""
+    global _next_change
+    for moment in thresholds:
+        if moment > now and (_next_change is None or moment < _next_change):
+            _next_change = moment
+
+
+def next_change() -> datetime | None:
+    """The earliest moment noted by :func:`decided_until` in this process; None when none was."""
+    return _next_change

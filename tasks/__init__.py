@@ -23,6 +23,55 @@ class ProgressOnStderr(ExecutedOnlyReporter):
         super().__init__(sys.stderr, options)
 
 
+class RecordingProgress(ProgressOnStderr):
+    """ProgressOnStderr that leaves the record of a full check (see tasks.lastcheck) when the run
+    found current every task the default selection reaches, executing and skipping none."""
+
+    def __init__(self, outstream, options):
+        super().__init__(outstream, options)
+        self._tasks: dict = {}
+        self._selected: list[str] = []
+        self._current: set[str] = set()
+        self._changed = False  # a task ran, failed or was ignored
+
+    def initialize(self, tasks, selected_tasks):
+        # The same dict doit adds the delayed (create_after) tasks to as it makes them.
+        self._tasks, self._selected = tasks, list(selected_tasks)
+
+    def execute_task(self, task):
+        self._changed = self._changed or bool(task.actions)
+        super().execute_task(task)
+
+    def skip_uptodate(self, task):
+        self._current.add(task.name)
+
+    def skip_ignore(self, task):
+        self._changed = True
+
+    def add_failure(self, task, fail):
+        self._changed = True
+        super().add_failure(task, fail)
+
+    def complete_run(self):
+        super().complete_run()
+        from . import lastcheck
+        everything_current = not (self._changed or self.failures or self.runtime_errors) \
+            and set(self._selected) == set(DEFAULT_TASKS) and self._reached() <= self._current
+        lastcheck.finish(everything_current)
+
+    def _reached(self) -> set[str]:
+        """The tasks with actions that the selection reaches through task_dep and setup."""
+        reached, pending = set(), list(self._selected)
+        while pending:
+            name = pending.pop()
+            if name in reached or name not in self._tasks:
+                continue
+            reached.add(name)
+            task = self._tasks[name]
+            pending += [*task.task_dep, *task.setup_tasks]
+        return {name for name in reached if self._tasks[name].actions}
+
+
 class SharedFileChecker(MD5Checker):
     """doit's md5 checker, hashing each changed file once per run instead of once per task
     that depends on it: every bundle of an arch depends on the same ~300 MB of binaries."""
@@ -52,14 +101,30 @@ class SharedFileChecker(MD5Checker):
 
 DEP_FILE = "build/.doit.db"
 
+# `doit vendor` is left out: it is the one stage that needs the network.
+DEFAULT_TASKS = ["pki", "secrets", "render", "bundle"]
+
 DOIT_CONFIG = {
-    # `doit vendor` is left out: it is the one stage that needs the network.
-    "default_tasks": ["pki", "secrets", "render", "bundle"],
+    "default_tasks": DEFAULT_TASKS,
     "dep_file": DEP_FILE,
     "backend": "sqlite3",
-    "reporter": ProgressOnStderr,
+    "reporter": RecordingProgress,
     "check_file_uptodate": SharedFileChecker,
 }
+
+# When the last full check holds: no task, and doit's state database left untouched.
+NOTHING_CHANGED_CONFIG = {"default_tasks": [], "dep_file": ":memory:", "backend": "sqlite3",
+                          "reporter": ProgressOnStderr}
+
+
+@functools.cache
+def namespace() -> dict:
+    """What dodo.py offers doit: the config and every task creator, or, when a bare `doit`
+    finds its last full check still holding (see tasks.lastcheck), a config and no task."""
+    from .lastcheck import nothing_changed
+    if nothing_changed():
+        return {"DOIT_CONFIG": NOTHING_CHANGED_CONFIG}
+    return {"DOIT_CONFIG": DOIT_CONFIG, **gather()}
 
 
 @functools.cache
@@ -69,12 +134,15 @@ def gather() -> dict:
     Runs while doit reads dodo.py, before it opens its state database: the inventory is
     read first, so a rejected one leaves nothing behind, not even build/.
     """
+    from . import lastcheck
     from .common import context
-    context()
+    inv, layout = context()
     Path(DEP_FILE).parent.mkdir(exist_ok=True)
+    lastcheck.begin(inv.source, inv.vendor.site_pins, inv.ca.backend == "vault",
+                    (layout.build, layout.bundles, layout.vendor))
     creators = {}
     for module_info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if module_info.name == "common":
+        if module_info.name in ("common", "lastcheck"):
             continue
         module = importlib.import_module(f"{__name__}.{module_info.name}")
         creators.update({name: value for name, value in vars(module).items() if name.startswith("task_")})

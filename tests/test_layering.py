@@ -14,7 +14,7 @@ KTHW = REPO / "kthw"
 # top of kthw are shared by all of them.
 STAGES: list[tuple[str, set[str]]] = [
     ("shared", {"errors", "clock", "fsutil", "yamldoc", "roles", "versions", "templating", "layout", "crypto",
-                "kubeconfig"}),
+                "kubeconfig", "lastcheck"}),
     ("supply", {"supply"}),
     ("inventory", {"inventory"}),
     ("vendor", {"vendor"}),

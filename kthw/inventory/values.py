@@ -102,10 +102,12 @@ def _duration(value: Any) -> timedelta:
 
 def _until_last_date(reader: Reader, key: str, duration: timedelta, what: str) -> None:
     """A duration that starts now must end by the last date a certificate or token can carry."""
-    room = LAST_CERT_DATE - clock.system_now()
+    today = clock.system_now()
+    room = LAST_CERT_DATE - today
     if duration > room:
         raise reader.fail(key, f"{what} of {duration.days} days from today would end after {LAST_CERT_DATE:%Y-%m-%d}, "
                           "the last date a certificate can carry", f"use at most {room.days}d (e.g. 3650d)")
+    clock.decided_until(today, LAST_CERT_DATE - duration)
 
 
 def _node_name(value: Any) -> str:

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 
 from cryptography import x509
 
+from kthw import clock
 from kthw.crypto import CertSpec, read_facts, signed_by
 
 # A notAfter that differs from the expected one by less than this is the same lifetime.
@@ -71,12 +72,15 @@ def date_reason(cert: x509.Certificate, issuer: x509.Certificate | None, now: da
 
 def validity_reason(not_before: datetime, not_after: datetime, now: datetime, window: timedelta) -> Reason | None:
     """A cert's dates at ``now``: not valid yet (made on a clock ahead of this one), or due."""
+    clock.decided_until(now, not_before)
     if not_before > now:
         return Reason(f"not valid before {not_before:%Y-%m-%d %H:%M} UTC: dated in the future", not_yet_valid=True)
     return calendar_reason(not_after, now, window)
 
 
 def calendar_reason(not_after: datetime, now: datetime, window: timedelta) -> Reason | None:
+    """Due when ``not_after`` has passed or is at most ``window`` away."""
+    clock.decided_until(now, not_after - window, not_after)
     if not_after <= now:
         return Reason(f"expired on {not_after:%Y-%m-%d}", due=True)
     if not_after - now <= window:

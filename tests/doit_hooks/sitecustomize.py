@@ -4,6 +4,8 @@
 KTHW_TEST_SYSTEM_CLOCK=<ISO 8601>   the system clock kthw reads (kthw.clock.system_now) stands
                                     at that moment, as on a machine whose clock says so: how a
                                     test lives through "a year later" in seconds
+KTHW_TEST_SYSTEM_CLOCK_FILE=<file>  the same, read from <file> at every look: a test moves the clock
+                                    between runs without changing their environment
 KTHW_TEST_KILL_AT_WRITE=<N>         the process SIGKILLs itself at its N-th rename into build/
                                     (the last step of every kthw.fsutil.atomic_write), before
                                     making it: the temp file stays behind, the target keeps what
@@ -23,6 +25,18 @@ if _clock:
 
     _frozen = clock.in_utc(datetime.fromisoformat(_clock))
     clock.system_now = lambda: _frozen
+
+_clock_file = os.environ.get("KTHW_TEST_SYSTEM_CLOCK_FILE")
+if _clock_file:
+    from datetime import datetime
+    from pathlib import Path
+
+    from kthw import clock
+
+    def _clock_from_file():
+        return clock.in_utc(datetime.fromisoformat(Path(_clock_file).read_text().strip()))
+
+    clock.system_now = _clock_from_file
 
 _kill_at = int(os.environ.get("KTHW_TEST_KILL_AT_WRITE") or 0)
 _count_file = os.environ.get("KTHW_TEST_COUNT_WRITES")

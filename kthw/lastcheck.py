@@ -1,0 +1,160 @@
+"""The record a full check leaves when it found nothing to do, and the test that it still holds.
+
+A `doit` with nothing stale still reads the inventory, makes every task and checks each one.
+When the last full check found nothing to do, the next `doit` may stop at once, but only
+while nothing that check read can have changed. The record keeps a fingerprint of:
+
+- every file and directory under the watched trees (the build, the bundles, the vendored
+  files, the code): path, type, mode, inode, size, mtime and ctime. The ctime moves on any
+  write, chmod or rename and cannot be set back, so a file edited and given its old mtime
+  back still counts as changed;
+- the entries of the watched listings (the project and inventory directories), one level;
+- the watched files (the inventory, the site pins, the import path's directories, whose
+  mtimes move when a package is installed, upgraded or removed); a missing one counts too;
+- the setting the caller passes (working directory, interpreter, environment).
+
+and the span of time in which the check's calendar decisions hold: from the moment it was
+recorded (a clock set back may make a cert 'not valid yet') to the first moment one of them
+would change (:func:`kthw.clock.decided_until`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+FORMAT = 1
+# Not read by any check: Python's bytecode caches and version control.
+_SKIPPED = frozenset({"__pycache__", ".git"})
+
+
+@dataclass(frozen=True)
+class Watched:
+    """What a check read, by how it is fingerprinted."""
+
+    trees: tuple[str, ...]     # recursively, every entry
+    listings: tuple[str, ...]  # one level: the files' stats, the directories' names
+    files: tuple[str, ...]     # each stat'ed itself, a directory's mtime included
+
+
+@dataclass(frozen=True)
+class Record:
+    """A full check found nothing to do; it holds while ``fingerprint`` does and the clock is in
+    [``checked_at``, ``holds_until``) (no end when no calendar decision was made)."""
+
+    watched: Watched
+    fingerprint: str
+    checked_at: datetime
+    holds_until: datetime | None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    fingerprint: str
+    newest_change_ns: int  # the latest ctime among the files (0 when none)
+
+
+def snapshot(watched: Watched, setting: Iterable[str], skipped: frozenset[str] = frozenset()) -> Snapshot:
+    """A digest of ``watched`` and ``setting``; ``skipped`` names (the record's own file) are left out
+    of the walks. Raises OSError when an entry cannot be read (such a state is not recorded)."""
+    lines: list[str] = ["setting", *setting, "trees"]
+    newest = [0]
+    skip = _SKIPPED | skipped
+    for tree in watched.trees:
+        _walk(tree, lines, newest, skip, recursive=True)
+    lines.append("listings")
+    for directory in watched.listings:
+        _walk(directory, lines, newest, skip, recursive=False)
+    lines.append("files")
+    lines.extend(_stat_line(path, newest, with_times=True) for path in watched.files)
+    digest = hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
+    return Snapshot(digest, newest[0])
+
+
+def fingerprint(watched: Watched, setting: Iterable[str], skipped: frozenset[str] = frozenset()) -> str:
+    return snapshot(watched, setting, skipped).fingerprint
+
+
+def _stat_line(path: str, newest: list[int], with_times: bool) -> str:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return f"{path}\0absent"
+    if stat.S_ISDIR(st.st_mode) and not with_times:
+        return f"{path}\0{st.st_mode}"
+    if st.st_ctime_ns > newest[0]:
+        newest[0] = st.st_ctime_ns
+    return f"{path}\0{st.st_mode}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}"
+
+
+def _walk(root: str, lines: list[str], newest: list[int], skip: frozenset[str], recursive: bool) -> None:
+    """Every entry under ``root`` in name order. Symbolic links are followed (a check reads
+    what they point to), each directory once."""
+    pending, seen = [root], set()
+    while pending:
+        directory = pending.pop()
+        try:
+            with os.scandir(directory) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+            st = os.stat(directory)
+        except (FileNotFoundError, NotADirectoryError):
+            lines.append(_stat_line(directory, newest, with_times=True))
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        for entry in entries:
+            if entry.name in skip:
+                continue
+            if entry.is_symlink():
+                lines.append(f"{entry.path}\0->\0{os.readlink(entry.path)}")
+            # A directory's mtime and ctime move when an entry is added or removed, which the
+            # entries' own lines already show: left out, so writing the record is no change.
+            lines.append(_stat_line(entry.path, newest, with_times=False))
+            if recursive and entry.is_dir():
+                pending.append(entry.path)
+
+
+def to_json(record: Record) -> bytes:
+    return json.dumps({
+        "format": FORMAT,
+        "fingerprint": record.fingerprint,
+        "checked_at": record.checked_at.isoformat(),
+        "holds_until": record.holds_until.isoformat() if record.holds_until else None,
+        "watched": {"trees": record.watched.trees, "listings": record.watched.listings,
+                    "files": record.watched.files},
+    }, indent=1).encode() + b"\n"
+
+
+def read(path: Path) -> Record | None:
+    """The record at ``path``; None when there is none, or it is unreadable, torn or of another format."""
+    try:
+        data = json.loads(path.read_bytes())
+        if data["format"] != FORMAT:
+            return None
+        watched = data["watched"]
+        return Record(
+            watched=Watched(*(tuple(str(item) for item in watched[kind]) for kind in ("trees", "listings", "files"))),
+            fingerprint=str(data["fingerprint"]),
+            checked_at=datetime.fromisoformat(data["checked_at"]),
+            holds_until=datetime.fromisoformat(data["holds_until"]) if data["holds_until"] else None)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def holds(path: Path, setting: Iterable[str], now: datetime, skipped: frozenset[str]) -> bool:
+    """Whether the record at ``path`` exists and still holds: the clock is within its span and
+    nothing it fingerprinted (leaving out ``skipped``, as when it was made) changed."""
+    record = read(path)
+    if record is None or now < record.checked_at or (record.holds_until is not None and now >= record.holds_until):
+        return False
+    try:
+        return fingerprint(record.watched, setting, skipped) == record.fingerprint
+    except OSError:
+        return False
