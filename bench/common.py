@@ -69,6 +69,18 @@ class Scratch:
             raise SystemExit(f"doit {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
         return result
 
+    def bare_doit(self) -> subprocess.CompletedProcess:
+        """Plain `doit` in the project directory, as an operator types it (no option, no
+        variable): the only form that may stop early on the record of the last full check."""
+        link = self.root / "dodo.py"
+        if not link.is_symlink():
+            link.symlink_to(self.dodo)
+        result = subprocess.run([sys.executable, "-m", "doit"], cwd=self.root, capture_output=True, text=True,
+                                env=user_environment())
+        if result.returncode != 0:
+            raise SystemExit(f"doit failed:\n{result.stdout}\n{result.stderr}")
+        return result
+
     def reset(self, keep: tuple[str, ...] = ("cluster.yaml",)) -> None:
         for child in self.root.iterdir():
             if child.name not in keep:

@@ -17,5 +17,5 @@ checks it); the modules at the top are shared by every stage::
     bundle      the signed per-node tarball and its installer
 
     shared: errors, clock, fsutil, yamldoc, roles, versions, crypto, kubeconfig, layout,
-            templating
+            templating, lastcheck
 """
