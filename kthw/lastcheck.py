@@ -95,30 +95,36 @@ def _stat_line(path: str, newest: list[int], with_times: bool) -> str:
 
 def _walk(root: str, lines: list[str], newest: list[int], skip: frozenset[str], recursive: bool) -> None:
     """Every entry under ``root`` in name order. Symbolic links are followed (a check reads
-    what they point to), each directory once."""
-    pending, seen = [root], set()
+    what they point to), each directory reached through one once."""
+    pending: list[str] = [root]
+    followed: set[tuple[int, int]] = set()
     while pending:
         directory = pending.pop()
         try:
             with os.scandir(directory) as listing:
-                entries = sorted(listing, key=lambda entry: entry.name)
-            st = os.stat(directory)
+                entries = sorted(listing, key=_name)
         except (FileNotFoundError, NotADirectoryError):
             lines.append(_stat_line(directory, newest, with_times=True))
             continue
-        if (st.st_dev, st.st_ino) in seen:
-            continue
-        seen.add((st.st_dev, st.st_ino))
         for entry in entries:
             if entry.name in skip:
                 continue
-            if entry.is_symlink():
-                lines.append(f"{entry.path}\0->\0{os.readlink(entry.path)}")
             # A directory's mtime and ctime move when an entry is added or removed, which the
             # entries' own lines already show: left out, so writing the record is no change.
             lines.append(_stat_line(entry.path, newest, with_times=False))
-            if recursive and entry.is_dir():
+            if entry.is_symlink():
+                lines.append(f"{entry.path}\0->\0{os.readlink(entry.path)}")
+                if recursive and entry.is_dir():
+                    target = os.stat(entry.path)
+                    if (target.st_dev, target.st_ino) not in followed:
+                        followed.add((target.st_dev, target.st_ino))
+                        pending.append(entry.path)
+            elif recursive and entry.is_dir(follow_symlinks=False):
                 pending.append(entry.path)
+
+
+def _name(entry: os.DirEntry) -> str:
+    return entry.name
 
 
 def to_json(record: Record) -> bytes:
