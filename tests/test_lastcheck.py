@@ -333,3 +333,15 @@ def test_a_record_holds_only_inside_its_span(tmp_path):
              for offset in (timedelta(seconds=-1), timedelta(0), timedelta(hours=23), timedelta(days=1))]
     assert holds == [False, True, True, False]
     assert not lastcheck.holds(path, ["another setting"], at, frozenset())
+
+
+def test_the_fingerprint_follows_a_linked_directory_once(tmp_path):
+    """What a link leads to is read through it: a change there counts; a link loop ends."""
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere/ca.crt").write_bytes(b"CA")
+    (tmp_path / "tree/linked").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "tree/loop").symlink_to(tmp_path / "tree")
+    before = _fingerprint(tmp_path)
+    (tmp_path / "elsewhere/ca.crt").write_bytes(b"C2")
+    assert _fingerprint(tmp_path) != before
