@@ -17,11 +17,15 @@ import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import kthw
-from kthw import clock, lastcheck
+from kthw import clock
 
 from . import DEP_FILE
+
+if TYPE_CHECKING:
+    from kthw import lastcheck
 
 RECORD = Path("build") / ".last-check.json"
 FULL_CHECK_ENV = "KTHW_FULL_CHECK"
@@ -63,7 +67,10 @@ def _may_stop_early() -> bool:
 
 def nothing_changed() -> bool:
     """The last full check found nothing to do and nothing it read has changed since."""
-    return _may_stop_early() and lastcheck.holds(RECORD, _setting(), clock.system_now(), _RECORD_ONLY)
+    if not _may_stop_early():
+        return False
+    from kthw import lastcheck  # here and below: a run that cannot stop early never loads it
+    return lastcheck.holds(RECORD, _setting(), clock.system_now(), _RECORD_ONLY)
 
 
 def begin(inventory_file: Path, site_pins: Path | None, vault_backend: bool, trees: Iterable[Path]) -> None:
@@ -73,6 +80,7 @@ def begin(inventory_file: Path, site_pins: Path | None, vault_backend: bool, tre
     RECORD.unlink(missing_ok=True)
     if not _may_stop_early() or vault_backend:
         return
+    from kthw import lastcheck
     code = (Path(kthw.__file__).parent, Path(__file__).parent)
     _watched = lastcheck.Watched(
         trees=tuple(str(tree) for tree in (*trees, *code)),
@@ -91,6 +99,7 @@ def finish(everything_current: bool) -> bool:
     or too shortly before its end. Whether it was written."""
     if not everything_current or _watched is None or _before is None:
         return False
+    from kthw import lastcheck
     from kthw.fsutil import atomic_write
     checked_at = clock.system_now()  # after every check of the run: a clock set back before it stops the record
     try:
