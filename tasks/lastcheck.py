@@ -51,7 +51,9 @@ _before: str | None = None
 def _setting() -> list[str]:
     environment = sorted((name, value) for name, value in os.environ.items()
                          if name.startswith(_ENV_PREFIXES) or name in _ENV_NAMES)
-    return [os.getcwd(), sys.executable, sys.version, repr(_IMPORT_PATH), repr(environment)]
+    # The user too: what another one may read or write differs (a key readable only by its owner).
+    return [os.getcwd(), f"{os.geteuid()}:{os.getegid()}:{sorted(os.getgroups())}", sys.executable, sys.version,
+            repr(_IMPORT_PATH), repr(environment)]
 
 
 def bare_doit() -> bool:
