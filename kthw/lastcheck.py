@@ -56,71 +56,89 @@ class Record:
 
 @dataclass(frozen=True)
 class Snapshot:
-    fingerprint: str
-    newest_change_ns: int  # the latest ctime among the files (0 when none)
+    """What :func:`snapshot` saw."""
+
+    fingerprint: str       # of everything watched but the skipped names
+    steady: str            # the same without the volatile names
+    newest_change_ns: int  # the latest ctime among the steady files (0 when none)
 
 
-def snapshot(watched: Watched, setting: Iterable[str], skipped: frozenset[str] = frozenset()) -> Snapshot:
-    """A digest of ``watched`` and ``setting``; ``skipped`` names (the record's own file) are left out
-    of the walks. Raises OSError when an entry cannot be read (such a state is not recorded)."""
-    lines: list[str] = ["setting", *setting, "trees"]
-    newest = [0]
-    skip = _SKIPPED | skipped
+def snapshot(watched: Watched, setting: Iterable[str], skipped: frozenset[str] = frozenset(),
+             volatile: frozenset[str] = frozenset()) -> Snapshot:
+    """One walk of ``watched``, with ``setting``. Entries named in ``skipped`` (the record's own
+    file) are left out; those in ``volatile`` (a file rewritten by every run) count only in
+    ``fingerprint``. Raises OSError when an entry cannot be read (such a state is not recorded)."""
+    walk = _Walk(["setting", *setting, "trees"], [], 0, _SKIPPED | skipped, volatile)
     for tree in watched.trees:
-        _walk(tree, lines, newest, skip, recursive=True)
-    lines.append("listings")
+        walk.directory(tree, recursive=True)
+    walk.lines.append("listings")
     for directory in watched.listings:
-        _walk(directory, lines, newest, skip, recursive=False)
-    lines.append("files")
-    lines.extend(_stat_line(path, newest, with_times=True) for path in watched.files)
-    digest = hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
-    return Snapshot(digest, newest[0])
+        walk.directory(directory, recursive=False)
+    walk.lines.append("files")
+    for path in watched.files:
+        walk.lines.append(walk.stat_line(path, with_times=True))
+    steady = "\n".join(walk.lines)
+    return Snapshot(_digest(steady, *walk.volatile_lines), _digest(steady), walk.newest)
 
 
-def fingerprint(watched: Watched, setting: Iterable[str], skipped: frozenset[str] = frozenset()) -> str:
-    return snapshot(watched, setting, skipped).fingerprint
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\n".join(parts).encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def _stat_line(path: str, newest: list[int], with_times: bool) -> str:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return f"{path}\0absent"
-    if stat.S_ISDIR(st.st_mode) and not with_times:
-        return f"{path}\0{st.st_mode}"
-    if st.st_ctime_ns > newest[0]:
-        newest[0] = st.st_ctime_ns
-    return f"{path}\0{st.st_mode}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}"
+@dataclass
+class _Walk:
+    lines: list[str]
+    volatile_lines: list[str]
+    newest: int
+    skip: frozenset[str]
+    volatile: frozenset[str]
 
-
-def _walk(root: str, lines: list[str], newest: list[int], skip: frozenset[str], recursive: bool) -> None:
-    """Every entry under ``root`` in name order. Symbolic links are followed (a check reads
-    what they point to), each directory reached through one once."""
-    pending: list[str] = [root]
-    followed: set[tuple[int, int]] = set()
-    while pending:
-        directory = pending.pop()
+    def stat_line(self, path: str, with_times: bool, steady: bool = True) -> str:
         try:
-            with os.scandir(directory) as listing:
-                entries = sorted(listing, key=_name)
-        except (FileNotFoundError, NotADirectoryError):
-            lines.append(_stat_line(directory, newest, with_times=True))
-            continue
-        for entry in entries:
-            if entry.name in skip:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return f"{path}\0absent"
+        if stat.S_ISDIR(st.st_mode) and not with_times:
+            return f"{path}\0{st.st_mode}"
+        if steady and st.st_ctime_ns > self.newest:
+            self.newest = st.st_ctime_ns
+        return f"{path}\0{st.st_mode}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}"
+
+    def directory(self, root: str, recursive: bool) -> None:
+        """Every entry under ``root`` in name order. Symbolic links are followed (a check reads
+        what they point to), each directory reached through one once."""
+        pending: list[str] = [root]
+        followed: set[tuple[int, int]] = set()
+        while pending:
+            directory = pending.pop()
+            try:
+                with os.scandir(directory) as listing:
+                    entries = sorted(listing, key=_name)
+            except (FileNotFoundError, NotADirectoryError):
+                self.lines.append(self.stat_line(directory, with_times=True))
                 continue
-            # A directory's mtime and ctime move when an entry is added or removed, which the
-            # entries' own lines already show: left out, so writing the record is no change.
-            lines.append(_stat_line(entry.path, newest, with_times=False))
-            if entry.is_symlink():
-                lines.append(f"{entry.path}\0->\0{os.readlink(entry.path)}")
-                if recursive and entry.is_dir():
-                    target = os.stat(entry.path)
-                    if (target.st_dev, target.st_ino) not in followed:
-                        followed.add((target.st_dev, target.st_ino))
-                        pending.append(entry.path)
-            elif recursive and entry.is_dir(follow_symlinks=False):
-                pending.append(entry.path)
+            for entry in entries:
+                if entry.name in self.skip:
+                    continue
+                if entry.name in self.volatile:
+                    self.volatile_lines.append(self.stat_line(entry.path, with_times=False, steady=False))
+                    continue
+                # A directory's mtime and ctime move when an entry is added or removed, which the
+                # entries' own lines already show: left out, so writing the record is no change.
+                self.lines.append(self.stat_line(entry.path, with_times=False))
+                if entry.is_symlink():
+                    self.lines.append(f"{entry.path}\0->\0{os.readlink(entry.path)}")
+                    if recursive and entry.is_dir():
+                        self._follow(entry.path, pending, followed)
+                elif recursive and entry.is_dir(follow_symlinks=False):
+                    pending.append(entry.path)
+
+    @staticmethod
+    def _follow(path: str, pending: list[str], followed: set[tuple[int, int]]) -> None:
+        target = os.stat(path)
+        if (target.st_dev, target.st_ino) not in followed:
+            followed.add((target.st_dev, target.st_ino))
+            pending.append(path)
 
 
 def _name(entry: os.DirEntry) -> str:
@@ -154,13 +172,14 @@ def read(path: Path) -> Record | None:
         return None
 
 
-def holds(path: Path, setting: Iterable[str], now: datetime, skipped: frozenset[str]) -> bool:
+def holds(path: Path, setting: Iterable[str], now: datetime, skipped: frozenset[str],
+          volatile: frozenset[str]) -> bool:
     """Whether the record at ``path`` exists and still holds: the clock is within its span and
-    nothing it fingerprinted (leaving out ``skipped``, as when it was made) changed."""
+    nothing it fingerprinted (with ``skipped`` and ``volatile`` as when it was made) changed."""
     record = read(path)
     if record is None or now < record.checked_at or (record.holds_until is not None and now >= record.holds_until):
         return False
     try:
-        return fingerprint(record.watched, setting, skipped) == record.fingerprint
+        return snapshot(record.watched, setting, skipped, volatile).fingerprint == record.fingerprint
     except OSError:
         return False

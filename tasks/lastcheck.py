@@ -37,7 +37,7 @@ _IMPORT_PATH = tuple(sys.path)  # as dodo.py leaves it, before any task module i
 _RECORD_ONLY = frozenset({RECORD.name})
 # doit rewrites its database at every run, a no-op too (a group task's values, saved again
 # unchanged), so the run is compared with its start without it; the record has it as it is left.
-_RECORD_AND_DOIT_STATE = _RECORD_ONLY | {Path(DEP_FILE).name + suffix for suffix in ("", "-journal", "-wal", "-shm")}
+_DOIT_STATE = frozenset(Path(DEP_FILE).name + suffix for suffix in ("", "-journal", "-wal", "-shm"))
 
 # A file changed this close to the record may change again within the same timestamp tick
 # (a jiffy on Linux, 1-2 s on some file systems) and look the same: such a state is not recorded.
@@ -72,7 +72,7 @@ def nothing_changed() -> bool:
     if not _may_stop_early():
         return False
     from kthw import lastcheck  # here and below: a run that cannot stop early never loads it
-    return lastcheck.holds(RECORD, _setting(), clock.system_now(), _RECORD_ONLY)
+    return lastcheck.holds(RECORD, _setting(), clock.system_now(), _RECORD_ONLY, _DOIT_STATE)
 
 
 def begin(inventory_file: Path, site_pins: Path | None, vault_backend: bool, trees: Iterable[Path]) -> None:
@@ -90,7 +90,7 @@ def begin(inventory_file: Path, site_pins: Path | None, vault_backend: bool, tre
         files=(str(inventory_file), *([str(site_pins)] if site_pins else []),
                *(entry or os.curdir for entry in _IMPORT_PATH)))
     try:
-        _before = lastcheck.fingerprint(_watched, _setting(), _RECORD_AND_DOIT_STATE)
+        _before = lastcheck.snapshot(_watched, _setting(), _RECORD_ONLY, _DOIT_STATE).steady
     except OSError:
         _before = None
 
@@ -105,12 +105,11 @@ def finish(everything_current: bool) -> bool:
     from kthw.fsutil import atomic_write
     checked_at = clock.system_now()  # after every check of the run: a clock set back before it stops the record
     try:
-        after = lastcheck.snapshot(_watched, _setting(), _RECORD_AND_DOIT_STATE)
-        fingerprint = lastcheck.fingerprint(_watched, _setting(), _RECORD_ONLY)
+        after = lastcheck.snapshot(_watched, _setting(), _RECORD_ONLY, _DOIT_STATE)
     except OSError:
         return False
-    if after.fingerprint != _before or after.newest_change_ns > time.time_ns() - _RACY_NS:  # the files' clock
+    if after.steady != _before or after.newest_change_ns > time.time_ns() - _RACY_NS:  # the files' clock
         return False
-    record = lastcheck.Record(_watched, fingerprint, checked_at, clock.next_change())
+    record = lastcheck.Record(_watched, after.fingerprint, checked_at, clock.next_change())
     atomic_write(RECORD, lastcheck.to_json(record))
     return True

@@ -266,7 +266,7 @@ def test_a_torn_record_is_not_trusted(settled):
 
 def _fingerprint(root: Path) -> str:
     watched = lastcheck.Watched(trees=(str(root / "tree"),), listings=(str(root),), files=(str(root / "file"),))
-    return lastcheck.fingerprint(watched, ["setting"], frozenset({"skipped"}))
+    return lastcheck.snapshot(watched, ["setting"], frozenset({"skipped"})).fingerprint
 
 
 def _rewrite_keeping_size_and_mtime(tree: Path) -> None:
@@ -325,14 +325,14 @@ def test_a_record_holds_only_inside_its_span(tmp_path):
     (tmp_path / "tree").mkdir()
     watched = lastcheck.Watched(trees=(str(tmp_path / "tree"),), listings=(), files=())
     at = datetime(2027, 1, 1, tzinfo=timezone.utc)
-    record = lastcheck.Record(watched, lastcheck.fingerprint(watched, ["s"], frozenset()), at, at + timedelta(days=1))
+    record = lastcheck.Record(watched, lastcheck.snapshot(watched, ["s"]).fingerprint, at, at + timedelta(days=1))
     path = tmp_path / "record.json"
     path.write_bytes(lastcheck.to_json(record))
     assert lastcheck.read(path) == record
-    holds = [lastcheck.holds(path, ["s"], at + offset, frozenset())
+    holds = [lastcheck.holds(path, ["s"], at + offset, frozenset(), frozenset())
              for offset in (timedelta(seconds=-1), timedelta(0), timedelta(hours=23), timedelta(days=1))]
     assert holds == [False, True, True, False]
-    assert not lastcheck.holds(path, ["another setting"], at, frozenset())
+    assert not lastcheck.holds(path, ["another setting"], at, frozenset(), frozenset())
 
 
 def test_the_fingerprint_follows_a_linked_directory_once(tmp_path):
@@ -345,3 +345,16 @@ def test_the_fingerprint_follows_a_linked_directory_once(tmp_path):
     before = _fingerprint(tmp_path)
     (tmp_path / "elsewhere/ca.crt").write_bytes(b"C2")
     assert _fingerprint(tmp_path) != before
+
+
+def test_a_volatile_file_counts_in_the_fingerprint_only(tmp_path):
+    """doit's database, rewritten by every run: a run is compared with its start without it
+    (and it is not a recent change), but the record holds it as the run left it."""
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree/.doit.db").write_bytes(b"state")
+    watched = lastcheck.Watched(trees=(str(tmp_path / "tree"),), listings=(), files=())
+    before = lastcheck.snapshot(watched, [], volatile=frozenset({".doit.db"}))
+    os.utime(tmp_path / "tree/.doit.db", ns=(1, 1))
+    after = lastcheck.snapshot(watched, [], volatile=frozenset({".doit.db"}))
+    assert after.steady == before.steady and after.fingerprint != before.fingerprint
+    assert after.newest_change_ns == 0
