@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, TypeVar
 
 from kthw.errors import KthwError
-from kthw.fsutil import atomic_file, remove
+from kthw.fsutil import atomic_file, atomic_write, remove
 
 T = TypeVar("T")
 
@@ -89,11 +89,8 @@ def record(path: Path, checksum: str, origin: str) -> None:
     """Remember that ``path`` (as it is now) has ``checksum`` and was verified for ``origin``."""
     stat = path.stat()
     stamp = {"origin": origin, "checksum": checksum, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    try:
-        _stamp_path(path).write_text(json.dumps(stamp, sort_keys=True) + "\n")
-    except OSError as err:
-        raise KthwError(f"{path.parent}: cannot write ({err.strerror}); free some disk space or fix the "
-                        "directory's permissions, then run again") from None
+    # Atomic: a run killed mid-write leaves the previous stamp, never a torn one.
+    atomic_write(_stamp_path(path), (json.dumps(stamp, sort_keys=True) + "\n").encode())
 
 
 def verified(path: Path, origin: str) -> bool:
