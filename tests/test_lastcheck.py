@@ -358,3 +358,47 @@ def test_a_volatile_file_counts_in_the_fingerprint_only(tmp_path):
     after = lastcheck.snapshot(watched, [], volatile=frozenset({".doit.db"}))
     assert after.steady == before.steady and after.fingerprint != before.fingerprint
     assert after.newest_change_ns == 0
+
+
+@pytest.fixture
+def recording_run(tmp_path, monkeypatch):
+    """tasks.lastcheck in this process as in a bare `doit` run in an empty project."""
+    import tasks.lastcheck as run_record
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/doit"])
+    for name in [name for name in os.environ if name.startswith("KTHW_")]:
+        monkeypatch.delenv(name)
+    (tmp_path / "cluster.yaml").write_text("name: x\n")
+    (tmp_path / "build").mkdir()
+    monkeypatch.setattr(run_record, "_watched", None)
+    monkeypatch.setattr(run_record, "_before", None)
+    return run_record
+
+
+def test_a_run_records_only_when_nothing_changed_since_its_start(recording_run, tmp_path):
+    trees = [tmp_path / "build"]
+    (tmp_path / "build/old.crt").write_text("cert")
+    os.utime(tmp_path / "build/old.crt", (1, 1))  # long ago, as far as mtime goes; its ctime is now
+    past = time.time_ns()
+    recording_run.begin(Path("cluster.yaml"), None, False, trees)
+    assert not recording_run.finish(True)  # a file changed less than 2 s ago
+    time.sleep(max(0.0, (past + 2_100_000_000 - time.time_ns()) / 1e9))
+    recording_run.begin(Path("cluster.yaml"), None, False, trees)
+    (tmp_path / "build/new.crt").write_text("written while the run was checking")
+    time.sleep(2.1)
+    assert not recording_run.finish(True)  # changed during the run
+    assert not (tmp_path / RECORD).exists()
+    recording_run.begin(Path("cluster.yaml"), None, False, trees)
+    assert not recording_run.finish(False)  # a task ran, failed or was not checked
+    assert recording_run.finish(True)
+    assert (tmp_path / RECORD).exists()
+
+
+def test_nothing_is_recorded_with_the_vault_backend(recording_run, tmp_path):
+    (tmp_path / "build/ca.crt").write_text("cert")
+    time.sleep(2.1)
+    recording_run.begin(Path("cluster.yaml"), None, True, [tmp_path / "build"])
+    assert not recording_run.finish(True)
+    assert not (tmp_path / RECORD).exists()
+    recording_run.begin(Path("cluster.yaml"), None, False, [tmp_path / "build"])
+    assert recording_run.finish(True)  # the same run with the local CA records
