@@ -68,7 +68,7 @@ def snapshot(watched: Watched, setting: Iterable[str], skipped: frozenset[str] =
     """One walk of ``watched``, with ``setting``. Entries named in ``skipped`` (the record's own
     file) are left out; those in ``volatile`` (a file rewritten by every run) count only in
     ``fingerprint``. Raises OSError when an entry cannot be read (such a state is not recorded)."""
-    walk = _Walk(["setting", *setting, "trees"], [], 0, _SKIPPED | skipped, volatile)
+    walk = _Walk(["setting", *setting, "trees"], _SKIPPED | skipped, volatile)
     for tree in watched.trees:
         walk.directory(tree, recursive=True)
     walk.lines.append("listings")
@@ -85,13 +85,16 @@ def _digest(*parts: str) -> str:
     return hashlib.sha256("\n".join(parts).encode("utf-8", "surrogateescape")).hexdigest()
 
 
-@dataclass
 class _Walk:
-    lines: list[str]
-    volatile_lines: list[str]
-    newest: int
-    skip: frozenset[str]
-    volatile: frozenset[str]
+    """The lines of one snapshot as they are gathered (a plain class: a dataclass costs a
+    millisecond at import, paid by every run that stops early)."""
+
+    __slots__ = ("lines", "newest", "skip", "volatile", "volatile_lines")
+
+    def __init__(self, lines: list[str], skip: frozenset[str], volatile: frozenset[str]):
+        self.lines, self.skip, self.volatile = lines, skip, volatile
+        self.volatile_lines: list[str] = []
+        self.newest = 0
 
     def stat_line(self, path: str, with_times: bool, steady: bool = True) -> str:
         try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import importlib
 import os
-import pkgutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -134,6 +133,8 @@ def gather() -> dict:
     Runs while doit reads dodo.py, before it opens its state database: the inventory is
     read first, so a rejected one leaves nothing behind, not even build/.
     """
+    import pkgutil
+
     from . import lastcheck
     from .common import context
     inv, layout = context()
