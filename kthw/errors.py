@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+
+
+def warn(text: str) -> None:
+    """A warning for the operator, on stderr: the build goes on."""
+    print(f"warning: {text}", file=sys.stderr)
+
 
 class KthwError(Exception):
     """A failure caused by input or state the operator controls.

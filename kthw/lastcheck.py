@@ -5,17 +5,21 @@ When the last full check found nothing to do, the next `doit` may stop at once, 
 while nothing that check read can have changed. The record keeps a fingerprint of:
 
 - every file and directory under the watched trees (the build, the bundles, the vendored
-  files, the code): path, type, mode, inode, size, mtime and ctime. The ctime moves on any
-  write, chmod or rename and cannot be set back, so a file edited and given its old mtime
-  back still counts as changed;
+  files) and code trees (ours, and every third-party package the check loaded; their
+  bytecode caches left out): path, type, mode, owner, inode, size, mtime and ctime. The
+  ctime moves on any write, chmod or rename and cannot be set back, so a file edited and
+  given its old mtime back still counts as changed;
 - the entries of the watched listings (the project and inventory directories), one level;
 - the watched files (the inventory, the site pins, the import path's directories, whose
   mtimes move when a package is installed, upgraded or removed); a missing one counts too;
-- the setting the caller passes (working directory, interpreter, environment).
+- the setting the caller passes (working directory, user, interpreter, environment).
 
 and the span of time in which the check's calendar decisions hold: from the moment it was
 recorded (a clock set back may make a cert 'not valid yet') to the first moment one of them
 would change (:func:`kthw.clock.decided_until`).
+
+Paths are compared as written: relative ones are relative to the working directory, which
+is part of the setting.
 """
 
 from __future__ import annotations
@@ -29,9 +33,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-FORMAT = 1
-# Not read by any check: Python's bytecode caches and version control.
-_SKIPPED = frozenset({"__pycache__", ".git"})
+FORMAT = 2
+# Left out of code trees: Python's bytecode caches and version control, which no check reads.
+_NOT_CODE = frozenset({"__pycache__", ".git"})
+_NOTHING: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -39,77 +44,99 @@ class Watched:
     """What a check read, by how it is fingerprinted."""
 
     trees: tuple[str, ...]     # recursively, every entry
+    code: tuple[str, ...]      # the same, bytecode caches and version control left out
     listings: tuple[str, ...]  # one level: the files' stats, the directories' names
     files: tuple[str, ...]     # each stat'ed itself, a directory's mtime included
+
+    def covers(self, other: Watched) -> bool:
+        """Whether every path ``other`` watches is watched here the same way."""
+        return all(set(getattr(other, kind)) <= set(getattr(self, kind)) for kind in ("trees", "code", "listings",
+                                                                                     "files"))
 
 
 @dataclass(frozen=True)
 class Record:
     """A full check found nothing to do; it holds while ``fingerprint`` does and the clock is in
-    [``checked_at``, ``holds_until``) (no end when no calendar decision was made)."""
+    [``checked_at``, ``holds_until``). ``warnings``: what that check warned of, as a run that
+    stops on the record warns again."""
 
     watched: Watched
     fingerprint: str
     checked_at: datetime
-    holds_until: datetime | None
+    holds_until: datetime
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Snapshot:
     """What :func:`snapshot` saw."""
 
-    fingerprint: str       # of everything watched but the skipped names
-    steady: str            # the same without the volatile names
+    fingerprint: str       # of everything watched but the skipped paths
+    steady: str            # the same without the volatile paths
     newest_change_ns: int  # the latest ctime among the steady files (0 when none)
 
 
-def snapshot(watched: Watched, setting: Iterable[str], skipped: frozenset[str] = frozenset(),
-             volatile: frozenset[str] = frozenset()) -> Snapshot:
-    """One walk of ``watched``, with ``setting``. Entries named in ``skipped`` (the record's own
-    file) are left out; those in ``volatile`` (a file rewritten by every run) count only in
-    ``fingerprint``. Raises OSError when an entry cannot be read (such a state is not recorded)."""
-    walk = _Walk(["setting", *setting, "trees"], _SKIPPED | skipped, volatile)
+def snapshot(watched: Watched, setting: Iterable[str], skipped: frozenset[str] = _NOTHING,
+             volatile: frozenset[str] = _NOTHING) -> Snapshot:
+    """One walk of ``watched``, with ``setting``. The entries at the paths in ``skipped`` (the
+    record's own file) are left out; those in ``volatile`` (a file rewritten by every run, or
+    a whole tree) count only in ``fingerprint``, which does not depend on ``volatile``.
+    Raises OSError when an entry cannot be read (such a state is not recorded)."""
+    walk = _Walk(skipped, volatile)
+    for line in ("setting", *setting, "trees"):
+        walk.add(line)
     for tree in watched.trees:
         walk.directory(tree, recursive=True)
-    walk.lines.append("listings")
+    walk.add("code")
+    for tree in watched.code:
+        walk.directory(tree, recursive=True, not_code=_NOT_CODE)
+    walk.add("listings")
     for directory in watched.listings:
         walk.directory(directory, recursive=False)
-    walk.lines.append("files")
+    walk.add("files")
     for path in watched.files:
-        walk.lines.append(walk.stat_line(path, with_times=True))
-    steady = "\n".join(walk.lines)
-    return Snapshot(_digest(steady, *walk.volatile_lines), _digest(steady), walk.newest)
+        walk.add(walk.stat_line(path, with_times=True, steady=path not in volatile), path not in volatile)
+    return Snapshot(_digest(walk.lines), _digest(walk.steady_lines), walk.newest)
 
 
-def _digest(*parts: str) -> str:
-    return hashlib.sha256("\n".join(parts).encode("utf-8", "surrogateescape")).hexdigest()
+def _digest(lines: list[str]) -> str:
+    return hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
 
 
 class _Walk:
     """The lines of one snapshot as they are gathered (a plain class: a dataclass costs a
     millisecond at import, paid by every run that stops early)."""
 
-    __slots__ = ("lines", "newest", "skip", "volatile", "volatile_lines")
+    __slots__ = ("lines", "newest", "skipped", "steady_lines", "volatile")
 
-    def __init__(self, lines: list[str], skip: frozenset[str], volatile: frozenset[str]):
-        self.lines, self.skip, self.volatile = lines, skip, volatile
-        self.volatile_lines: list[str] = []
+    def __init__(self, skipped: frozenset[str], volatile: frozenset[str]):
+        self.skipped, self.volatile = skipped, volatile
+        self.lines: list[str] = []
+        self.steady_lines: list[str] = []
         self.newest = 0
+
+    def add(self, line: str, steady: bool = True) -> None:
+        self.lines.append(line)
+        if steady:
+            self.steady_lines.append(line)
 
     def stat_line(self, path: str, with_times: bool, steady: bool = True) -> str:
         try:
             st = os.stat(path)
         except FileNotFoundError:
             return f"{path}\0absent"
+        owner = f"{path}\0{st.st_mode}\0{st.st_uid}\0{st.st_gid}"
         if stat.S_ISDIR(st.st_mode) and not with_times:
-            return f"{path}\0{st.st_mode}"
+            return owner
         if steady and st.st_ctime_ns > self.newest:
             self.newest = st.st_ctime_ns
-        return f"{path}\0{st.st_mode}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}"
+        return f"{owner}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}"
 
-    def directory(self, root: str, recursive: bool) -> None:
-        """Every entry under ``root`` in name order. Symbolic links are followed (a check reads
-        what they point to), each directory reached through one once."""
+    def directory(self, root: str, recursive: bool, not_code: frozenset[str] = _NOTHING) -> None:
+        """Every entry under ``root`` in name order, but those named in ``not_code``. Symbolic
+        links are followed (a check reads what they point to), each directory reached through
+        one once."""
+        steady_tree = root not in self.volatile
         pending: list[str] = [root]
         followed: set[tuple[int, int]] = set()
         while pending:
@@ -118,19 +145,17 @@ class _Walk:
                 with os.scandir(directory) as listing:
                     entries = sorted(listing, key=_name)
             except (FileNotFoundError, NotADirectoryError):
-                self.lines.append(self.stat_line(directory, with_times=True))
+                self.add(self.stat_line(directory, with_times=True, steady=steady_tree), steady_tree)
                 continue
             for entry in entries:
-                if entry.name in self.skip:
+                if entry.name in not_code or entry.path in self.skipped:
                     continue
-                if entry.name in self.volatile:
-                    self.volatile_lines.append(self.stat_line(entry.path, with_times=False, steady=False))
-                    continue
+                steady = steady_tree and entry.path not in self.volatile
                 # A directory's mtime and ctime move when an entry is added or removed, which the
                 # entries' own lines already show: left out, so writing the record is no change.
-                self.lines.append(self.stat_line(entry.path, with_times=False))
+                self.add(self.stat_line(entry.path, with_times=False, steady=steady), steady)
                 if entry.is_symlink():
-                    self.lines.append(f"{entry.path}\0->\0{os.readlink(entry.path)}")
+                    self.add(f"{entry.path}\0->\0{os.readlink(entry.path)}", steady)
                     if recursive and entry.is_dir():
                         self._follow(entry.path, pending, followed)
                 elif recursive and entry.is_dir(follow_symlinks=False):
@@ -148,14 +173,17 @@ def _name(entry: os.DirEntry) -> str:
     return entry.name
 
 
+_KINDS = ("trees", "code", "listings", "files")
+
+
 def to_json(record: Record) -> bytes:
     return json.dumps({
         "format": FORMAT,
         "fingerprint": record.fingerprint,
         "checked_at": record.checked_at.isoformat(),
-        "holds_until": record.holds_until.isoformat() if record.holds_until else None,
-        "watched": {"trees": record.watched.trees, "listings": record.watched.listings,
-                    "files": record.watched.files},
+        "holds_until": record.holds_until.isoformat(),
+        "warnings": record.warnings,
+        "watched": {kind: getattr(record.watched, kind) for kind in _KINDS},
     }, indent=1).encode() + b"\n"
 
 
@@ -165,24 +193,26 @@ def read(path: Path) -> Record | None:
         data = json.loads(path.read_bytes())
         if data["format"] != FORMAT:
             return None
-        watched = data["watched"]
         return Record(
-            watched=Watched(*(tuple(str(item) for item in watched[kind]) for kind in ("trees", "listings", "files"))),
+            watched=Watched(*(tuple(str(item) for item in data["watched"][kind]) for kind in _KINDS)),
             fingerprint=str(data["fingerprint"]),
             checked_at=datetime.fromisoformat(data["checked_at"]),
-            holds_until=datetime.fromisoformat(data["holds_until"]) if data["holds_until"] else None)
+            holds_until=datetime.fromisoformat(data["holds_until"]),
+            warnings=tuple(str(text) for text in data["warnings"]))
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None
 
 
-def holds(path: Path, setting: Iterable[str], now: datetime, skipped: frozenset[str],
-          volatile: frozenset[str]) -> bool:
-    """Whether the record at ``path`` exists and still holds: the clock is within its span and
-    nothing it fingerprinted (with ``skipped`` and ``volatile`` as when it was made) changed."""
+def holding(path: Path, setting: Iterable[str], now: datetime, at_least: Watched,
+            skipped: frozenset[str]) -> Record | None:
+    """The record at ``path`` when it still holds: it watches at least ``at_least``, the clock
+    is within its span, and nothing it fingerprinted (with ``skipped`` as when it was made)
+    changed. None otherwise."""
     record = read(path)
-    if record is None or now < record.checked_at or (record.holds_until is not None and now >= record.holds_until):
-        return False
+    if record is None or not record.watched.covers(at_least) or not record.checked_at <= now < record.holds_until:
+        return None
     try:
-        return snapshot(record.watched, setting, skipped, volatile).fingerprint == record.fingerprint
+        current = snapshot(record.watched, setting, skipped).fingerprint
     except OSError:
-        return False
+        return None
+    return record if current == record.fingerprint else None

@@ -99,6 +99,13 @@ class SharedFileChecker(MD5Checker):
 
 
 DEP_FILE = "build/.doit.db"
+INVENTORY_ENV = "KTHW_INVENTORY"
+
+
+def inventory_file(given: str | None) -> Path:
+    """``given`` (`doit inventory=PATH`), else $KTHW_INVENTORY, else ./cluster.yaml."""
+    return Path(given or os.environ.get(INVENTORY_ENV) or "cluster.yaml")
+
 
 # `doit vendor` is left out: it is the one stage that needs the network.
 DEFAULT_TASKS = ["pki", "secrets", "render", "bundle"]
@@ -137,10 +144,10 @@ def gather() -> dict:
 
     from . import lastcheck
     from .common import context
-    inv, layout = context()
+    lastcheck.drop()
+    inv, _ = context()
     Path(DEP_FILE).parent.mkdir(exist_ok=True)
-    lastcheck.begin(inv.source, inv.vendor.site_pins, inv.ca.backend == "vault",
-                    (layout.build, layout.bundles, layout.vendor))
+    lastcheck.begin(inv.source, inv.vendor.site_pins, inv.warnings, inv.ca.backend == "vault")
     creators = {}
     for module_info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if module_info.name in ("common", "lastcheck"):

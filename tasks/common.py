@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from kthw.errors import KthwError
 from kthw.fsutil import remove_stale, stale_outputs
 from kthw.layout import Layout
 
-INVENTORY_ENV = "KTHW_INVENTORY"
+from . import inventory_file
 
 
 def signature_once(function):
@@ -36,7 +35,7 @@ class config_changed(doit_tools.config_changed):  # doit's name: a drop-in for i
 
 def inventory_path() -> Path:
     """`doit inventory=PATH`, else $KTHW_INVENTORY, else ./cluster.yaml."""
-    return Path(get_var("inventory", None) or os.environ.get(INVENTORY_ENV) or "cluster.yaml")
+    return inventory_file(get_var("inventory", None))
 
 
 @functools.cache

@@ -1,6 +1,6 @@
 """The early stop of a `doit` with nothing to do (the record is kthw.lastcheck's).
 
-    doit ──► record holds? ──yes──► no task is made: done, nothing printed (as a no-op prints)
+    doit ──► record holds? ──yes──► no task is made: its warnings again, done
                    └──no──► record dropped ──► every task made and checked
                                  └──► every selected task current, nothing changed meanwhile,
                                       local CA ──► record written
@@ -21,31 +21,29 @@ from typing import TYPE_CHECKING
 
 import kthw
 from kthw import clock
+from kthw.errors import warn
 
-from . import DEP_FILE
+from . import DEP_FILE, inventory_file
 
 if TYPE_CHECKING:
     from kthw import lastcheck
 
 RECORD = Path("build") / ".last-check.json"
 FULL_CHECK_ENV = "KTHW_FULL_CHECK"
-# The variables the build reads (its own, Vault's, SOURCE_DATE_EPOCH), and those that
-# change how Python and doit run or decode files.
-_ENV_PREFIXES = ("KTHW_", "VAULT_", "BAO_", "PYTHON", "DOIT", "LC_")
-_ENV_NAMES = frozenset({"SOURCE_DATE_EPOCH", "LANG", "LANGUAGE"})
+# The variables the build reads (its own, Vault's, SOURCE_DATE_EPOCH, HOME for a '~' in the
+# inventory's paths), and those that change how Python, doit and OpenSSL run or decode files.
+_ENV_PREFIXES = ("KTHW_", "VAULT_", "BAO_", "PYTHON", "DOIT", "LC_", "OPENSSL_")
+_ENV_NAMES = frozenset({"SOURCE_DATE_EPOCH", "HOME", "LANG", "LANGUAGE"})
 _IMPORT_PATH = tuple(sys.path)  # as dodo.py leaves it, before any task module is loaded
-_RECORD_ONLY = frozenset({RECORD.name})
-# doit rewrites its database at every run, a no-op too (a group task's values, saved again
-# unchanged), so the run is compared with its start without it; the record has it as it is left.
-_DOIT_STATE = frozenset(Path(DEP_FILE).name + suffix for suffix in ("", "-journal", "-wal", "-shm"))
-
+_DOIT_STATE_SUFFIXES = ("", "-journal", "-wal", "-shm")
 # A file changed this close to the record may change again within the same timestamp tick
 # (a jiffy on Linux, 1-2 s on some file systems) and look the same: such a state is not recorded.
 _RACY_NS = 2_000_000_000
 
-# The full check of this run: what it reads, and their fingerprint before any task was checked.
+# The full check of this run: what it reads, and how it stood before any task was checked.
 _watched: lastcheck.Watched | None = None
-_before: str | None = None
+_before: tuple[str, str] | None = None
+_warnings: tuple[str, ...] = ()
 
 
 def _setting() -> list[str]:
@@ -53,7 +51,34 @@ def _setting() -> list[str]:
                          if name.startswith(_ENV_PREFIXES) or name in _ENV_NAMES)
     # The user too: what another one may read or write differs (a key readable only by its owner).
     return [os.getcwd(), f"{os.geteuid()}:{os.getegid()}:{sorted(os.getgroups())}", sys.executable, sys.version,
-            repr(_IMPORT_PATH), repr(environment)]
+            repr(sys.flags), repr(_IMPORT_PATH), repr(environment)]
+
+
+def _in_build(*names: str) -> frozenset[str]:
+    """Absolute paths as the walk of build/ names its entries."""
+    return frozenset(os.path.join(os.getcwd(), Path(DEP_FILE).parent, name) for name in names)
+
+
+def _skipped() -> frozenset[str]:
+    return _in_build(RECORD.name)
+
+
+def _doit_state() -> frozenset[str]:
+    # doit rewrites its database at every run, a no-op too (a group task's values, saved again
+    # unchanged): a run is compared with its start by the database's rows, not its file.
+    return _in_build(*(Path(DEP_FILE).name + suffix for suffix in _DOIT_STATE_SUFFIXES))
+
+
+def _known_watched() -> lastcheck.Watched:
+    """What every full check reads, known without the inventory: a record must watch at least this."""
+    from kthw import lastcheck
+    from kthw.layout import Layout
+    layout = Layout(Path.cwd())
+    return lastcheck.Watched(
+        trees=(str(layout.build), str(layout.bundles), str(layout.vendor)),
+        code=(str(Path(kthw.__file__).parent), str(Path(__file__).parent)),
+        listings=(os.curdir,),
+        files=(str(inventory_file(None)), *(entry or os.curdir for entry in _IMPORT_PATH)))
 
 
 def bare_doit() -> bool:
@@ -68,29 +93,37 @@ def _may_stop_early() -> bool:
 
 
 def nothing_changed() -> bool:
-    """The last full check found nothing to do and nothing it read has changed since."""
+    """The last full check found nothing to do and nothing it read has changed since; its
+    warnings are shown again."""
     if not _may_stop_early():
         return False
     from kthw import lastcheck  # here and below: a run that cannot stop early never loads it
-    return lastcheck.holds(RECORD, _setting(), clock.system_now(), _RECORD_ONLY, _DOIT_STATE)
+    record = lastcheck.holding(RECORD, _setting(), clock.system_now(), _known_watched(), _skipped())
+    for text in record.warnings if record else ():
+        warn(text)
+    return record is not None
 
 
-def begin(inventory_file: Path, site_pins: Path | None, vault_backend: bool, trees: Iterable[Path]) -> None:
-    """Before any task is checked: drop the record (a run that changes anything must leave none)
-    and, when this run may leave one, fingerprint what its check will read."""
-    global _watched, _before
+def drop() -> None:
+    """Any run that makes its tasks starts here: whatever it changes, no earlier record stays."""
     RECORD.unlink(missing_ok=True)
+
+
+def begin(inventory: Path, site_pins: Path | None, warnings: Iterable[str], vault_backend: bool) -> None:
+    """Before any task is checked: when this run may leave a record, note what its check will
+    read and how that stands now."""
+    global _watched, _before, _warnings
     if not _may_stop_early() or vault_backend:
         return
     from kthw import lastcheck
-    code = (Path(kthw.__file__).parent, Path(__file__).parent)
+    known = _known_watched()
     _watched = lastcheck.Watched(
-        trees=tuple(str(tree) for tree in (*trees, *code)),
-        listings=tuple(dict.fromkeys((os.curdir, str(inventory_file.parent)))),
-        files=(str(inventory_file), *([str(site_pins)] if site_pins else []),
-               *(entry or os.curdir for entry in _IMPORT_PATH)))
+        trees=known.trees, code=known.code,
+        listings=tuple(dict.fromkeys((*known.listings, str(inventory.parent)))),
+        files=tuple(dict.fromkeys((str(inventory), *([str(site_pins)] if site_pins else []), *known.files))))
+    _warnings = tuple(warnings)
     try:
-        _before = lastcheck.snapshot(_watched, _setting(), _RECORD_ONLY, _DOIT_STATE).steady
+        _before = (lastcheck.snapshot(_watched, _setting(), _skipped(), _doit_state()).steady, _doit_rows())
     except OSError:
         _before = None
 
@@ -104,12 +137,58 @@ def finish(everything_current: bool) -> bool:
     from kthw import lastcheck
     from kthw.fsutil import atomic_write
     checked_at = clock.system_now()  # after every check of the run: a clock set back before it stops the record
+    holds_until = clock.next_change()
+    libraries = _third_party_code()
+    watched = lastcheck.Watched(_watched.trees, _watched.code + libraries.code, _watched.listings,
+                                _watched.files + libraries.files)
     try:
-        after = lastcheck.snapshot(_watched, _setting(), _RECORD_ONLY, _DOIT_STATE)
+        # The libraries first loaded during the run count in the record, not in the comparison.
+        after = lastcheck.snapshot(watched, _setting(), _skipped(),
+                                   _doit_state() | set(libraries.code) | set(libraries.files))
     except OSError:
         return False
-    if after.steady != _before or after.newest_change_ns > time.time_ns() - _RACY_NS:  # the files' clock
+    if (after.steady, _doit_rows()) != _before or after.newest_change_ns > time.time_ns() - _RACY_NS \
+            or holds_until is None:  # the files' clock; a local CA's build always decides on dates
         return False
-    record = lastcheck.Record(_watched, after.fingerprint, checked_at, clock.next_change())
-    atomic_write(RECORD, lastcheck.to_json(record))
+    atomic_write(RECORD, lastcheck.to_json(lastcheck.Record(watched, after.fingerprint, checked_at, holds_until,
+                                                            _warnings)))
     return True
+
+
+def _doit_rows() -> str:
+    """doit's database as its rows (its file changes at every run), or what kept it from being read."""
+    import contextlib
+    import hashlib
+    import sqlite3
+    path = Path(DEP_FILE).absolute()
+    if not path.exists():
+        return "absent"
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
+            rows = db.execute("SELECT task_id, task_data FROM doit ORDER BY task_id").fetchall()
+    except sqlite3.Error as err:
+        return f"unreadable: {err}"
+    return hashlib.sha256(repr(rows).encode()).hexdigest()
+
+
+def _third_party_code() -> lastcheck.Watched:
+    """Every package and module outside the standard library that this process loaded: a
+    library changed in place (a same-version update) may decide differently."""
+    import sysconfig
+
+    from kthw import lastcheck
+    paths = sysconfig.get_paths()
+    standard = tuple(paths[name] + os.sep for name in ("stdlib", "platstdlib"))
+    installed = tuple(paths[name] + os.sep for name in ("purelib", "platlib"))
+    ours = tuple(root + os.sep for root in _known_watched().code)
+    packages, modules = set(), set()
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if "." in name or not file or file.startswith(ours) \
+                or (file.startswith(standard) and not file.startswith(installed)):
+            continue
+        if os.path.basename(file).startswith("__init__."):
+            packages.add(os.path.dirname(file))
+        else:
+            modules.add(file)
+    return lastcheck.Watched((), tuple(sorted(packages)), (), tuple(sorted(modules)))

@@ -4,6 +4,7 @@ and asserts that the next bare `doit` rebuilds what the full check rebuilds."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -116,8 +117,12 @@ def test_a_bare_doit_after_a_full_check_that_found_nothing_stops_early_and_print
     assert run.stdout == "" and progress(run) == ""
     record = settled.record()
     root = str(settled.root)
-    assert {f"{root}/build", f"{root}/bundles", f"{root}/vendor", str(REPO / "kthw"), str(REPO / "tasks")} \
-        <= set(record.watched.trees)
+    assert {f"{root}/build", f"{root}/bundles", f"{root}/vendor"} <= set(record.watched.trees)
+    import doit
+    import yaml
+    # Ours, and the libraries the check loaded: one changed in place counts.
+    assert {str(REPO / "kthw"), str(REPO / "tasks"), str(Path(yaml.__file__).parent),
+            str(Path(x509.__file__).parent.parent), str(Path(doit.__file__).parent)} <= set(record.watched.code)
     assert "cluster.yaml" in record.watched.files
 
 
@@ -144,11 +149,14 @@ def test_a_cert_edited_and_given_its_old_mtime_back_is_issued_again(settled):
         x509.load_pem_x509_certificate(other.read_bytes()).subject
 
 
-def test_a_stray_file_in_a_node_tree_stops_its_bundle(settled):
-    stray = settled.root / "build/nodes/w1/etc/k8s/kubelet/stray.conf"
+@pytest.mark.parametrize("name", ["stray.conf", ".last-check.json", "__pycache__/x.pyc", ".doit.db"])
+def test_a_stray_file_in_a_node_tree_stops_its_bundle(settled, name):
+    """Whatever its name: one like the record's, doit's database or a bytecode cache too."""
+    stray = settled.root / "build/nodes/w1/etc/k8s/kubelet" / name
+    stray.parent.mkdir(exist_ok=True)
     stray.write_text("not ours\n")
     run = settled.doit()
-    stray.unlink()
+    shutil.rmtree(stray.parent) if stray.parent.name == "__pycache__" else stray.unlink()
     assert run.returncode != 0 and "bundle:w1" in run.executed, progress(run)
     assert "no stage produces this file" in run.stderr
     assert not (settled.root / RECORD).exists()  # a failed run leaves none
@@ -164,6 +172,27 @@ def test_an_edited_inventory_is_read(settled):
     finally:
         inventory_file.write_text(text)
     assert "pki:cp1/apiserver" in settled.doit().executed
+
+
+def test_a_site_pins_link_pointed_elsewhere_is_read(settled):
+    """The pins file is watched at the path the inventory names, wherever a link there leads."""
+    inventory_file = settled.root / "cluster.yaml"
+    text = inventory_file.read_text()
+    site = settled.root / "site"
+    site.mkdir()
+    (site / "good.yaml").write_text("schema: 1\n")
+    (site / "bad.yaml").write_text("schema: 99\n")
+    (site / "pins.yaml").symlink_to("good.yaml")
+    inventory_file.write_text(text + "vendor: {site_pins: site/pins.yaml}\n")
+    try:
+        settled.settle()
+        (site / "pins.yaml").unlink()
+        (site / "pins.yaml").symlink_to("bad.yaml")
+        run = settled.doit()
+        assert run.returncode == 2 and "schema" in run.stderr, progress(run)
+    finally:
+        inventory_file.write_text(text)
+        shutil.rmtree(site)
 
 
 def test_a_site_pins_file_appearing_beside_the_inventory_is_read(settled):
@@ -265,8 +294,9 @@ def test_a_torn_record_is_not_trusted(settled):
 # The fingerprint itself, on a tree of its own.
 
 def _fingerprint(root: Path) -> str:
-    watched = lastcheck.Watched(trees=(str(root / "tree"),), listings=(str(root),), files=(str(root / "file"),))
-    return lastcheck.snapshot(watched, ["setting"], frozenset({"skipped"})).fingerprint
+    watched = lastcheck.Watched(trees=(str(root / "tree"),), code=(), listings=(str(root),),
+                                files=(str(root / "file"),))
+    return lastcheck.snapshot(watched, ["setting"], frozenset({str(root / "tree/skipped")})).fingerprint
 
 
 def _rewrite_keeping_size_and_mtime(tree: Path) -> None:
@@ -313,26 +343,44 @@ def test_the_fingerprint_sees_every_kind_of_change(tmp_path, change):
     assert _fingerprint(tmp_path) != before
 
 
-def test_the_fingerprint_leaves_out_the_skipped_names_and_bytecode_caches(tmp_path):
-    (tmp_path / "tree").mkdir()
-    before = _fingerprint(tmp_path)
-    (tmp_path / "tree/skipped").write_text("the record itself")
-    (tmp_path / "tree/__pycache__").mkdir()
-    assert _fingerprint(tmp_path) == before
+def test_only_the_skipped_paths_and_the_codes_bytecode_caches_are_left_out(tmp_path):
+    tree, code = tmp_path / "tree", tmp_path / "code"
+    (tree / "sub").mkdir(parents=True)
+    code.mkdir()
+    watched = lastcheck.Watched(trees=(str(tree),), code=(str(code),), listings=(), files=())
+    skipped = frozenset({str(tree / "record.json")})
+    before = lastcheck.snapshot(watched, [], skipped).fingerprint
+    (tree / "record.json").write_text("the record itself")
+    (code / "__pycache__").mkdir()
+    (code / "__pycache__/module.pyc").write_bytes(b"")
+    assert lastcheck.snapshot(watched, [], skipped).fingerprint == before
+    (tree / "sub/record.json").write_text("elsewhere, a file like any other")
+    assert lastcheck.snapshot(watched, [], skipped).fingerprint != before
+    (tree / "sub/record.json").unlink()
+    (tree / "__pycache__").mkdir()
+    assert lastcheck.snapshot(watched, [], skipped).fingerprint != before
 
 
-def test_a_record_holds_only_inside_its_span(tmp_path):
+def test_a_record_holds_only_inside_its_span_and_when_it_watches_enough(tmp_path):
     (tmp_path / "tree").mkdir()
-    watched = lastcheck.Watched(trees=(str(tmp_path / "tree"),), listings=(), files=())
+    watched = lastcheck.Watched(trees=(str(tmp_path / "tree"),), code=(), listings=(), files=())
     at = datetime(2027, 1, 1, tzinfo=timezone.utc)
-    record = lastcheck.Record(watched, lastcheck.snapshot(watched, ["s"]).fingerprint, at, at + timedelta(days=1))
+    record = lastcheck.Record(watched, lastcheck.snapshot(watched, ["s"]).fingerprint, at, at + timedelta(days=1),
+                              ("two etcd members",))
     path = tmp_path / "record.json"
     path.write_bytes(lastcheck.to_json(record))
     assert lastcheck.read(path) == record
-    holds = [lastcheck.holds(path, ["s"], at + offset, frozenset(), frozenset())
-             for offset in (timedelta(seconds=-1), timedelta(0), timedelta(hours=23), timedelta(days=1))]
-    assert holds == [False, True, True, False]
-    assert not lastcheck.holds(path, ["another setting"], at, frozenset(), frozenset())
+    nothing = lastcheck.Watched((), (), (), ())
+
+    def holding(setting=("s",), now=at, at_least=nothing):
+        return lastcheck.holding(path, setting, now, at_least, frozenset())
+
+    assert [holding(now=at + offset) is not None for offset in (timedelta(seconds=-1), timedelta(0),
+                                                                 timedelta(hours=23), timedelta(days=1))] \
+        == [False, True, True, False]
+    assert holding() == record
+    assert holding(setting=["another setting"]) is None
+    assert holding(at_least=lastcheck.Watched((), (), (), (str(tmp_path / "cluster.yaml"),))) is None
 
 
 def test_the_fingerprint_follows_a_linked_directory_once(tmp_path):
@@ -352,53 +400,99 @@ def test_a_volatile_file_counts_in_the_fingerprint_only(tmp_path):
     (and it is not a recent change), but the record holds it as the run left it."""
     (tmp_path / "tree").mkdir()
     (tmp_path / "tree/.doit.db").write_bytes(b"state")
-    watched = lastcheck.Watched(trees=(str(tmp_path / "tree"),), listings=(), files=())
-    before = lastcheck.snapshot(watched, [], volatile=frozenset({".doit.db"}))
+    watched = lastcheck.Watched(trees=(str(tmp_path / "tree"),), code=(), listings=(), files=())
+    volatile = frozenset({str(tmp_path / "tree/.doit.db")})
+    before = lastcheck.snapshot(watched, [], volatile=volatile)
     os.utime(tmp_path / "tree/.doit.db", ns=(1, 1))
-    after = lastcheck.snapshot(watched, [], volatile=frozenset({".doit.db"}))
+    after = lastcheck.snapshot(watched, [], volatile=volatile)
     assert after.steady == before.steady and after.fingerprint != before.fingerprint
     assert after.newest_change_ns == 0
+    # What a run that stops early compares, knowing nothing of volatile files: the same.
+    assert lastcheck.snapshot(watched, []).fingerprint == after.fingerprint
+    (tmp_path / "tree/ca.crt").write_bytes(b"CA")
+    each_file, whole_tree = (lastcheck.snapshot(watched, [], volatile=frozenset({str(path)}))
+                             for path in (tmp_path / "tree/.doit.db", tmp_path / "tree"))
+    assert whole_tree.fingerprint == each_file.fingerprint and whole_tree.steady != each_file.steady
 
 
 @pytest.fixture
 def recording_run(tmp_path, monkeypatch):
-    """tasks.lastcheck in this process as in a bare `doit` run in an empty project."""
+    """tasks.lastcheck in this process as in a bare `doit` run, in a project whose files are
+    all older than 2 s, with doit's database holding one row."""
     import tasks.lastcheck as run_record
+    from kthw import clock
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["/usr/bin/doit"])
     for name in [name for name in os.environ if name.startswith("KTHW_")]:
         monkeypatch.delenv(name)
+    for name, value in (("_watched", None), ("_before", None), ("_warnings", ())):
+        monkeypatch.setattr(run_record, name, value)
+    monkeypatch.setattr(clock, "_next_change", datetime.now(timezone.utc) + timedelta(days=7))
     (tmp_path / "cluster.yaml").write_text("name: x\n")
     (tmp_path / "build").mkdir()
-    monkeypatch.setattr(run_record, "_watched", None)
-    monkeypatch.setattr(run_record, "_before", None)
+    with contextlib.closing(sqlite3.connect(tmp_path / "build/.doit.db")) as db:
+        db.execute("CREATE TABLE doit (task_id TEXT PRIMARY KEY, task_data TEXT)")
+        db.execute("INSERT INTO doit VALUES ('pki:cp1/apiserver', '{}')")
+        db.commit()
+    time.sleep(2.1)
     return run_record
 
 
+def _begin(run_record, warnings=(), vault=False) -> None:
+    run_record.begin(Path("cluster.yaml"), None, warnings, vault)
+
+
 def test_a_run_records_only_when_nothing_changed_since_its_start(recording_run, tmp_path):
-    trees = [tmp_path / "build"]
-    (tmp_path / "build/old.crt").write_text("cert")
-    os.utime(tmp_path / "build/old.crt", (1, 1))  # long ago, as far as mtime goes; its ctime is now
-    past = time.time_ns()
-    recording_run.begin(Path("cluster.yaml"), None, False, trees)
-    assert not recording_run.finish(True)  # a file changed less than 2 s ago
-    time.sleep(max(0.0, (past + 2_100_000_000 - time.time_ns()) / 1e9))
-    recording_run.begin(Path("cluster.yaml"), None, False, trees)
+    _begin(recording_run)
     (tmp_path / "build/new.crt").write_text("written while the run was checking")
+    assert not recording_run.finish(True)  # changed during the run, and less than 2 s ago
     time.sleep(2.1)
     assert not recording_run.finish(True)  # changed during the run
     assert not (tmp_path / RECORD).exists()
-    recording_run.begin(Path("cluster.yaml"), None, False, trees)
+    _begin(recording_run)
     assert not recording_run.finish(False)  # a task ran, failed or was not checked
     assert recording_run.finish(True)
     assert (tmp_path / RECORD).exists()
 
 
+def test_a_change_to_doits_rows_during_the_run_is_seen_but_not_its_own_rewrite(recording_run, tmp_path):
+    """Another doit (say `doit forget`) changing the database while this run checks: no record."""
+    _begin(recording_run)
+    with contextlib.closing(sqlite3.connect(tmp_path / "build/.doit.db")) as db:
+        db.execute("UPDATE doit SET task_data = '{}'")  # what every run does: the same rows again
+        db.commit()
+    assert recording_run.finish(True)
+    _begin(recording_run)
+    with contextlib.closing(sqlite3.connect(tmp_path / "build/.doit.db")) as db:
+        db.execute("DELETE FROM doit")
+        db.commit()
+    assert not recording_run.finish(True)
+
+
 def test_nothing_is_recorded_with_the_vault_backend(recording_run, tmp_path):
-    (tmp_path / "build/ca.crt").write_text("cert")
-    time.sleep(2.1)
-    recording_run.begin(Path("cluster.yaml"), None, True, [tmp_path / "build"])
+    _begin(recording_run, vault=True)
     assert not recording_run.finish(True)
     assert not (tmp_path / RECORD).exists()
-    recording_run.begin(Path("cluster.yaml"), None, False, [tmp_path / "build"])
+    _begin(recording_run)
     assert recording_run.finish(True)  # the same run with the local CA records
+
+
+def test_a_run_that_stops_early_warns_as_the_full_check_did(recording_run, capsys):
+    _begin(recording_run, warnings=("nodes: 2 etcd members cannot lose one",))
+    assert recording_run.finish(True)
+    capsys.readouterr()
+    assert recording_run.nothing_changed()
+    assert capsys.readouterr().err == "warning: nodes: 2 etcd members cannot lose one\n"
+
+
+def test_a_record_that_watches_less_than_a_full_check_reads_is_not_trusted(recording_run, tmp_path):
+    _begin(recording_run)
+    assert recording_run.finish(True)
+    assert recording_run.nothing_changed()
+    record = lastcheck.read(tmp_path / RECORD)
+    assert record is not None
+    nothing = lastcheck.Watched((), (), (), ())
+    forged = lastcheck.Record(nothing, lastcheck.snapshot(nothing, recording_run._setting()).fingerprint,
+                              record.checked_at, record.holds_until)
+    (tmp_path / RECORD).write_bytes(lastcheck.to_json(forged))
+    assert not recording_run.nothing_changed()

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from datetime import timedelta
 from pathlib import Path
 
 from kthw.crypto import KEY_ALGORITHMS
-from kthw.errors import InventoryError
+from kthw.errors import InventoryError, warn
 from kthw.inventory.model import (
     DEFAULT_LIFETIMES,
     ENCRYPTION_PROVIDERS,
@@ -40,7 +39,7 @@ def load(path: str | Path, *, pinning: str | None = None) -> Inventory:
     inventory = _build(top)
     _check_release(top, inventory, pinning)
     for warning in inventory.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        warn(warning)
     return inventory
 
 

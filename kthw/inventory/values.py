@@ -257,10 +257,10 @@ def _registry(base: Path) -> Callable[[Any], str]:
 
 
 def _pins_file(base: Path) -> Callable[[Any], Path]:
-    location = _location(base)
-
     def parse_pins_file(value: Any) -> Path:
-        if "://" in _text(value):
+        text = _text(value)
+        if "://" in text:
             raise Bad(f"'{value}' is a URL", "name a local YAML file (relative to the inventory), e.g. site-pins.yaml")
-        return Path(location(value))
+        # As written, links unresolved: the path every later run opens, wherever a link then leads.
+        return (base / Path(text).expanduser()).absolute()
     return parse_pins_file

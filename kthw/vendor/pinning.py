@@ -105,7 +105,7 @@ def pin(inv: Inventory, version: str, chosen: dict[str, str], target: Path | Non
             lines.append(line)
     if not entries:
         return f"Kubernetes {version} is already pinned in {', '.join(map(str, pins.sources))}; nothing to do"
-    write(target, entries)
+    write(target.resolve(), entries)  # through a link to the file it names, the link kept
     lines.append(f"pinned into {target}")
     return "\n".join(lines)
 
