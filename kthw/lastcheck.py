@@ -9,9 +9,11 @@ while nothing that check read can have changed. The record keeps a fingerprint o
   bytecode caches left out): path, type, mode, owner, inode, size, mtime and ctime. The
   ctime moves on any write, chmod or rename and cannot be set back, so a file edited and
   given its old mtime back still counts as changed;
-- the entries of the watched listings (the project and inventory directories), one level;
-- the watched files (the inventory, the site pins, the import path's directories, whose
-  mtimes move when a package is installed, upgraded or removed); a missing one counts too;
+- the names and kinds of the entries of the watched listings (the project and inventory
+  directories): an entry added or removed counts, a log written there does not;
+- the watched files (the inventory, the site pins, doit's configuration files, the import
+  path's directories, whose mtimes move when a package is installed, upgraded or removed);
+  a missing one counts too;
 - the setting the caller passes (working directory, user, interpreter, environment).
 
 and the span of time in which the check's calendar decisions hold: from the moment it was
@@ -45,7 +47,7 @@ class Watched:
 
     trees: tuple[str, ...]     # recursively, every entry
     code: tuple[str, ...]      # the same, bytecode caches and version control left out
-    listings: tuple[str, ...]  # one level: the files' stats, the directories' names
+    listings: tuple[str, ...]  # one level: the entries' names and kinds
     files: tuple[str, ...]     # each stat'ed itself, a directory's mtime included
 
     def covers(self, other: Watched) -> bool:
@@ -92,7 +94,7 @@ def snapshot(watched: Watched, setting: Iterable[str], skipped: frozenset[str] =
         walk.directory(tree, recursive=True, not_code=_NOT_CODE)
     walk.add("listings")
     for directory in watched.listings:
-        walk.directory(directory, recursive=False)
+        walk.names(directory)
     walk.add("files")
     for path in watched.files:
         walk.add(walk.stat_line(path, with_times=True, steady=path not in volatile), path not in volatile)
@@ -160,6 +162,21 @@ class _Walk:
                         self._follow(entry.path, pending, followed)
                 elif recursive and entry.is_dir(follow_symlinks=False):
                     pending.append(entry.path)
+
+    def names(self, directory: str) -> None:
+        """The names and kinds of the entries of ``directory``: one added, removed or replaced by
+        another kind counts, a file written in place (a log, a shell history) does not."""
+        try:
+            with os.scandir(directory) as listing:
+                entries = sorted(listing, key=_name)
+        except (FileNotFoundError, NotADirectoryError):
+            self.add(f"{directory}\0absent")
+            return
+        for entry in entries:
+            if entry.path in self.skipped:
+                continue
+            kind = f"->{os.readlink(entry.path)}" if entry.is_symlink() else "dir" if entry.is_dir() else "file"
+            self.add(f"{entry.path}\0{kind}")
 
     @staticmethod
     def _follow(path: str, pending: list[str], followed: set[tuple[int, int]]) -> None:

@@ -54,21 +54,26 @@ class RecordingProgress(ProgressOnStderr):
     def complete_run(self):
         super().complete_run()
         from . import lastcheck
-        everything_current = not (self._changed or self.failures or self.runtime_errors) \
+        # doit calls this from a `finally`: on Ctrl-C or a crash too, with the exception in flight.
+        interrupted = sys.exc_info()[0] is not None
+        everything_current = not (interrupted or self._changed or self.failures or self.runtime_errors) \
             and set(self._selected) == set(DEFAULT_TASKS) and self._reached() <= self._current
         lastcheck.finish(everything_current)
 
     def _reached(self) -> set[str]:
-        """The tasks with actions that the selection reaches through task_dep and setup."""
+        """The tasks with actions that the selection reaches through task_dep and setup; a
+        creator doit has not run yet (create_after) counts as a task never checked."""
         reached, pending = set(), list(self._selected)
         while pending:
             name = pending.pop()
-            if name in reached or name not in self._tasks:
+            if name in reached:
                 continue
             reached.add(name)
-            task = self._tasks[name]
-            pending += [*task.task_dep, *task.setup_tasks]
-        return {name for name in reached if self._tasks[name].actions}
+            task = self._tasks.get(name)
+            if task is not None:
+                pending += [*task.task_dep, *task.setup_tasks]
+        return {name for name in reached if name not in self._tasks or self._tasks[name].actions
+                or (self._tasks[name].loader and not self._tasks[name].loader.created)}
 
 
 class SharedFileChecker(MD5Checker):

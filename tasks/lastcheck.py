@@ -36,6 +36,8 @@ _ENV_PREFIXES = ("KTHW_", "VAULT_", "BAO_", "PYTHON", "DOIT", "LC_", "OPENSSL_")
 _ENV_NAMES = frozenset({"SOURCE_DATE_EPOCH", "HOME", "LANG", "LANGUAGE"})
 _IMPORT_PATH = tuple(sys.path)  # as dodo.py leaves it, before any task module is loaded
 _DOIT_STATE_SUFFIXES = ("", "-journal", "-wal", "-shm")
+# What doit reads in the directory it starts in, besides dodo.py.
+_DOIT_CONFIG_FILES = ("dodo.py", "doit.cfg", "pyproject.toml")
 # A file changed this close to the record may change again within the same timestamp tick
 # (a jiffy on Linux, 1-2 s on some file systems) and look the same: such a state is not recorded.
 _RACY_NS = 2_000_000_000
@@ -44,6 +46,7 @@ _RACY_NS = 2_000_000_000
 _watched: lastcheck.Watched | None = None
 _before: tuple[str, str] | None = None
 _warnings: tuple[str, ...] = ()
+_inventory_before: tuple[int, ...] | None = None  # the inventory's file before it was read
 
 
 def _setting() -> list[str]:
@@ -78,7 +81,7 @@ def _known_watched() -> lastcheck.Watched:
         trees=(str(layout.build), str(layout.bundles), str(layout.vendor)),
         code=(str(Path(kthw.__file__).parent), str(Path(__file__).parent)),
         listings=(os.curdir,),
-        files=(str(inventory_file(None)), *(entry or os.curdir for entry in _IMPORT_PATH)))
+        files=(str(inventory_file(None)), *_DOIT_CONFIG_FILES, *(entry or os.curdir for entry in _IMPORT_PATH)))
 
 
 def bare_doit() -> bool:
@@ -89,7 +92,7 @@ def bare_doit() -> bool:
 
 
 def _may_stop_early() -> bool:
-    return bare_doit() and not os.environ.get(clock.ENV) and not os.environ.get(FULL_CHECK_ENV)
+    return bare_doit() and not os.environ.get(clock.ENV) and os.environ.get(FULL_CHECK_ENV, "") in ("", "0")
 
 
 def nothing_changed() -> bool:
@@ -105,8 +108,19 @@ def nothing_changed() -> bool:
 
 
 def drop() -> None:
-    """Any run that makes its tasks starts here: whatever it changes, no earlier record stays."""
+    """Any run that makes its tasks starts here, before the inventory is read: whatever it
+    changes, no earlier record stays; and how the inventory stands is noted first."""
+    global _inventory_before
     RECORD.unlink(missing_ok=True)
+    _inventory_before = _stat(inventory_file(None))
+
+
+def _stat(path: Path) -> tuple[int, ...] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def begin(inventory: Path, site_pins: Path | None, warnings: Iterable[str], vault_backend: bool) -> None:
@@ -122,10 +136,15 @@ def begin(inventory: Path, site_pins: Path | None, warnings: Iterable[str], vaul
         listings=tuple(dict.fromkeys((*known.listings, str(inventory.parent)))),
         files=tuple(dict.fromkeys((str(inventory), *([str(site_pins)] if site_pins else []), *known.files))))
     _warnings = tuple(warnings)
+    rows = _doit_rows()
     try:
-        _before = (lastcheck.snapshot(_watched, _setting(), _skipped(), _doit_state()).steady, _doit_rows())
+        steady = lastcheck.snapshot(_watched, _setting(), _skipped(), _doit_state()).steady
     except OSError:
-        _before = None
+        return
+    # An edit between reading the inventory and this walk would be in both walks, unseen.
+    unchanged_since_read = _inventory_before is not None and _stat(inventory) == _inventory_before
+    if rows is not None and unchanged_since_read:
+        _before = (steady, rows)
 
 
 def finish(everything_current: bool) -> bool:
@@ -155,8 +174,8 @@ def finish(everything_current: bool) -> bool:
     return True
 
 
-def _doit_rows() -> str:
-    """doit's database as its rows (its file changes at every run), or what kept it from being read."""
+def _doit_rows() -> str | None:
+    """A digest of doit's database rows (its file changes at every run); None when they cannot be read."""
     import contextlib
     import hashlib
     import sqlite3
@@ -166,8 +185,8 @@ def _doit_rows() -> str:
     try:
         with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
             rows = db.execute("SELECT task_id, task_data FROM doit ORDER BY task_id").fetchall()
-    except sqlite3.Error as err:
-        return f"unreadable: {err}"
+    except sqlite3.Error:
+        return None
     return hashlib.sha256(repr(rows).encode()).hexdigest()
 
 

@@ -438,7 +438,10 @@ def recording_run(tmp_path, monkeypatch):
     return run_record
 
 
-def _begin(run_record, warnings=(), vault=False) -> None:
+def _begin(run_record, warnings=(), vault=False, drop=True) -> None:
+    """What gather does: drop the record (noting the inventory), read the inventory, begin."""
+    if drop:
+        run_record.drop()
     run_record.begin(Path("cluster.yaml"), None, warnings, vault)
 
 
@@ -496,3 +499,58 @@ def test_a_record_that_watches_less_than_a_full_check_reads_is_not_trusted(recor
                               record.checked_at, record.holds_until)
     (tmp_path / RECORD).write_bytes(lastcheck.to_json(forged))
     assert not recording_run.nothing_changed()
+
+
+def test_a_file_written_in_place_in_a_listed_directory_does_not_count(tmp_path):
+    """A log or a shell history beside the inventory: only entries added or removed count."""
+    watched = lastcheck.Watched(trees=(), code=(), listings=(str(tmp_path),), files=())
+    (tmp_path / "doit.log").write_text("first run\n")
+    before = lastcheck.snapshot(watched, []).fingerprint
+    with (tmp_path / "doit.log").open("a") as log:
+        log.write("second run\n")
+    assert lastcheck.snapshot(watched, []).fingerprint == before
+    (tmp_path / "doit.cfg").write_text("[GLOBAL]\n")
+    assert lastcheck.snapshot(watched, []).fingerprint != before
+
+
+def test_an_inventory_edited_while_it_was_read_leaves_no_record(recording_run, tmp_path):
+    recording_run.drop()  # how the inventory stood before it was read
+    (tmp_path / "cluster.yaml").write_text("name: y\n")  # edited before the first walk
+    time.sleep(2.1)
+    _begin(recording_run, drop=False)
+    assert not recording_run.finish(True)
+    _begin(recording_run)
+    assert recording_run.finish(True)
+
+
+def test_an_interrupted_run_or_a_creator_never_run_leaves_no_record(monkeypatch):
+    """doit reports the end of a run from a `finally`: Ctrl-C there must not count as a check,
+    nor may a stage whose tasks were never made (create_after) count as checked."""
+    from doit.task import DelayedLoader, Task
+
+    import tasks
+    calls = []
+    monkeypatch.setattr("tasks.lastcheck.finish", calls.append)
+
+    def report(graph: dict[str, Task], current: set[str], interrupt: bool = False) -> None:
+        reporter = tasks.RecordingProgress(sys.stderr, {})
+        reporter.initialize(graph, tasks.DEFAULT_TASKS)
+        for name in current:
+            reporter.skip_uptodate(graph[name])
+        try:
+            if interrupt:
+                raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            reporter.complete_run()
+        else:
+            reporter.complete_run()
+
+    checked = {"pki:cp1/apiserver"}
+    graph = {"pki": Task("pki", None, task_dep=["pki:cp1/apiserver"]),
+             "pki:cp1/apiserver": Task("pki:cp1/apiserver", ["true"]),
+             "secrets": Task("secrets", None), "render": Task("render", None), "bundle": Task("bundle", None)}
+    report(graph, checked)
+    report(graph, checked, interrupt=True)
+    graph["bundle"] = Task("bundle", None, loader=DelayedLoader(print))
+    report(graph, checked)
+    assert calls == [True, False, False]
