@@ -88,10 +88,10 @@ def snapshot(watched: Watched, setting: Iterable[str], skipped: frozenset[str] =
     for line in ("setting", *setting, "trees"):
         walk.add(line)
     for tree in watched.trees:
-        walk.directory(tree, recursive=True)
+        walk.directory(tree)
     walk.add("code")
     for tree in watched.code:
-        walk.directory(tree, recursive=True, not_code=_NOT_CODE)
+        walk.directory(tree, not_code=_NOT_CODE)
     walk.add("listings")
     for directory in watched.listings:
         walk.names(directory)
@@ -134,7 +134,7 @@ class _Walk:
             self.newest = st.st_ctime_ns
         return f"{owner}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}"
 
-    def directory(self, root: str, recursive: bool, not_code: frozenset[str] = _NOTHING) -> None:
+    def directory(self, root: str, not_code: frozenset[str] = _NOTHING) -> None:
         """Every entry under ``root`` in name order, but those named in ``not_code``. Symbolic
         links are followed (a check reads what they point to), each directory reached through
         one once."""
@@ -158,9 +158,9 @@ class _Walk:
                 self.add(self.stat_line(entry.path, with_times=False, steady=steady), steady)
                 if entry.is_symlink():
                     self.add(f"{entry.path}\0->\0{os.readlink(entry.path)}", steady)
-                    if recursive and entry.is_dir():
+                    if entry.is_dir():
                         self._follow(entry.path, pending, followed)
-                elif recursive and entry.is_dir(follow_symlinks=False):
+                elif entry.is_dir(follow_symlinks=False):
                     pending.append(entry.path)
 
     def names(self, directory: str) -> None:
