@@ -62,12 +62,8 @@ class Scratch:
         (self.root / "cluster.yaml").write_text(text)
 
     def doit(self, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-        result = subprocess.run([sys.executable, "-m", "doit", "-f", str(self.dodo), "-d", str(self.root),
-                                 *args, f"inventory={self.root / 'cluster.yaml'}"],
-                                capture_output=True, text=True, env={**user_environment(), **(env or {})})
-        if result.returncode != 0:
-            raise SystemExit(f"doit {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-        return result
+        return _doit(["-f", str(self.dodo), "-d", str(self.root), *args, f"inventory={self.root / 'cluster.yaml'}"],
+                     env=env)
 
     def bare_doit(self) -> subprocess.CompletedProcess:
         """Plain `doit` in the project directory, as an operator types it (no option, no
@@ -75,11 +71,7 @@ class Scratch:
         link = self.root / "dodo.py"
         if not link.is_symlink():
             link.symlink_to(self.dodo)
-        result = subprocess.run([sys.executable, "-m", "doit"], cwd=self.root, capture_output=True, text=True,
-                                env=user_environment())
-        if result.returncode != 0:
-            raise SystemExit(f"doit failed:\n{result.stdout}\n{result.stderr}")
-        return result
+        return _doit([], cwd=self.root)
 
     def reset(self, keep: tuple[str, ...] = ("cluster.yaml",)) -> None:
         for child in self.root.iterdir():
@@ -88,6 +80,14 @@ class Scratch:
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _doit(args: list[str], cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "doit", *args], cwd=cwd, capture_output=True, text=True,
+                            env={**user_environment(), **(env or {})})
+    if result.returncode != 0:
+        raise SystemExit(f"doit {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
 
 
 def baseline_checkout(path: str | None) -> Path | None:

@@ -34,10 +34,12 @@ sys.path.insert(0, str(BENCH.parent / "tests"))
 from common import REPO, Scratch, alternate, baseline_checkout, empty_dodo, inventory, python_alone, report  # noqa: E402
 from support.bundles import stand_in_vendor  # noqa: E402
 
+from tasks.lastcheck import RACY_NS  # noqa: E402
+
 OURS = "doit (bare)"
 FULL = "doit (full check)"
 # The full check records nothing while a file it read changed less than this ago.
-_RACY_S = 2.1
+_RACY_S = RACY_NS / 1e9 + 0.1
 
 
 def built(text: str, checkout: Path = REPO) -> Scratch:

@@ -28,7 +28,7 @@ from . import DEP_FILE, inventory_file
 if TYPE_CHECKING:
     from kthw import lastcheck
 
-RECORD = Path("build") / ".last-check.json"
+RECORD = Path(DEP_FILE).parent / ".last-check.json"  # beside doit's database, in build/
 FULL_CHECK_ENV = "KTHW_FULL_CHECK"
 # The variables the build reads (its own, Vault's, SOURCE_DATE_EPOCH, HOME for a '~' in the
 # inventory's paths), and those that change how Python, doit and OpenSSL run or decode files.
@@ -40,7 +40,7 @@ _DOIT_STATE_SUFFIXES = ("", "-journal", "-wal", "-shm")
 _DOIT_CONFIG_FILES = ("dodo.py", "doit.cfg", "pyproject.toml")
 # A file changed this close to the record may change again within the same timestamp tick
 # (a jiffy on Linux, 1-2 s on some file systems) and look the same: such a state is not recorded.
-_RACY_NS = 2_000_000_000
+RACY_NS = 2_000_000_000
 
 # The full check of this run: what it reads, and how it stood before any task was checked.
 _watched: lastcheck.Watched | None = None
@@ -59,7 +59,7 @@ def _setting() -> list[str]:
 
 def _in_build(*names: str) -> frozenset[str]:
     """Absolute paths as the walk of build/ names its entries."""
-    return frozenset(os.path.join(os.getcwd(), Path(DEP_FILE).parent, name) for name in names)
+    return frozenset(os.path.join(os.getcwd(), RECORD.parent, name) for name in names)
 
 
 def _skipped() -> frozenset[str]:
@@ -157,7 +157,7 @@ def finish(everything_current: bool) -> bool:
     from kthw.fsutil import atomic_write
     checked_at = clock.system_now()  # after every check of the run: a clock set back before it stops the record
     holds_until = clock.next_change()
-    libraries = _third_party_code()
+    libraries = _third_party_code(_watched.code)
     watched = lastcheck.Watched(_watched.trees, _watched.code + libraries.code, _watched.listings,
                                 _watched.files + libraries.files)
     try:
@@ -166,7 +166,7 @@ def finish(everything_current: bool) -> bool:
                                    _doit_state() | set(libraries.code) | set(libraries.files))
     except OSError:
         return False
-    if (after.steady, _doit_rows()) != _before or after.newest_change_ns > time.time_ns() - _RACY_NS \
+    if (after.steady, _doit_rows()) != _before or after.newest_change_ns > time.time_ns() - RACY_NS \
             or holds_until is None:  # the files' clock; a local CA's build always decides on dates
         return False
     atomic_write(RECORD, lastcheck.to_json(lastcheck.Record(watched, after.fingerprint, checked_at, holds_until,
@@ -190,20 +190,21 @@ def _doit_rows() -> str | None:
     return hashlib.sha256(repr(rows).encode()).hexdigest()
 
 
-def _third_party_code() -> lastcheck.Watched:
+def _third_party_code(ours: Iterable[str]) -> lastcheck.Watched:
     """Every package and module outside the standard library that this process loaded: a
-    library changed in place (a same-version update) may decide differently."""
+    library changed in place (a same-version update) may decide differently. ``ours``: the
+    code trees already watched."""
     import sysconfig
 
     from kthw import lastcheck
     paths = sysconfig.get_paths()
     standard = tuple(paths[name] + os.sep for name in ("stdlib", "platstdlib"))
     installed = tuple(paths[name] + os.sep for name in ("purelib", "platlib"))
-    ours = tuple(root + os.sep for root in _known_watched().code)
+    own = tuple(root + os.sep for root in ours)
     packages, modules = set(), set()
     for name, module in list(sys.modules.items()):
         file = getattr(module, "__file__", None)
-        if "." in name or not file or file.startswith(ours) \
+        if "." in name or not file or file.startswith(own) \
                 or (file.startswith(standard) and not file.startswith(installed)):
             continue
         if os.path.basename(file).startswith("__init__."):
