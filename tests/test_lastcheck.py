@@ -283,6 +283,17 @@ def test_nothing_is_recorded_while_a_file_read_changed_within_the_last_two_secon
     assert stopped_early(settled.doit())
 
 
+def test_a_run_interrupted_by_ctrl_c_while_making_the_bundles_leaves_no_record(settled):
+    """Every task made so far was current, but the bundles were never checked."""
+    (settled.root / "bundles/w1.tar.gz").unlink()
+    time.sleep(2.1)
+    run = settled.doit(env={"KTHW_TEST_INTERRUPT_AT": "kthw.bundle.build:source_date_epoch"})
+    assert run.returncode != 0 and "KeyboardInterrupt" in run.stderr, progress(run)
+    assert not (settled.root / RECORD).exists()
+    run = settled.doit()
+    assert "bundle:w1" in run.executed, progress(run)
+
+
 def test_a_torn_record_is_not_trusted(settled):
     path = settled.root / RECORD
     path.write_text(path.read_text()[:40])

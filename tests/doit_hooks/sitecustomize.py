@@ -6,6 +6,9 @@ KTHW_TEST_SYSTEM_CLOCK=<ISO 8601>   the system clock kthw reads (kthw.clock.syst
                                     test lives through "a year later" in seconds
 KTHW_TEST_SYSTEM_CLOCK_FILE=<file>  the same, read from <file> at every look: a test moves the clock
                                     between runs without changing their environment
+KTHW_TEST_INTERRUPT_AT=<module>:<function>
+                                    the process sends itself SIGINT (as Ctrl-C does) at the first
+                                    call of that function
 KTHW_TEST_KILL_AT_WRITE=<N>         the process SIGKILLs itself at its N-th rename into build/
                                     (the last step of every kthw.fsutil.atomic_write), before
                                     making it: the temp file stays behind, the target keeps what
@@ -37,6 +40,20 @@ if _clock_file:
         return clock.in_utc(datetime.fromisoformat(Path(_clock_file).read_text().strip()))
 
     clock.system_now = _clock_from_file
+
+_interrupt_at = os.environ.get("KTHW_TEST_INTERRUPT_AT")
+if _interrupt_at:
+    import importlib
+
+    _module_name, _function_name = _interrupt_at.split(":")
+    _module = importlib.import_module(_module_name)
+    _original = getattr(_module, _function_name)
+
+    def _interrupting(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return _original(*args, **kwargs)
+
+    setattr(_module, _function_name, _interrupting)
 
 _kill_at = int(os.environ.get("KTHW_TEST_KILL_AT_WRITE") or 0)
 _count_file = os.environ.get("KTHW_TEST_COUNT_WRITES")
